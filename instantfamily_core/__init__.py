@@ -1,0 +1,1 @@
+"""The InstantFamily engine: pure torch/numpy, no ComfyUI imports at module level."""

@@ -1,0 +1,296 @@
+"""Masked cross-attention over the embedding stack (paper Eq. 6): the one implementation.
+
+Keys/values are laid out as [text ; face 0 ; ... ; face N-1], each face ``tokens_per_face``
+long. A query may always see the text; it sees face n's tokens only where face n's region
+covers it. Two modes:
+
+* ``hard`` (default): hidden face logits are -inf, so a query outside every region gets
+  exactly text-only attention.
+* ``paper``: the literal softmax(M ⊙ QKᵀ/√d)V. A hidden logit becomes 0, not -inf, so hidden
+  faces still receive weight e⁰: the paper's formula leaks, and that leak is measured.
+
+``weight`` w multiplies the (unnormalised) attention mass of visible face tokens by adding
+log(w) to their logits: w = 0 is text-only, w = 1 is the trained behaviour.
+
+Two exact kernels serve ``hard`` mode. When every face-seeing row shares one set of regions
+(inference: the cond rows of a sampler batch), queries are grouped by the set of faces they
+see and each group attends to [text ; its faces] only: the cost grows with the area the faces
+cover, not with N. When rows have their own regions (training batches), one boolean-masked
+SDPA over the whole stack is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .masks import FaceMasks, latent_grid, masks_on_grid
+
+# (q, k, v, heads) -> out, all in the merged-head layout (B, L, heads * d).
+TextAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+MODES = ("hard", "paper")
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Plain multi-head attention in the merged-head layout: (B, Q, H*d) -> (B, Q, H*d)."""
+    batch, _, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(batch, -1, heads, d).transpose(1, 2) for t in (q, k, v))  # (B, H, L, d)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.transpose(1, 2).reshape(batch, -1, inner)
+
+
+class RegionPlan:
+    """Which queries of one attention grid see which faces, precomputed once per grid.
+
+    visibility: (R, N, Q) bool. R == 1: shared by every face-seeing row; else one per row.
+    """
+
+    def __init__(self, visibility: torch.Tensor):
+        if visibility.dim() != 3:
+            raise ValueError(f"visibility must be (R, N, Q), got shape {tuple(visibility.shape)}")
+        self.visibility = visibility.bool()
+        self._groups: list[tuple[torch.Tensor, list[int]]] | None = None
+        self._cache: dict = {}
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.visibility.shape[1])
+
+    @property
+    def shared(self) -> bool:
+        return self.visibility.shape[0] == 1
+
+    def groups(self) -> list[tuple[torch.Tensor, list[int]]]:
+        """Queries grouped by the set of faces they see: [(query_index (Qg,), face ids)].
+
+        The group of queries that see no face is left out: they attend to the text only.
+        """
+        if self._groups is None:
+            per_query = self.visibility[0].T  # (Q, N)
+            face_sets, inverse = torch.unique(per_query, dim=0, return_inverse=True)
+            self._groups = [
+                ((inverse == g).nonzero().squeeze(1), face_set.nonzero().squeeze(1).tolist())
+                for g, face_set in enumerate(face_sets)
+                if face_set.any()
+            ]
+        return self._groups
+
+    def key_groups(self, text_len: int, tokens_per_face: int, device: torch.device):
+        """For each query group: (query_index, key_index) on ``device``; cached."""
+        cache_key = ("groups", text_len, tokens_per_face, str(device))
+        if cache_key not in self._cache:
+            text = torch.arange(text_len)
+            entries = []
+            for query_index, faces in self.groups():
+                face_keys = [text_len + n * tokens_per_face + torch.arange(tokens_per_face) for n in faces]
+                key_index = torch.cat([text, *face_keys])
+                entries.append((query_index.to(device), key_index.to(device), len(faces)))
+            self._cache[cache_key] = entries
+        return self._cache[cache_key]
+
+    def key_mask(self, text_len: int, tokens_per_face: int, device: torch.device) -> torch.Tensor:
+        """(R, 1, Q, text_len + N*T) bool: True where a query may see a key."""
+        cache_key = ("mask", text_len, tokens_per_face, str(device))
+        if cache_key not in self._cache:
+            rows, _, queries = self.visibility.shape
+            faces = self.visibility.transpose(1, 2).repeat_interleave(tokens_per_face, dim=2)  # (R, Q, N*T)
+            text = torch.ones(rows, queries, text_len, dtype=torch.bool)
+            self._cache[cache_key] = torch.cat([text, faces], dim=2)[:, None].to(device)  # (R, 1, Q, K)
+        return self._cache[cache_key]
+
+
+def masked_cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    plan: RegionPlan | None,
+    tokens_per_face: int,
+    *,
+    face_rows: torch.Tensor | None = None,
+    mode: str = "hard",
+    weight: float = 1.0,
+    text_attention: TextAttention = sdpa_attention,
+) -> torch.Tensor:
+    """Attention of q over the embedding stack with face regions.
+
+    q: (B, Q, H*d); k, v: (B, T_text + N*T, H*d) laid out [text ; face 0 ; ... ; face N-1].
+    plan: face visibility per query (see RegionPlan); None or N == 0 means text only.
+    face_rows: (B,) bool, the rows that see faces at all (the cond rows under CFG); None = all.
+      With a per-row plan, its R rows map onto the face rows in order.
+    text_attention: computes the text-only rows/queries; the ComfyUI patch passes the host's
+      own attention so that text-only output is bit-for-bit the unpatched model's.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
+    num_faces = 0 if plan is None else plan.num_faces
+    text_len = k.shape[1] - num_faces * tokens_per_face
+    if text_len <= 0:
+        raise ValueError(
+            f"context has {k.shape[1]} tokens but {num_faces} faces x {tokens_per_face} tokens were expected "
+            "after the text: the embedding stack and the masks disagree"
+        )
+    rows = _face_row_index(face_rows, q.shape[0], q.device)
+    if num_faces == 0 or weight == 0 or rows.numel() == 0:
+        return text_attention(q, k[:, :text_len], v[:, :text_len], heads)
+    if plan.visibility.shape[2] != q.shape[1]:
+        raise ValueError(f"region plan has {plan.visibility.shape[2]} positions but the layer has {q.shape[1]}")
+    if not plan.shared and plan.visibility.shape[0] != rows.numel():
+        raise ValueError(f"region plan has {plan.visibility.shape[0]} rows but {rows.numel()} rows see faces")
+    if mode == "paper":
+        return _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
+    if plan.shared:
+        return _region_sparse_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
+    return _dense_hard_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
+
+
+def _face_row_index(face_rows: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+    if face_rows is None:
+        return torch.arange(batch, device=device)
+    if face_rows.shape != (batch,):
+        raise ValueError(f"face_rows must be ({batch},), got {tuple(face_rows.shape)}")
+    return face_rows.to(device).nonzero().squeeze(1)
+
+
+def _face_bias(weight: float, text_len: int, key_len: int, like: torch.Tensor) -> torch.Tensor | None:
+    """(key_len,) additive logit bias: 0 on text keys, log(weight) on face keys; None when w == 1."""
+    if weight == 1.0:
+        return None
+    bias = torch.zeros(key_len, dtype=like.dtype, device=like.device)
+    bias[text_len:] = math.log(weight)
+    return bias
+
+
+def _region_sparse_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention):
+    """Shared regions: text attention for all queries, then each region group re-attends to
+    [text ; its faces] and overwrites its queries. Exact for overlapping regions too."""
+    out = text_attention(q, k[:, :text_len], v[:, :text_len], heads)  # (B, Q, C)
+    all_rows = rows.numel() == q.shape[0]
+    outputs, queries = [], []
+    for query_index, key_index, _ in plan.key_groups(text_len, tokens_per_face, q.device):
+        if all_rows:
+            qg = q.index_select(1, query_index)  # (B, Qg, C)
+            kg, vg = k.index_select(1, key_index), v.index_select(1, key_index)  # (B, Kg, C)
+        else:
+            qg = q[rows[:, None], query_index[None]]  # (Bf, Qg, C)
+            kg, vg = k[rows[:, None], key_index[None]], v[rows[:, None], key_index[None]]
+        bias = _face_bias(weight, text_len, key_index.numel(), q)
+        outputs.append(sdpa_attention(qg, kg, vg, heads, None if bias is None else bias.view(1, 1, 1, -1)))
+        queries.append(query_index)
+    if not outputs:
+        return out
+    face_out = torch.cat(outputs, dim=1)  # (Bf, sum Qg, C)
+    face_queries = torch.cat(queries)
+    return out.index_put((rows[:, None], face_queries[None]), face_out.to(out.dtype))
+
+
+def _rows_key_mask(plan, tokens_per_face, text_len, rows, batch, device) -> torch.Tensor:
+    """(B, 1, Q, K) bool: the plan's mask on face rows, text-only elsewhere."""
+    face_mask = plan.key_mask(text_len, tokens_per_face, device)  # (R, 1, Q, K)
+    if rows.numel() == batch and not plan.shared:
+        return face_mask
+    _, _, queries, keys = face_mask.shape
+    mask = torch.zeros(batch, 1, queries, keys, dtype=torch.bool, device=device)
+    mask[:, :, :, :text_len] = True
+    mask[rows] = face_mask.expand(rows.numel(), -1, -1, -1)
+    return mask
+
+
+def _dense_hard_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention):
+    """Per-row regions: one SDPA with a boolean (or -inf / log w) mask over the whole stack."""
+    mask = _rows_key_mask(plan, tokens_per_face, text_len, rows, q.shape[0], q.device)
+    bias = _face_bias(weight, text_len, k.shape[1], q)
+    if bias is not None:
+        mask = torch.where(mask, bias, torch.tensor(float("-inf"), dtype=q.dtype, device=q.device))
+    return sdpa_attention(q, k, v, heads, mask)
+
+
+def _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention):
+    """softmax(M ⊙ QKᵀ/√d)V with M = 1 on text and visible faces, 0 on hidden faces.
+
+    Rows without faces (uncond rows, rows whose faces were all dropped) stay text-only, so the
+    negative branch of CFG is the text model in both modes.
+    """
+    batch, queries, inner = q.shape
+    d = inner // heads
+    out = text_attention(q, k[:, :text_len], v[:, :text_len], heads)  # (B, Q, C)
+    visible = _rows_key_mask(plan, tokens_per_face, text_len, rows, batch, q.device)  # (B, 1, Q, K)
+    bias = _face_bias(weight, text_len, k.shape[1], q)
+    results = []
+    for row in rows.tolist():
+        if not visible[row, :, :, text_len:].any():
+            results.append(out[row])
+            continue
+        qr = q[row].reshape(queries, heads, d).transpose(0, 1)  # (H, Q, d)
+        kr = k[row].reshape(-1, heads, d).transpose(0, 1)  # (H, K, d)
+        vr = v[row].reshape(-1, heads, d).transpose(0, 1)
+        logits = (qr @ kr.transpose(1, 2)) / math.sqrt(d)  # (H, Q, K)
+        logits = logits * visible[row].to(logits.dtype)  # M ⊙ QKᵀ/√d: hidden logits become 0
+        if bias is not None:
+            logits = logits + bias * visible[row]
+        attended = logits.softmax(dim=-1) @ vr  # (H, Q, d)
+        results.append(attended.transpose(0, 1).reshape(queries, inner).to(out.dtype))
+    return out.index_put((rows,), torch.stack(results))
+
+
+class FaceAttention:
+    """Masked cross-attention for one set of face regions, building each grid's plan once.
+
+    face_masks: one FaceMasks shared by every face-seeing row (inference), or a sequence with
+      one FaceMasks (or None for "no faces") per batch row (training; slots padded to the
+      longest row, matching zero-padded face tokens).
+    """
+
+    def __init__(
+        self,
+        face_masks: FaceMasks | Sequence[FaceMasks | None],
+        tokens_per_face: int,
+        mode: str = "hard",
+        weight: float = 1.0,
+        overlap: str = "both",
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
+        self.per_row = not isinstance(face_masks, FaceMasks)
+        self.face_masks = list(face_masks) if self.per_row else [face_masks]
+        self.num_faces = max((len(m) for m in self.face_masks if m is not None), default=0)
+        self.tokens_per_face = tokens_per_face
+        self.mode = mode
+        self.weight = float(weight)
+        self.overlap = overlap
+        self._plans: dict[tuple[int, int], RegionPlan] = {}
+
+    def plan(self, grid: tuple[int, int]) -> RegionPlan:
+        """The RegionPlan of an (h, w) attention grid (cached)."""
+        if grid not in self._plans:
+            h, w = grid
+            visibility = torch.zeros(len(self.face_masks), self.num_faces, h * w, dtype=torch.bool)
+            for row, masks in enumerate(self.face_masks):
+                if masks is not None and len(masks) > 0:
+                    visibility[row, : len(masks)] = masks_on_grid(masks, grid, self.overlap)
+            self._plans[grid] = RegionPlan(visibility)  # (R, N, h*w)
+        return self._plans[grid]
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        heads: int,
+        latent_size: tuple[int, int],
+        face_rows: torch.Tensor | None = None,
+        text_attention: TextAttention = sdpa_attention,
+    ) -> torch.Tensor:
+        """q (B, Q, H*d) at a layer of a UNet whose input latent is ``latent_size`` (h, w)."""
+        plan = self.plan(latent_grid(q.shape[1], latent_size)) if self.num_faces else None
+        return masked_cross_attention(
+            q, k, v, heads, plan, self.tokens_per_face,
+            face_rows=face_rows, mode=self.mode, weight=self.weight, text_attention=text_attention,
+        )

@@ -1,0 +1,127 @@
+"""The self-describing configuration every InstantFamily checkpoint carries.
+
+One dataclass holds everything needed to rebuild the projector, draw the control image the
+way the trainer drew it, and build the attention masks the way they were trained. It travels
+as JSON in the checkpoint's safetensors metadata (key ``instantfamily``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+FORMAT_VERSION = 1
+
+MASK_MODES = ("hard", "paper")
+OVERLAP_RULES = ("both", "nearest")
+
+# Slot colours of the identity circles in the control image (RGB, 0-255). Slot n of the
+# embedding stack is drawn with PALETTE[n % len(PALETTE)]. Chosen to be far from the
+# OpenPose limb colours' mean and from each other; the checkpoint stores the palette it
+# was trained with, so this default only matters for new trainings.
+DEFAULT_PALETTE = (
+    (255, 255, 255),
+    (255, 0, 255),
+    (0, 255, 255),
+    (255, 255, 0),
+    (128, 0, 255),
+    (255, 128, 128),
+    (0, 128, 255),
+    (128, 255, 128),
+)
+
+
+@dataclass
+class RecognizerInfo:
+    """The face recognizer a checkpoint was trained with (identity features are not portable)."""
+
+    pack: str = ""
+    file_name: str = ""
+    sha256: str = ""
+    global_shape: tuple[int, ...] = (512,)
+    local_shape: tuple[int, ...] = (512, 7, 7)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RecognizerInfo":
+        data = dict(data)
+        for key in ("global_shape", "local_shape"):
+            if key in data:
+                data[key] = tuple(int(v) for v in data[key])
+        return cls(**data)
+
+
+@dataclass
+class InstantFamilyConfig:
+    """Hyper-parameters of the projector, masks and control image.
+
+    d_gf / d_lf: width of the recognizer's global embedding / local feature map channels.
+    L: side of the local feature map (L x L tokens). d_K: cross-attention context width.
+    """
+
+    d_gf: int = 512
+    d_lf: int = 512
+    L: int = 7
+    d_K: int = 768
+    projector_hidden: int = 1024
+    mask_mode: str = "hard"
+    mask_margin: float = 0.25
+    overlap: str = "both"
+    palette: tuple[tuple[int, int, int], ...] = DEFAULT_PALETTE
+    # Circle radius = circle_radius_fraction * max(face box width, height) of the (un-enlarged) box.
+    circle_radius_fraction: float = 0.25
+    max_ids_trained: int = 4
+    base_model: str = "SD1.5"
+    recognizer: RecognizerInfo = field(default_factory=RecognizerInfo)
+    training_steps: int = 0
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def tokens_per_face(self) -> int:
+        """L*L local tokens plus one global token."""
+        return self.L * self.L + 1
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that makes no sense."""
+        for name in ("d_gf", "d_lf", "L", "d_K", "projector_hidden"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"InstantFamily config: '{name}' must be positive, got {getattr(self, name)!r}")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"InstantFamily config: mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
+        if self.overlap not in OVERLAP_RULES:
+            raise ValueError(f"InstantFamily config: overlap must be one of {OVERLAP_RULES}, got {self.overlap!r}")
+        if not 0.0 <= float(self.mask_margin) <= 4.0:
+            raise ValueError(f"InstantFamily config: mask_margin must be in [0, 4], got {self.mask_margin!r}")
+        if len(self.palette) == 0 or any(len(c) != 3 for c in self.palette):
+            raise ValueError("InstantFamily config: palette must be a non-empty list of RGB triples")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"InstantFamily config: format_version {self.format_version} is newer than this pack "
+                f"understands ({FORMAT_VERSION}); update the node pack"
+            )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InstantFamilyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"InstantFamily config: unknown keys {unknown}; was it written by a newer pack?")
+        data = dict(data)
+        if "palette" in data:
+            data["palette"] = tuple(tuple(int(c) for c in rgb) for rgb in data["palette"])
+        if "recognizer" in data and isinstance(data["recognizer"], dict):
+            data["recognizer"] = RecognizerInfo.from_dict(data["recognizer"])
+        config = cls(**data)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_json(cls, text: str) -> "InstantFamilyConfig":
+        return cls.from_dict(json.loads(text))
+
+    def palette_colour(self, slot: int) -> tuple[int, int, int]:
+        """RGB colour of identity slot ``slot`` (wraps around the palette)."""
+        return tuple(self.palette[slot % len(self.palette)])
