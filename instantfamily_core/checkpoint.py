@@ -67,16 +67,20 @@ def save_checkpoint(
 
 
 def _reject_non_safetensors(path: Path) -> None:
+    """A safetensors file starts with an 8-byte header length and then '{'; refuse anything else."""
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(9)
+    if len(head) < 9:
+        raise CheckpointError(f"{path}: file is empty or truncated ({len(head)} bytes); download or export it again")
+    if head[8:9] == b"{":
+        return
     if head[:2] == b"PK" or head[:1] == b"\x80":
         raise CheckpointError(
             f"{path}: this is a pickle/PyTorch file (.ckpt/.pt/.bin), which InstantFamily refuses to load "
             "because unpickling can run arbitrary code. Export the checkpoint with the bundled trainer "
             "(python -m train.export) to a .safetensors file."
         )
-    if len(head) < 8:
-        raise CheckpointError(f"{path}: file is empty or truncated ({len(head)} bytes); download or export it again")
+    raise CheckpointError(f"{path}: not a safetensors file (unknown header); the file is corrupt or of another format")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> InstantFamilyModel:
