@@ -36,6 +36,8 @@ class InstantFamilyModel:
     controlnet_state: dict[str, torch.Tensor] = field(default_factory=dict)
     unet_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
     path: str = ""
+    # Per-process objects built from this checkpoint (e.g. the ControlNet per base MODEL).
+    runtime_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def save_checkpoint(

@@ -123,7 +123,7 @@ def masks_on_grid(face_masks: FaceMasks, grid: tuple[int, int], overlap: str = "
     """Resize slot masks to an attention grid: (N, h*w) bool, row-major like the UNet's tokens.
 
     A cell is on when at least half of it is covered (area resampling); the cell under each
-    face centre is always on, so no face vanishes at 8x8. With ``overlap="nearest"`` a cell
+    face centre is always on (unless the slot's mask is empty), so no face vanishes at 8x8. With ``overlap="nearest"`` a cell
     covered by several faces is kept only for the face whose centre is nearest.
     """
     h, w = grid
@@ -134,7 +134,8 @@ def masks_on_grid(face_masks: FaceMasks, grid: tuple[int, int], overlap: str = "
     on = coverage >= 0.5
     col = (face_masks.centres[:, 0] * w).long().clamp(0, w - 1)
     row = (face_masks.centres[:, 1] * h).long().clamp(0, h - 1)
-    on[torch.arange(n), row, col] = True
+    present = face_masks.masks.flatten(1).amax(dim=1) > 0  # an all-off mask stays off
+    on[torch.arange(n), row, col] |= present
     if overlap == "nearest" and n > 1:
         ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
         xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
@@ -143,7 +144,7 @@ def masks_on_grid(face_masks: FaceMasks, grid: tuple[int, int], overlap: str = "
         distance = (dx**2 + dy**2).masked_fill(~on, float("inf"))  # (N, h, w)
         nearest = distance.argmin(dim=0)  # (h, w)
         on = on & (nearest[None] == torch.arange(n)[:, None, None])
-        on[torch.arange(n), row, col] = True
+        on[torch.arange(n), row, col] |= present
     elif overlap != "both" and overlap != "nearest":
         raise ValueError(f"overlap must be 'both' or 'nearest', got {overlap!r}")
     return on.reshape(n, h * w)

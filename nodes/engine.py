@@ -104,7 +104,6 @@ class InstantFamilyApply:
 
     def apply(self, model, instantfamily, stack, face_masks, weight, start_at, end_at, mask_mode="as trained", overlap="both"):
         from ..instantfamily_core.comfy_patch import InstantFamilyAttentionPatch
-        from ..instantfamily_core.unet_keys import cross_attention_keys
 
         if start_at > end_at:
             raise ValueError(f"start_at ({start_at}) must not be after end_at ({end_at})")
@@ -124,6 +123,8 @@ class InstantFamilyApply:
 
 def install_patch(model, patch) -> list[tuple[str, int]]:
     """Install ``patch`` on every cross-attention key of ``model`` (a clone); returns the keys."""
+    from ..instantfamily_core.unet_keys import cross_attention_keys
+
     keys = cross_attention_keys(model.model.diffusion_model)
     if not keys:
         raise ValueError("this MODEL has no cross-attention layers: InstantFamily needs an SD1.5-family model")

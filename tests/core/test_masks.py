@@ -72,3 +72,10 @@ def test_user_masks_use_their_centroid_and_reject_empty_masks():
     drawn[1] = 0
     with pytest.raises(ValueError, match="mask 1 is empty"):
         masks_from_images(drawn)
+
+
+def test_an_empty_mask_stays_off_at_every_grid():
+    masks = masks_from_boxes(torch.tensor([[10.0, 10, 20, 20]]), (64, 64))
+    masks.masks.zero_()
+    for grid in [(8, 8), (1, 1), (64, 64)]:
+        assert not masks_on_grid(masks, grid).any()
