@@ -118,6 +118,7 @@ def masked_cross_attention(
     mode: str = "hard",
     weight: float = 1.0,
     text_attention: TextAttention = sdpa_attention,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Attention of q over the embedding stack with face regions.
 
@@ -127,6 +128,8 @@ def masked_cross_attention(
       With a per-row plan, its R rows map onto the face rows in order.
     text_attention: computes the text-only rows/queries; the ComfyUI patch passes the host's
       own attention so that text-only output is bit-for-bit the unpatched model's.
+    kernel: "auto" (region-sparse for shared regions, dense otherwise), or force "dense" /
+      "region" (benchmarks; a GPU may prefer one dense call at small sizes). Both are exact.
     """
     if mode not in MODES:
         raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
@@ -146,7 +149,9 @@ def masked_cross_attention(
         raise ValueError(f"region plan has {plan.visibility.shape[0]} rows but {rows.numel()} rows see faces")
     if mode == "paper":
         return _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
-    if plan.shared:
+    if kernel not in ("auto", "dense", "region"):
+        raise ValueError(f"kernel must be 'auto', 'dense' or 'region', got {kernel!r}")
+    if plan.shared and kernel != "dense":
         return _region_sparse_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
     return _dense_hard_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
 
@@ -255,6 +260,7 @@ class FaceAttention:
         mode: str = "hard",
         weight: float = 1.0,
         overlap: str = "both",
+        kernel: str = "auto",
     ):
         if mode not in MODES:
             raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
@@ -265,6 +271,7 @@ class FaceAttention:
         self.mode = mode
         self.weight = float(weight)
         self.overlap = overlap
+        self.kernel = kernel
         self._plans: dict[tuple[int, int], RegionPlan] = {}
 
     def plan(self, grid: tuple[int, int]) -> RegionPlan:
@@ -293,4 +300,5 @@ class FaceAttention:
         return masked_cross_attention(
             q, k, v, heads, plan, self.tokens_per_face,
             face_rows=face_rows, mode=self.mode, weight=self.weight, text_attention=text_attention,
+            kernel=self.kernel,
         )

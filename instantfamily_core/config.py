@@ -17,18 +17,19 @@ MASK_MODES = ("hard", "paper")
 OVERLAP_RULES = ("both", "nearest")
 
 # Slot colours of the identity circles in the control image (RGB, 0-255). Slot n of the
-# embedding stack is drawn with PALETTE[n % len(PALETTE)]. Chosen to be far from the
-# OpenPose limb colours' mean and from each other; the checkpoint stores the palette it
-# was trained with, so this default only matters for new trainings.
+# embedding stack is drawn with PALETTE[n % len(PALETTE)]. None of them is a colour OpenPose
+# draws (its 18 saturated joint colours, or the 0.6-scaled limb colours), so a circle can never
+# be mistaken for a joint. The checkpoint stores the palette it was trained with; this default
+# only matters for new trainings.
 DEFAULT_PALETTE = (
     (255, 255, 255),
-    (255, 0, 255),
-    (0, 255, 255),
-    (255, 255, 0),
-    (128, 0, 255),
-    (255, 128, 128),
-    (0, 128, 255),
-    (128, 255, 128),
+    (128, 128, 128),
+    (255, 192, 203),
+    (128, 64, 0),
+    (0, 64, 128),
+    (128, 128, 0),
+    (0, 128, 128),
+    (128, 0, 64),
 )
 
 
@@ -74,6 +75,9 @@ class InstantFamilyConfig:
     base_model: str = "SD1.5"
     recognizer: RecognizerInfo = field(default_factory=RecognizerInfo)
     training_steps: int = 0
+    # Constructor kwargs of ComfyUI's comfy.cldm.cldm.ControlNet for the stored ControlNet (written by
+    # the trainer's export, train.convert.ldm_controlnet_kwargs); empty = detect from the weights.
+    controlnet: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property

@@ -52,10 +52,11 @@ def test_shared_regions_match_reference(n_faces, mode, weight, cond_rows_only):
     q, k, v, g = random_inputs(n_faces)
     visibility = torch.rand(1, n_faces, q.shape[1], generator=g) < 0.3  # overlapping regions included
     face_rows = torch.tensor([True, False]) if cond_rows_only else None
-    out = masked_cross_attention(q, k, v, HEADS, RegionPlan(visibility), TOKENS,
-                                 face_rows=face_rows, mode=mode, weight=weight)
     expected = reference(q, k, v, visibility, [0] if cond_rows_only else [0, 1], mode, weight)
-    assert torch.allclose(out, expected, atol=2e-6), (out - expected).abs().max()
+    for kernel in ("auto", "dense"):
+        out = masked_cross_attention(q, k, v, HEADS, RegionPlan(visibility), TOKENS,
+                                     face_rows=face_rows, mode=mode, weight=weight, kernel=kernel)
+        assert torch.allclose(out, expected, atol=2e-6), (kernel, (out - expected).abs().max())
 
 
 @pytest.mark.parametrize("n_faces", [1, 4])

@@ -1,0 +1,182 @@
+"""Nodes: Face Mask (ID regions from a template, a pose or masks) and the Pose + Circle control image."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("InstantFamily")
+
+ORDER_TOOLTIP = (
+    "Position of each ID, e.g. '2,0,1' gives ID 0 position 2, ID 1 position 0, ID 2 position 1. "
+    "Positions are numbered left to right (masks: batch order). Empty: left to right."
+)
+MARGIN_TOOLTIP = "face box growth about its centre (0.25 = the paper's 25%); drawn masks are used as they are"
+OVERLAP_TOOLTIP = "where two regions overlap: both faces visible, or only the nearest face"
+SLOTS_TOOLTIP = "the ID slots (from Face Mask); without it every person with a head gets one, left to right"
+
+
+def image_to_uint8(image, index: int = 0):
+    """One image of a ComfyUI IMAGE batch (B, H, W, 3) float 0..1 as (H, W, 3) uint8 numpy."""
+    if image.dim() == 3:
+        image = image[None]
+    if image.dim() != 4 or image.shape[-1] < 3:
+        raise ValueError(f"expected an IMAGE (B, H, W, 3), got shape {tuple(image.shape)}")
+    return (image[index, ..., :3].clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def uint8_to_image(array):
+    """(H, W, 3) uint8 numpy as a ComfyUI IMAGE batch of one (1, H, W, 3) float 0..1."""
+    import torch
+
+    return (torch.from_numpy(array.copy()).float() / 255.0)[None]
+
+
+def first_frame(pose_keypoint):
+    """Frame 0 of a POSE_KEYPOINT value, parsed (a batch of frames is a video: its first frame is used)."""
+    from ..instantfamily_core.pose import parse_pose_keypoint
+
+    if isinstance(pose_keypoint, (list, tuple)) and len(pose_keypoint) > 1:
+        log.info("InstantFamily: POSE_KEYPOINT has %d frames; using the first", len(pose_keypoint))
+    return parse_pose_keypoint(pose_keypoint, frame=0)
+
+
+def config_of(instantfamily):
+    """The checkpoint's config (palette, circle radius rule), or the defaults when none is connected."""
+    from ..instantfamily_core.config import InstantFamilyConfig
+
+    return instantfamily.config if instantfamily is not None else InstantFamilyConfig()
+
+
+def detect_template_faces(analyzer, image_rgb):
+    """Faces on the template image through the face analyzer (``instantfamily_core.face_analysis``)."""
+    try:
+        from ..instantfamily_core.face_analysis import analyze_faces
+    except ImportError as error:
+        raise RuntimeError(
+            f"face detection on a template image is not available in this build ({error}); "
+            "connect a POSE_KEYPOINT or masks instead"
+        ) from error
+    return analyze_faces(analyzer, image_rgb)
+
+
+class InstantFamilyFaceMask:
+    """Where each ID goes: one region per ID slot, from a template image, a pose or drawn masks."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "margin": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": MARGIN_TOOLTIP}),
+                "order": ("STRING", {"default": "", "multiline": False, "tooltip": ORDER_TOOLTIP}),
+                "overlap": (["both", "nearest"], {"default": "both", "tooltip": OVERLAP_TOOLTIP}),
+            },
+            "optional": {
+                "faces": ("INSTANTFAMILY_FACES", {"tooltip": "the stack's IDs: one region per ID"}),
+                "template": ("IMAGE", {"tooltip": "an image whose faces give the positions (needs the analyzer)"}),
+                "analyzer": ("INSTANTFAMILY_ANALYZER",),
+                "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "from an OpenPose / DWPose preprocessor node"}),
+                "masks": ("MASK", {"tooltip": "one drawn mask per ID, in ID order"}),
+                "instantfamily": ("INSTANTFAMILY_MODEL", {"tooltip": "for the preview's palette"}),
+            },
+        }
+
+    RETURN_TYPES = ("INSTANTFAMILY_FACE_MASKS", "IMAGE")
+    RETURN_NAMES = ("face_masks", "preview")
+    FUNCTION = "build"
+    CATEGORY = "InstantFamily/masks"
+
+    def build(self, margin, order, overlap, faces=None, template=None, analyzer=None, pose_keypoint=None,
+              masks=None, instantfamily=None):
+        from ..instantfamily_core import face_regions
+        from ..instantfamily_core.control_image import draw_skeletons
+
+        given = [name for name, value in (("template", template), ("pose_keypoint", pose_keypoint), ("masks", masks))
+                 if value is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "Face Mask: connect exactly one of 'template' (+ 'analyzer'), 'pose_keypoint' or 'masks'"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        n_ids = None if faces is None else len(faces)
+        background = None
+        if pose_keypoint is not None:
+            frame = first_frame(pose_keypoint)
+            face_masks, _ = face_regions.face_masks_from_pose(frame, n_ids, order, margin, overlap)
+            background = draw_skeletons(frame.bodies(), frame.size)
+        elif template is not None:
+            if analyzer is None:
+                raise ValueError("Face Mask: a 'template' image needs an 'analyzer': connect a Load Face Analyzer node")
+            background = image_to_uint8(template)
+            detected = detect_template_faces(analyzer, background)
+            face_masks = face_regions.face_masks_from_detections(
+                detected, background.shape[:2], n_ids, order, margin, overlap
+            )
+        else:
+            face_masks = face_regions.face_masks_from_user_masks(masks, n_ids, order, overlap)
+        preview = face_regions.preview_face_masks(face_masks, config_of(instantfamily), background)
+        return (face_masks, uint8_to_image(preview))
+
+
+class InstantFamilyPoseCircleImage:
+    """The ControlNet image: OpenPose skeletons of everyone plus a palette circle on each ID's face."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {},
+            "optional": {
+                "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "skeletons drawn from keypoints (all people)"}),
+                "pose_image": ("IMAGE", {"tooltip": "a pose image you already have: only the circles are added"}),
+                "face_masks": ("INSTANTFAMILY_FACE_MASKS", {"tooltip": SLOTS_TOOLTIP}),
+                "instantfamily": ("INSTANTFAMILY_MODEL", {"tooltip": "the checkpoint's palette and circle size"}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("control_image",)
+    FUNCTION = "draw"
+    CATEGORY = "InstantFamily/control"
+
+    def draw(self, pose_keypoint=None, pose_image=None, face_masks=None, instantfamily=None):
+        import torch
+
+        from ..instantfamily_core.face_regions import control_image_for_slots, face_masks_from_pose
+
+        config = config_of(instantfamily)
+        if (pose_keypoint is None) == (pose_image is None):
+            raise ValueError("Pose Circle Image: connect either 'pose_keypoint' or 'pose_image' (not both)")
+        if pose_keypoint is not None:
+            frame = first_frame(pose_keypoint)
+            if face_masks is None:
+                face_masks, _ = face_masks_from_pose(frame)
+            warn_aspect(face_masks.image_size, frame.size)
+            drawn = control_image_for_slots(face_masks, config, frame.size, bodies=frame.bodies())
+            return (uint8_to_image(drawn),)
+        if face_masks is None:
+            raise ValueError("Pose Circle Image: with a 'pose_image', connect 'face_masks' to know where the circles go")
+        images = []
+        for index in range(pose_image.shape[0] if pose_image.dim() == 4 else 1):
+            base = image_to_uint8(pose_image, index)
+            warn_aspect(face_masks.image_size, base.shape[:2])
+            images.append(uint8_to_image(control_image_for_slots(face_masks, config, base.shape[:2], base=base)))
+        return (torch.cat(images),)
+
+
+def warn_aspect(mask_size, image_size) -> None:
+    """Circles are placed in normalised coordinates: warn when the two images' shapes differ."""
+    (mh, mw), (ih, iw) = mask_size, image_size
+    if abs(mw / mh - iw / ih) > 0.02 * (iw / ih):
+        log.warning(
+            "InstantFamily: face masks are %dx%d but the pose is %dx%d; circles are placed proportionally",
+            mw, mh, iw, ih,
+        )
+
+
+NODE_CLASS_MAPPINGS = {
+    "InstantFamilyFaceMask": InstantFamilyFaceMask,
+    "InstantFamilyPoseCircleImage": InstantFamilyPoseCircleImage,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "InstantFamilyFaceMask": "Face Mask",
+    "InstantFamilyPoseCircleImage": "Pose + Circle Image",
+}
