@@ -95,6 +95,18 @@ class RegionPlan:
             self._cache[cache_key] = entries
         return self._cache[cache_key]
 
+    def isolation_mask(self, device: torch.device) -> torch.Tensor:
+        """(R, 1, Q, Q) bool for self-attention: False where query i and key j lie in regions of
+        different faces and share none (attn1 isolation, DESIGN "Beyond the paper")."""
+        cache_key = ("isolation", str(device))
+        if cache_key not in self._cache:
+            member = self.visibility.float()  # (R, N, Q)
+            share_a_face = (member.transpose(1, 2) @ member) > 0  # (R, Q, Q)
+            in_a_region = self.visibility.any(dim=1)  # (R, Q)
+            blocked = in_a_region[:, :, None] & in_a_region[:, None, :] & ~share_a_face
+            self._cache[cache_key] = (~blocked)[:, None].to(device)
+        return self._cache[cache_key]
+
     def key_mask(self, text_len: int, tokens_per_face: int, device: torch.device) -> torch.Tensor:
         """(R, 1, Q, text_len + N*T) bool: True where a query may see a key."""
         cache_key = ("mask", text_len, tokens_per_face, str(device))
@@ -245,6 +257,33 @@ def _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weig
     return out.index_put((rows,), torch.stack(results))
 
 
+def isolated_self_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    plan: RegionPlan | None,
+    *,
+    face_rows: torch.Tensor | None = None,
+    text_attention: TextAttention = sdpa_attention,
+) -> torch.Tensor:
+    """Self-attention (q, k, v all (B, Q, H*d)) in which positions inside face n's region do not
+    attend to positions inside face m's region (m != n); everything else is unchanged.
+
+    The paper attributes the identity mixing that remains to self-attention; this is the
+    optional remedy, off by default and measured by the toy-world benchmark.
+    """
+    rows = _face_row_index(face_rows, q.shape[0], q.device)
+    out = text_attention(q, k, v, heads)
+    if plan is None or plan.num_faces < 2 or rows.numel() == 0:
+        return out
+    mask = plan.isolation_mask(q.device)  # (R, 1, Q, Q)
+    if plan.shared:
+        mask = mask.expand(rows.numel(), -1, -1, -1)
+    isolated = sdpa_attention(q[rows], k[rows], v[rows], heads, mask)
+    return out.index_put((rows,), isolated.to(out.dtype))
+
+
 class FaceAttention:
     """Masked cross-attention for one set of face regions, building each grid's plan once.
 
@@ -302,3 +341,17 @@ class FaceAttention:
             face_rows=face_rows, mode=self.mode, weight=self.weight, text_attention=text_attention,
             kernel=self.kernel,
         )
+
+    def self_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        heads: int,
+        latent_size: tuple[int, int],
+        face_rows: torch.Tensor | None = None,
+        text_attention: TextAttention = sdpa_attention,
+    ) -> torch.Tensor:
+        """attn1 with face regions isolated from each other (see isolated_self_attention)."""
+        plan = self.plan(latent_grid(q.shape[1], latent_size)) if self.num_faces else None
+        return isolated_self_attention(q, k, v, heads, plan, face_rows=face_rows, text_attention=text_attention)

@@ -60,6 +60,7 @@ class InstantFamilyAttentionPatch:
         overlap: str = "both",
         sigma_start: float = float("inf"),
         sigma_end: float = 0.0,
+        isolate_self_attention: bool = False,
     ):
         if stack.num_faces != len(face_masks):
             raise ValueError(
@@ -72,6 +73,7 @@ class InstantFamilyAttentionPatch:
         self.weight = float(weight)
         self.sigma_start = float(sigma_start)
         self.sigma_end = float(sigma_end)
+        self.isolate_self_attention = bool(isolate_self_attention)
         self.calls: dict = {}  # attention key -> number of calls (tests count these)
 
     def is_active(self, extra_options: dict) -> bool:
@@ -109,6 +111,22 @@ class InstantFamilyAttentionPatch:
             latent_size=latent_size_from_options(extra_options),
             face_rows=face_rows_from_options(extra_options, q.shape[0]),
             text_attention=text_attention,
+        )
+
+    def self_attention(self, q, k, v, extra_options):
+        """attn1_replace (only with isolate_self_attention): face regions don't see each other."""
+        heads = extra_options["n_heads"]
+
+        def plain_attention(q_, k_, v_, heads_):
+            return self.host_attention(q_, k_, v_, heads_, extra_options)
+
+        if not self.is_active(extra_options):
+            return plain_attention(q, k, v, heads)
+        return self.face_attention.self_attention(
+            q, k, v, heads,
+            latent_size=latent_size_from_options(extra_options),
+            face_rows=face_rows_from_options(extra_options, q.shape[0]),
+            text_attention=plain_attention,
         )
 
     def __deepcopy__(self, memo):

@@ -32,9 +32,12 @@ def face_options_on(control_model, patch, latent_shape, sigmas):
     try:
         for key in cross_attention_keys(control_model):
             block = control_model.middle_block if key[0] == "middle" else control_model.input_blocks[key[1]]
+            replace = {"attn2": {key: patch.attention}}
+            if patch.isolate_self_attention:
+                replace["attn1"] = {key: patch.self_attention}
             options = {
                 "patches": {"attn2_patch": [patch.append_face_tokens]},
-                "patches_replace": {"attn2": {key: patch.attention}},
+                "patches_replace": replace,
                 "block": key,
                 "original_shape": list(latent_shape),
                 "sigmas": sigmas,

@@ -95,14 +95,19 @@ class InstantFamilyApply:
                 "mask_mode": (["as trained", "hard", "paper"], {"default": "as trained"}),
                 "overlap": (["both", "nearest"], {"default": "both",
                                                   "tooltip": "where two face regions overlap: both faces visible (paper) or only the nearest"}),
-            }
+            },
+            "optional": {
+                "attn1_isolation": ("BOOLEAN", {"default": False,
+                                                "tooltip": "beyond the paper: face regions do not attend to each other in self-attention"}),
+            },
         }
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "apply"
     CATEGORY = f"{CATEGORY}/conditioning"
 
-    def apply(self, model, instantfamily, stack, face_masks, weight, start_at, end_at, mask_mode="as trained", overlap="both"):
+    def apply(self, model, instantfamily, stack, face_masks, weight, start_at, end_at, mask_mode="as trained",
+              overlap="both", attn1_isolation=False):
         from ..instantfamily_core.comfy_patch import InstantFamilyAttentionPatch
 
         if start_at > end_at:
@@ -116,6 +121,7 @@ class InstantFamilyApply:
         patch = InstantFamilyAttentionPatch(
             stack, face_masks, host_attention, mode=mode, weight=weight, overlap=overlap,
             sigma_start=percent_to_sigma(patched, start_at), sigma_end=percent_to_sigma(patched, end_at),
+            isolate_self_attention=attn1_isolation,
         )
         install_patch(patched, patch)
         return (patched,)
@@ -131,6 +137,8 @@ def install_patch(model, patch) -> list[tuple[str, int]]:
     model.set_model_attn2_patch(patch.append_face_tokens)
     for block, index in keys:
         model.set_model_attn2_replace(patch.attention, block, index)
+        if patch.isolate_self_attention:
+            model.set_model_attn1_replace(patch.self_attention, block, index)
     model.model_options.setdefault("transformer_options", {})["instantfamily_patch"] = patch
     return keys
 

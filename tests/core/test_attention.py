@@ -116,3 +116,21 @@ def test_face_attention_builds_each_grid_once_and_rejects_mismatched_context():
     assert attention.plan((8, 8)) is plan and torch.equal(out1, out2)
     with pytest.raises(ValueError, match="faces x 5 tokens"):
         attention(q, k[:, :TEXT + 2], v[:, :TEXT + 2], HEADS, latent_size=(8, 8))
+
+
+def test_attn1_isolation_matches_a_reference_and_blocks_only_cross_face_pairs():
+    from instantfamily_core.attention import isolated_self_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 12, HEADS * DIM, generator=g) for _ in range(3))
+    visibility = torch.zeros(1, 2, 12, dtype=torch.bool)
+    visibility[0, 0, 0:4] = True
+    visibility[0, 1, 3:7] = True  # position 3 belongs to both faces
+    out = isolated_self_attention(q, k, v, HEADS, RegionPlan(visibility), face_rows=torch.tensor([True, False]))
+    face_of = [{0}, {0}, {0}, {0, 1}, {1}, {1}, {1}] + [set()] * 5
+    allowed = torch.tensor([[not (face_of[i] and face_of[j] and not face_of[i] & face_of[j]) for j in range(12)]
+                            for i in range(12)])
+    assert not allowed[0, 4] and allowed[0, 3] and allowed[0, 8] and allowed[8, 0]
+    expected = sdpa_attention(q[:1], k[:1], v[:1], HEADS, allowed[None, None])
+    assert torch.allclose(out[:1], expected, atol=1e-6)
+    assert torch.allclose(out[1:], sdpa_attention(q[1:], k[1:], v[1:], HEADS), atol=1e-6)  # uncond row untouched

@@ -58,7 +58,8 @@ def build_stack(comfy_host, instantfamily, faces):
 def apply(comfy_host, model, instantfamily, stack, masks, weight=1.0, **kw):
     node = comfy_host.node_class("InstantFamilyApply")()
     (patched,) = node.apply(model, instantfamily, stack, masks, weight, kw.get("start_at", 0.0),
-                            kw.get("end_at", 1.0), kw.get("mask_mode", "as trained"), "both")
+                            kw.get("end_at", 1.0), kw.get("mask_mode", "as trained"), "both",
+                            kw.get("attn1_isolation", False))
     return patched
 
 
@@ -219,3 +220,16 @@ def test_count_mismatch_between_stack_and_masks_is_explained(comfy_host, pack, i
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
     with pytest.raises(ValueError, match="3 IDs but the face masks have 2 positions"):
         apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2))
+
+
+def test_attn1_isolation_patches_self_attention_and_is_a_no_op_for_one_face(comfy_host, pack, instantfamily, base, conds):
+    one = build_stack(comfy_host, instantfamily, make_faces(pack, 1, seed=0))
+    plain_one = sample(comfy_host, apply(comfy_host, base, instantfamily, one, make_masks(pack, 1)), conds)
+    isolated_one = apply(comfy_host, base, instantfamily, one, make_masks(pack, 1), attn1_isolation=True)
+    assert set(isolated_one.model_options["transformer_options"]["patches_replace"]["attn1"]) == \
+        set(isolated_one.model_options["transformer_options"]["patches_replace"]["attn2"])
+    assert torch.allclose(sample(comfy_host, isolated_one, conds), plain_one, atol=1e-5)
+    three = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
+    plain = sample(comfy_host, apply(comfy_host, base, instantfamily, three, make_masks(pack, 3)), conds)
+    isolated = sample(comfy_host, apply(comfy_host, base, instantfamily, three, make_masks(pack, 3), attn1_isolation=True), conds)
+    assert (plain - isolated).abs().max() > 1e-4
