@@ -1,0 +1,42 @@
+"""Preview drawing: each chosen face's box with its identity slot number, in the slot's colour."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..config import InstantFamilyConfig
+from ..identity import DetectedFace
+
+UNCHOSEN = (128, 128, 128)
+
+
+def draw_preview(
+    image_rgb: np.ndarray,
+    faces: list[DetectedFace],
+    slots: dict[int, int],
+    config: InstantFamilyConfig | None = None,
+) -> np.ndarray:
+    """A copy of an (H, W, 3) uint8 image with numbered boxes.
+
+    ``slots`` maps ``id(face)`` to its identity slot; faces without a slot get a thin grey box.
+    """
+    config = config or InstantFamilyConfig()
+    canvas = np.ascontiguousarray(image_rgb.copy())
+    thickness = max(1, int(round(max(canvas.shape[:2]) / 400)))
+    for face in faces:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in face.box)
+        slot = slots.get(id(face))
+        if slot is None:
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), UNCHOSEN, thickness)
+            continue
+        colour = tuple(int(c) for c in config.palette_colour(slot))
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 0), thickness + 2)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
+        text = str(slot)
+        scale = max(0.4, (x2 - x1) / 120.0)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness + 1)
+        top = max(0, y1 - th - base - 2)
+        cv2.rectangle(canvas, (x1, top), (x1 + tw + 4, top + th + base + 2), (0, 0, 0), -1)
+        cv2.putText(canvas, text, (x1 + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness + 1, cv2.LINE_AA)
+    return canvas

@@ -1,0 +1,40 @@
+"""Fixtures of the face tests: a tiny insightface pack built at test time and the dlib backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from face_fixtures import build_tiny_pack
+
+TINY_PACK = "tinypack"
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory):
+    """(insightface root, pack name, pack folder) of the tiny exported detector + recognizer."""
+    root = str(tmp_path_factory.mktemp("insightface"))
+    folder = build_tiny_pack(root, TINY_PACK)
+    return root, TINY_PACK, folder
+
+
+@pytest.fixture(scope="session")
+def tiny_analyzer(tiny_pack):
+    from instantfamily_core.faces import load_face_analyzer
+
+    root, pack, _ = tiny_pack
+    return load_face_analyzer(root, pack, provider="CPU")
+
+
+@pytest.fixture(scope="session")
+def dlib_backend():
+    from instantfamily_core.faces.dlib_backend import DlibFaceBackend
+
+    return DlibFaceBackend()
+
+
+@pytest.fixture(scope="session")
+def dlib_analyzer(dlib_backend, tiny_analyzer):
+    """The real dlib detector with the tiny one-pass recognizer (features are not meaningful)."""
+    from instantfamily_core.faces import FaceAnalyzer
+
+    return FaceAnalyzer(dlib_backend, tiny_analyzer.recognizer, det_size=640, pack="dlib+tiny")
