@@ -112,9 +112,10 @@ class RegionPlan:
         cache_key = ("mask", text_len, tokens_per_face, str(device))
         if cache_key not in self._cache:
             rows, _, queries = self.visibility.shape
-            faces = self.visibility.transpose(1, 2).repeat_interleave(tokens_per_face, dim=2)  # (R, Q, N*T)
-            text = torch.ones(rows, queries, text_len, dtype=torch.bool)
-            self._cache[cache_key] = torch.cat([text, faces], dim=2)[:, None].to(device)  # (R, 1, Q, K)
+            visibility = self.visibility.to(device)  # build the large mask where it is used
+            faces = visibility.transpose(1, 2).repeat_interleave(tokens_per_face, dim=2)  # (R, Q, N*T)
+            text = torch.ones(rows, queries, text_len, dtype=torch.bool, device=device)
+            self._cache[cache_key] = torch.cat([text, faces], dim=2)[:, None]  # (R, 1, Q, K)
         return self._cache[cache_key]
 
 
