@@ -1,0 +1,21 @@
+"""benchmarks/train_throughput.py keeps working at tiny size on CPU (figures come from GPU runs)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
+
+
+def test_benchmark_runs_at_tiny_size(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "figures.json"
+    assert module.main(["--model-config", "tiny", "--resolution", "64", "--batch-size", "2", "--precision", "fp32",
+                        "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    for name in ("plain", "instantfamily"):
+        assert figures["results"][name]["images_per_s"] > 0 and figures["results"][name]["flops_per_step"] > 0
+    # the face tokens are extra work: our step counts more FLOPs than the plain one
+    assert 0 < figures["summary"]["flop_ratio"] < 1

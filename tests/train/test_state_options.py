@@ -1,0 +1,71 @@
+"""Checkpoint folders without pickles, and options from TOML/YAML files plus CLI overrides."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from train import state as ckpt
+from train.options import parse
+
+
+def test_optimizer_and_rng_round_trip(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW([{"params": [model.weight], "lr": 1e-3}, {"params": [model.bias], "lr": 1e-2}])
+    for _ in range(2):
+        model(torch.randn(5, 4)).square().mean().backward()
+        optimizer.step()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    saved = ckpt.save_checkpoint_dir(tmp_path, 7, weights=dict(model.named_parameters()),
+                                     optimizer_state=optimizer.state_dict(), state={"batches": 9, "lr_scheduler": {}})
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    loaded = ckpt.load_checkpoint_dir(saved)
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+    assert loaded["state"]["step"] == 7 and loaded["state"]["batches"] == 9
+    fresh = torch.optim.AdamW([{"params": [model.weight], "lr": 5.0}, {"params": [model.bias], "lr": 5.0}])
+    fresh.load_state_dict(loaded["optimizer"])
+    for a, b in zip(fresh.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    assert [g["lr"] for g in fresh.param_groups] == [1e-3, 1e-2]
+    assert not any(p.suffix == ".pt" or p.suffix == ".pkl" for p in saved.iterdir())
+
+
+def test_partial_checkpoints_are_ignored_and_only_the_last_k_kept(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in (1, 2, 3, 4):
+        ckpt.save_checkpoint_dir(tmp_path, step, weights=dict(model.named_parameters()),
+                                 optimizer_state=optimizer.state_dict(), state={"batches": step}, keep=2)
+    (tmp_path / "step-00000005.tmp").mkdir()  # a save killed half way
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    assert ckpt.resolve_resume("latest", tmp_path).name == "step-00000004"
+    ckpt.remove_partial(tmp_path)
+    assert not (tmp_path / "step-00000005.tmp").exists()
+    assert ckpt.resolve_resume("latest", tmp_path / "empty") is None
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        ckpt.resolve_resume(str(tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["toml", "yaml"])
+def test_config_file_then_cli_overrides(tmp_path, suffix):
+    text = {"toml": 'max_steps = 50\ndata = ["a", "b"]\nmixed_precision = "bf16"\nrandom_crop = false\n',
+            "yaml": "max_steps: 50\ndata: [a, b]\nmixed_precision: bf16\nrandom_crop: false\n"}[suffix]
+    path = tmp_path / f"run.{suffix}"
+    path.write_text(text)
+    opts = parse(["--config", str(path), "--max-steps", "7", "--learning-rate", "3e-5"])
+    assert (opts.max_steps, opts.data, opts.mixed_precision, opts.random_crop, opts.learning_rate) == \
+        (7, ["a", "b"], "bf16", False, 3e-5)
+    path.write_text(text + ("lerning_rate = 1.0\n" if suffix == "toml" else "lerning_rate: 1.0\n"))
+    with pytest.raises(ValueError, match="unknown options .*lerning_rate"):
+        parse(["--config", str(path)])
+    with pytest.raises(ValueError, match="mixed_precision"):
+        parse(["--mixed-precision", "fp8"])
+
+
+def test_shipped_example_config_parses():
+    from train.models import CONFIG_ROOT
+
+    opts = parse(["--config", str(CONFIG_ROOT / "example.toml")])
+    assert opts.max_faces == 4 and opts.mask_margin == 0.25 and opts.resume == "latest"

@@ -1,0 +1,13 @@
+"""The bundled InstantFamily trainer (standalone: never imports ComfyUI).
+
+    python -m train.prepare   images/shards -> WebDataset shards with faces, pose, captions
+    python -m train.train     ControlNet + projector (+ UNet attn2 K/V) under `accelerate launch`
+    python -m train.export    training checkpoint -> models/instantfamily/<name>.safetensors
+
+Everything runs offline: base weights come from a local SD1.5 folder or single file, configs from
+train/configs/.
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"

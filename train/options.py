@@ -1,0 +1,120 @@
+"""Training options: one dataclass, a TOML/YAML file, and ``--name value`` overrides for every field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainOptions:
+    # data and models
+    data: list[str] = field(default_factory=list)  # prepared folders (with manifest.json) or .tar shards
+    output_dir: str = "output/instantfamily"
+    pretrained: str = ""  # diffusers SD1.5 folder or single-file .safetensors; "" = random init (tests)
+    model_config: str = "sd15"  # shipped config set under train/configs, or a folder
+    tokenizer: str = ""  # CLIP tokenizer folder (needed for single-file checkpoints)
+    controlnet: str = ""  # start from a diffusers ControlNet folder instead of the UNet copy
+    # InstantFamily method
+    resolution: int = 512
+    max_faces: int = 4
+    text_dropout: float = 0.05
+    face_dropout: float = 0.05
+    random_crop: bool = True
+    mask_mode: str = "hard"
+    mask_margin: float = 0.25
+    overlap: str = "both"
+    circle_radius_fraction: float = 0.25
+    projector_hidden: int = 1024
+    train_unet_kv: bool = False  # also train attn2 to_k / to_v of the UNet (exported as deltas)
+    # optimisation
+    batch_size: int = 8  # per process
+    gradient_accumulation: int = 1
+    max_steps: int = 10000
+    learning_rate: float = 1e-5
+    projector_learning_rate: float = 1e-4
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    adam_8bit: bool = False
+    ema_decay: float = 0.0  # 0 = no EMA
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    num_workers: int = 4
+    # checkpoints, logging, validation
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    resume: str = ""  # "" | "latest" | a checkpoint folder
+    log_every: int = 10
+    tensorboard: bool = True
+    validate_every: int = 0  # 0 = never
+    validation_steps: int = 20
+    guidance_scale: float = 5.0
+    validation_samples: int = 2
+
+    def validate(self) -> None:
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if self.max_faces < 1:
+            raise ValueError("max_faces must be at least 1")
+        for name in ("text_dropout", "face_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]")
+
+
+def read_file(path: str) -> dict:
+    """A TOML (.toml) or YAML (.yaml/.yml) file of option names -> values."""
+    text = Path(path).read_text()
+    if path.endswith(".toml"):
+        import tomllib
+
+        data = tomllib.loads(text)
+    elif path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"config file {path}: use .toml or .yaml")
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"config file {path}: unknown options {unknown}")
+    return data
+
+
+def _parser_type(default):
+    if isinstance(default, bool):
+        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[s.lower()]
+    if isinstance(default, list):
+        return None
+    return type(default)
+
+
+def parse(argv=None, description: str = "") -> TrainOptions:
+    """``--config file`` first, then each ``--field value`` (lists: ``--data a b``) overrides it."""
+    parser = argparse.ArgumentParser(prog="python -m train.train", description=description)
+    parser.add_argument("--config", help="TOML or YAML file with any of the options below")
+    for f in dataclasses.fields(TrainOptions):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, list):
+            parser.add_argument(flag, dest=f.name, nargs="+", default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_parser_type(default), default=None, help=f"default {default!r}")
+    args = parser.parse_args(argv)
+    values = read_file(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    options = TrainOptions(**values)
+    options.validate()
+    return options
+
+
+def to_json(options: TrainOptions) -> str:
+    return json.dumps(dataclasses.asdict(options), indent=2, sort_keys=True)

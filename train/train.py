@@ -1,0 +1,337 @@
+"""Train InstantFamily: ControlNet (from the UNet) + face projector (+ optional UNet attn2 K/V).
+
+    accelerate launch -m train.train --config train/configs/example.toml [--name value ...]
+    python -m train.train --data prepared/ --pretrained sd15/ --output-dir runs/a --resume latest
+
+Checkpoints go to <output-dir>/checkpoints/step-XXXXXXXX (see train/state.py); the final weights
+are exported to <output-dir>/instantfamily.safetensors (the pack's format, see train/export.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from instantfamily_core.config import InstantFamilyConfig, RecognizerInfo
+from instantfamily_core.projector import Projector
+
+from . import state as ckpt
+from .data import ResumableBatchSampler, TrainDataset, collate, sample_rng
+from .ema import EMA
+from .manifest import find_shards
+from .models import build_controlnet, encode_text, load_base
+from .net import FaceInputs, InstantFamilyNet
+from .options import TrainOptions, parse, to_json
+from .sample_format import decode_faces
+from .shards import ShardReader
+
+logger = logging.getLogger("train")
+KV_BASE = "unet_kv_base.safetensors"
+
+
+def feature_shapes(reader: ShardReader, recognizer: RecognizerInfo | None) -> RecognizerInfo:
+    """The recognizer info of the manifest, or the feature shapes of the first sample with faces."""
+    if recognizer is not None:
+        return recognizer
+    for index in range(min(len(reader), 64)):
+        _, members = reader.read(index)
+        if "faces.npz" in members:
+            faces = decode_faces(members["faces.npz"])
+            if len(faces["boxes"]):
+                return RecognizerInfo(global_shape=tuple(faces["global_features"].shape[1:]),
+                                      local_shape=tuple(faces["local_features"].shape[1:]))
+    return RecognizerInfo()
+
+
+def instantfamily_config(opts: TrainOptions, recognizer: RecognizerInfo, d_K: int) -> InstantFamilyConfig:
+    d_lf, L, _ = recognizer.local_shape
+    config = InstantFamilyConfig(
+        d_gf=recognizer.global_shape[0], d_lf=d_lf, L=L, d_K=d_K, projector_hidden=opts.projector_hidden,
+        mask_mode=opts.mask_mode, mask_margin=opts.mask_margin, overlap=opts.overlap,
+        circle_radius_fraction=opts.circle_radius_fraction, max_ids_trained=opts.max_faces, recognizer=recognizer,
+    )
+    config.validate()
+    return config
+
+
+def unet_kv_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """attn2 to_k / to_v weights of the UNet (diffusers names)."""
+    return {name: p for name, p in unet.named_parameters() if ".attn2.to_k." in name or ".attn2.to_v." in name}
+
+
+class Trainer:
+    """Everything one training process holds; ``run()`` trains until ``max_steps``."""
+
+    def __init__(self, opts: TrainOptions):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.opts = opts
+        _allow_new_precision(opts.mixed_precision)
+        self.accelerator = Accelerator(mixed_precision=opts.mixed_precision, cpu=not torch.cuda.is_available(),
+                                       gradient_accumulation_steps=opts.gradient_accumulation)
+        acc = self.accelerator
+        self.output = Path(opts.output_dir)
+        self.checkpoints = self.output / "checkpoints"
+        if acc.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(self.checkpoints)
+            (self.output / "train_options.json").write_text(to_json(opts))
+        set_seed(opts.seed)  # identical initialisation on every rank
+
+        shards, recognizer = find_shards(opts.data)
+        self.reader = ShardReader(shards)
+        base = load_base(opts.pretrained, opts.model_config, opts.tokenizer, seed=opts.seed)
+        self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler = (
+            base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler)
+        self.config = instantfamily_config(opts, feature_shapes(self.reader, recognizer), base.unet.config.cross_attention_dim)
+        controlnet = build_controlnet(base.unet, opts.controlnet)
+        net = InstantFamilyNet(base.unet, controlnet, Projector(self.config), self.config)
+        self._freeze(net)
+        self.optimizer = self._optimizer(net)
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(opts.lr_scheduler, self.optimizer, num_warmup_steps=opts.warmup_steps,
+                                          num_training_steps=opts.max_steps)
+        self.net, self.optimizer = acc.prepare(net, self.optimizer)
+        self.ema = EMA(net.trainable_state(), opts.ema_decay) if opts.ema_decay > 0 else None
+        self.step, self.batches = 0, 0
+        resume = ckpt.resolve_resume(opts.resume, self.checkpoints)
+        if resume is not None:
+            self._resume(ckpt.load_checkpoint_dir(resume, acc.process_index))  # also restores the RNG states
+            logger.info("resumed from %s at step %d", resume, self.step)
+        else:
+            set_seed(opts.seed + acc.process_index)  # distinct noise per rank
+        self.dataset = TrainDataset(self.reader, self.config, opts.resolution, opts.max_faces, opts.text_dropout,
+                                    opts.face_dropout, opts.random_crop, opts.seed)
+        self.sampler = ResumableBatchSampler(len(self.reader), opts.batch_size, opts.seed, acc.process_index,
+                                             acc.num_processes, start_batch=self.batches)
+        # Its own generator: starting an iterator must not draw from the global RNG (exact resume).
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
+                                                  num_workers=opts.num_workers, persistent_workers=opts.num_workers > 0,
+                                                  generator=torch.Generator().manual_seed(opts.seed))
+        self.writer = self._tensorboard()
+        self.losses: list[float] = []
+
+    # --- setup -----------------------------------------------------------------------------
+    def _freeze(self, net: InstantFamilyNet) -> None:
+        """Frozen parts in the compute dtype on the device; trained parts stay float32."""
+        opts, acc = self.opts, self.accelerator
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(opts.mixed_precision, torch.float32)
+        self.weight_dtype = dtype
+        kv = unet_kv_parameters(net.unet) if opts.train_unet_kv else {}
+        kv_base = {name: p.detach().float().clone() for name, p in kv.items()}  # before any rounding
+        for module in (net.unet, self.vae, self.text_encoder):
+            module.requires_grad_(False).eval().to(acc.device, dtype)
+        net.controlnet.train().requires_grad_(True)
+        net.projector.train().requires_grad_(True)
+        for name, p in kv.items():
+            p.data = kv_base[name].to(acc.device)
+            p.requires_grad_(True)
+        if kv and acc.is_main_process and not (self.output / KV_BASE).exists():
+            from safetensors.torch import save_file
+
+            tmp = self.output / (KV_BASE + ".tmp")
+            save_file({n: t.contiguous() for n, t in kv_base.items()}, str(tmp))
+            tmp.replace(self.output / KV_BASE)
+        if opts.gradient_checkpointing:
+            net.unet.enable_gradient_checkpointing()
+            net.controlnet.enable_gradient_checkpointing()
+
+    def _optimizer(self, net: InstantFamilyNet) -> torch.optim.Optimizer:
+        opts = self.opts
+        projector = [p for p in net.projector.parameters()]
+        others = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("projector.")]
+        groups = [{"params": others, "lr": opts.learning_rate}, {"params": projector, "lr": opts.projector_learning_rate}]
+        if opts.adam_8bit:
+            try:
+                import bitsandbytes as bnb
+            except ImportError as error:
+                raise RuntimeError("--adam-8bit needs bitsandbytes: pip install bitsandbytes") from error
+            return bnb.optim.AdamW8bit(groups, weight_decay=opts.weight_decay)
+        return torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
+
+    def _resume(self, loaded: dict) -> None:
+        weights, state = loaded["weights"], loaded["state"]
+        trainable = self.accelerator.unwrap_model(self.net).trainable_state()
+        missing = sorted(set(trainable) - set(weights))
+        if missing:
+            raise ValueError(f"checkpoint lacks trained weights {missing[:3]}: resume with the same options")
+        with torch.no_grad():
+            for name, p in trainable.items():
+                p.copy_(weights[name])
+        if self.ema is not None:
+            self.ema.load(weights)
+        self.optimizer.load_state_dict(loaded["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.accelerator.scaler is not None and state.get("scaler"):
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.step, self.batches = int(state["step"]), int(state["batches"])
+        log = self.output / "losses.jsonl"
+        if self.accelerator.is_main_process and log.is_file():  # drop steps of a killed run after this checkpoint
+            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            log.write_text("".join(line + "\n" for line in kept))
+
+    def _tensorboard(self):
+        if not (self.opts.tensorboard and self.accelerator.is_main_process):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.info("TensorBoard is not installed: logging to tqdm and losses.jsonl only")
+            return None
+        return SummaryWriter(str(self.output / "logs"))
+
+    # --- one step ------------------------------------------------------------------------------
+    def loss(self, batch: dict) -> torch.Tensor:
+        acc, dtype = self.accelerator, self.weight_dtype
+        pixels = batch["pixel_values"].to(acc.device, dtype)
+        with torch.no_grad():
+            latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+            text = encode_text(self.text_encoder, self.tokenizer, batch["captions"], acc.device)
+        noise = torch.randn_like(latents)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        faces = FaceInputs(batch["global_features"], batch["local_features"], batch["masks"])
+        prediction = self.net(noisy, timesteps, text, faces, batch["control"].to(acc.device, dtype))
+        return F.mse_loss(prediction.float(), target.float())
+
+    def run(self) -> list[float]:
+        from tqdm.auto import tqdm
+
+        opts, acc = self.opts, self.accelerator
+        progress = tqdm(total=opts.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train")
+        batches = iter(self.loader)
+        window = []
+        while self.step < opts.max_steps:
+            batch = next(batches)
+            self.batches += 1
+            if not batch:
+                continue
+            with acc.accumulate(self.net):
+                loss = self.loss(batch)
+                acc.backward(loss)
+                if acc.sync_gradients and opts.max_grad_norm > 0:
+                    acc.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], opts.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            window.append(loss.detach().float())
+            if not acc.sync_gradients:
+                continue
+            self.lr_scheduler.step()
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update(acc.unwrap_model(self.net).trainable_state())
+            value = float(acc.gather(torch.stack(window).mean()[None]).mean())
+            window = []
+            self._log(value)
+            progress.update(1)
+            progress.set_postfix(loss=f"{value:.4f}")
+            if self.step % opts.checkpoint_every == 0 or self.step == opts.max_steps:
+                self.save()
+            if opts.validate_every and self.step % opts.validate_every == 0:
+                self.validate()
+        progress.close()
+        if acc.is_main_process:
+            from .export import export
+
+            export(ckpt.list_checkpoints(self.checkpoints)[-1], self.output / "instantfamily.safetensors",
+                   use_ema=self.ema is not None)
+        acc.wait_for_everyone()
+        return self.losses
+
+    def _log(self, value: float) -> None:
+        self.losses.append(value)
+        if not self.accelerator.is_main_process:
+            return
+        lr = self.lr_scheduler.get_last_lr()[0]
+        with open(self.output / "losses.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "loss": value, "lr": lr}) + "\n")
+        if self.writer is not None and self.step % self.opts.log_every == 0:
+            self.writer.add_scalar("train/loss", value, self.step)
+            self.writer.add_scalar("train/lr", lr, self.step)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {self.step}; lower the learning rate or use bf16")
+
+    # --- checkpoints and validation ------------------------------------------------------------
+    def save(self) -> Path:
+        acc, opts = self.accelerator, self.opts
+        net = acc.unwrap_model(self.net)
+        weights = dict(net.trainable_state())
+        if self.ema is not None:
+            weights.update(self.ema.state())
+        state = {
+            "batches": self.batches, "seed": opts.seed, "world_size": acc.num_processes,
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            "options": json.loads(to_json(opts)), "instantfamily": json.loads(self.config.to_json()),
+            "unet_config": dict(net.unet.config), "controlnet_config": dict(net.controlnet.config),
+            "unet_kv_base": str((self.output / KV_BASE).resolve()) if opts.train_unet_kv else "",
+            "ema": self.ema is not None,
+        }
+        return ckpt.save_checkpoint_dir(
+            self.checkpoints, self.step, weights=weights, optimizer_state=self.optimizer.state_dict(), state=state,
+            rank=acc.process_index, is_main=acc.is_main_process, barrier=acc.wait_for_everyone,
+            keep=opts.keep_checkpoints,
+        )
+
+    def validate(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        from .validate import grid, sample, to_uint8
+
+        opts, net = self.opts, self.accelerator.unwrap_model(self.net)
+        plain = TrainDataset(self.reader, self.config, opts.resolution, opts.max_faces, 0.0, 0.0, False, opts.seed)
+        rows = []
+        net.eval()
+        for index in range(min(opts.validation_samples, len(self.reader))):
+            key, members = self.reader.read(index)
+            example = plain.example(key, members, sample_rng(opts.seed, 0, index))
+            image = sample(net, self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler.config, example,
+                           steps=opts.validation_steps, guidance_scale=opts.guidance_scale, seed=opts.seed,
+                           dtype=self.weight_dtype)
+            rows.append([to_uint8(example["pixel_values"], -1.0), to_uint8(example["control"], 0.0), image])
+        net.train()
+        net.unet.eval()
+        folder = self.output / "validation"
+        folder.mkdir(exist_ok=True)
+        picture = grid(rows)
+        picture.save(folder / f"step-{self.step:08d}.png")
+        if self.writer is not None:
+            import numpy as np
+
+            self.writer.add_image("validation", np.asarray(picture), self.step, dataformats="HWC")
+
+
+def _allow_new_precision(mixed_precision: str) -> None:
+    """A second Trainer in one process (tests, notebooks) may use another precision."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
+
+
+def train(opts: TrainOptions) -> list[float]:
+    """Train with ``opts``; returns this process's loss per optimizer step of this run."""
+    return Trainer(opts).run()
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    opts = parse(argv, description=__doc__.split("\n\n")[0])
+    train(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Validation images: a small DDIM loop with classifier-free guidance through ``InstantFamilyNet``.
+
+The conditional row gets the caption and the faces; the unconditional row gets the empty caption
+and no faces (text-only attention), both with the same control image -- as ComfyUI samples it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .models import encode_text
+from .net import FaceInputs, InstantFamilyNet
+
+
+@torch.no_grad()
+def sample(net: InstantFamilyNet, vae, text_encoder, tokenizer, scheduler_config, example: dict, *,
+           steps: int = 20, guidance_scale: float = 5.0, seed: int = 0, dtype=torch.float32) -> np.ndarray:
+    """One image (H, W, 3) uint8 for a dataset example (its caption, faces, masks and control image)."""
+    from diffusers import DDIMScheduler
+
+    device = next(net.parameters()).device
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    scheduler.set_timesteps(steps, device=device)
+    control = example["control"][None].to(device, dtype)  # (1, 3, H, W)
+    height, width = control.shape[-2:]
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    latents = torch.randn(1, vae.config.latent_channels, height // factor, width // factor, generator=generator)
+    latents = (latents * scheduler.init_noise_sigma).to(device, dtype)
+    text = encode_text(text_encoder, tokenizer, ["", example["caption"]], device).to(dtype)  # (2, 77, d)
+    cond = FaceInputs([example["global_features"]], [example["local_features"]], [example["masks"]])
+    uncond = FaceInputs.empty(1, net.config)
+    faces = FaceInputs(uncond.global_features + cond.global_features, uncond.local_features + cond.local_features,
+                       uncond.masks + cond.masks)
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        timesteps = torch.full((2,), int(t), device=device)
+        noise = net(model_in, timesteps, text, faces, torch.cat([control, control])).float()
+        noise = noise[0:1] + guidance_scale * (noise[1:2] - noise[0:1])
+        latents = scheduler.step(noise.to(dtype), t, latents).prev_sample
+    image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample  # (1, 3, H, W) in [-1, 1]
+    return ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def grid(rows: list[list[np.ndarray]]) -> Image.Image:
+    """Rows of equally sized (H, W, 3) uint8 images -> one PIL image."""
+    return Image.fromarray(np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0))
+
+
+def to_uint8(tensor: torch.Tensor, low: float) -> np.ndarray:
+    """(3, H, W) in [low, 1] -> (H, W, 3) uint8."""
+    scaled = (tensor.float() - low) / (1 - low) * 255
+    return scaled.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
