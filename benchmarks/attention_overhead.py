@@ -80,19 +80,30 @@ def run_one(args) -> dict:
         config = dict(model.model.model_config.unet_config, hint_channels=3, operations=comfy.ops.disable_weight_init)
         config.pop("out_channels")
         state = host.fixtures.tiny_model.fill_weights(comfy.cldm.cldm.ControlNet(**config), seed=2).state_dict()
-        control = controlnet_mod.build_control_model(model, state, "benchmark")
+        checkpoint = host.pack_import("instantfamily_core.checkpoint")
+        config_mod = host.pack_import("instantfamily_core.config")
+        control = controlnet_mod.build_control_model(
+            model, checkpoint.InstantFamilyModel(config_mod.InstantFamilyConfig(), None, state), "benchmark")
         control.face_patch = patch
         control = control.copy().set_cond_hint(torch.rand(1, 3, args.size, args.size), 1.0, (0.0, 1.0))
-        control.pre_run(model.model, lambda p: p)
+        control.pre_run(model.model, model.model.model_sampling.percent_to_sigma)
 
     transformer_options = dict(model.model_options.get("transformer_options", {}), **options)
+    control_args = []
+    if control is not None:
+        import inspect
+
+        import comfy.controlnet
+
+        if "transformer_options" in inspect.signature(comfy.controlnet.ControlNet.get_control).parameters:
+            control_args = [transformer_options]  # 0.3.x passes them; ComfyUI of 2024 does not
     diffusion = model.model
 
     def step():
         with torch.no_grad():
             residuals = None
             if control is not None:
-                residuals = control.get_control(x, sigma, {"c_crossattn": context}, 2, transformer_options)
+                residuals = control.get_control(x, sigma, {"c_crossattn": context}, 2, *control_args)
             return diffusion.apply_model(x, sigma, c_crossattn=context, control=residuals,
                                          transformer_options=dict(transformer_options))
 

@@ -79,25 +79,30 @@ def instantfamily_controlnet_class():
     return InstantFamilyControlNet
 
 
-def build_control_model(model, controlnet_state: dict, source: str):
-    """An SD1.5-shaped ldm ControlNet mirroring ``model``'s UNet, with the checkpoint's weights."""
+def build_control_model(model, checkpoint, source: str):
+    """The checkpoint's ldm ControlNet, built from the constructor arguments it records (the
+    trainer's export writes them); older files without them mirror ``model``'s UNet."""
     import comfy.cldm.cldm
     import comfy.model_management
     import comfy.ops
 
-    if not controlnet_state:
+    state = checkpoint.controlnet_state
+    if not state:
         raise ValueError(f"{source}: this InstantFamily checkpoint holds no ControlNet weights; "
                          "export it from a training run with the ControlNet (python -m train.export)")
-    config = dict(model.model.model_config.unet_config)
-    config.pop("out_channels", None)
-    config["hint_channels"] = int(controlnet_state["input_hint_block.0.weight"].shape[1])
+    if checkpoint.config.controlnet:
+        config = dict(checkpoint.config.controlnet)
+    else:
+        config = dict(model.model.model_config.unet_config)
+        config.pop("out_channels", None)
+    config["hint_channels"] = int(state["input_hint_block.0.weight"].shape[1])
     manual_cast = getattr(model.model, "manual_cast_dtype", None)
     config["operations"] = comfy.ops.manual_cast if manual_cast is not None else comfy.ops.disable_weight_init
     config["dtype"] = model.model.get_dtype()
     if "device" in inspect.signature(comfy.cldm.cldm.ControlNet.__init__).parameters:
         config["device"] = comfy.model_management.unet_offload_device()
     control_model = comfy.cldm.cldm.ControlNet(**config)
-    missing, unexpected = control_model.load_state_dict(controlnet_state, strict=False)
+    missing, unexpected = control_model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"{source}: its ControlNet does not fit this MODEL's UNet (missing {sorted(missing)[:3]}, "
@@ -142,7 +147,7 @@ class InstantFamilyPoseCircleControlNet:
         cache = instantfamily.runtime_cache
         key = ("controlnet", id(model.model))
         if key not in cache:
-            cache[key] = build_control_model(model, instantfamily.controlnet_state, instantfamily.path or "checkpoint")
+            cache[key] = build_control_model(model, instantfamily, instantfamily.path or "checkpoint")
         base = cache[key]
         config = instantfamily.config
         with_faces = base.copy()
