@@ -1,7 +1,8 @@
 """The pack's checkpoint: one self-describing safetensors file (DESIGN §3).
 
-Tensors live under the prefixes ``projector.``, ``controlnet.`` (the pose+circle ControlNet,
-diffusers naming) and, when the trainer changed the UNet, ``unet.`` (deltas to add to the
+Tensors live under the prefixes ``projector.``, ``controlnet.`` (the pose+circle ControlNet in
+ComfyUI's ``comfy.cldm.cldm.ControlNet`` naming; the config's ``controlnet`` entry holds its
+constructor arguments) and, when the trainer changed the UNet, ``unet.`` (deltas to add to the
 base UNet's weights, ComfyUI naming ``diffusion_model.…``). Metadata key ``instantfamily``
 holds the InstantFamilyConfig as JSON. Only safetensors is ever read: no unpickling.
 """

@@ -26,3 +26,24 @@ def comfy_models_dir(comfy_host):
 def pytest_report_header(config):
     root, label = _host.comfyui_root()
     return f"ComfyUI host: {label or 'COMFYUI_PATH'} at {root}"
+
+
+class PackModules:
+    """``pack.masks`` is the pack's ``instantfamily_core.masks`` as ComfyUI loaded it (so objects
+    compare with what the nodes make); ``pack.engine`` is ``nodes.engine``, and so on."""
+
+    def __init__(self, host):
+        self._host = host
+
+    def __getattr__(self, name):
+        for package in ("instantfamily_core", "nodes"):
+            try:
+                return self._host.pack_import(f"{package}.{name}")
+            except ModuleNotFoundError:
+                continue
+        raise AttributeError(f"the pack has no module instantfamily_core.{name} or nodes.{name}")
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_host):
+    return PackModules(comfy_host)

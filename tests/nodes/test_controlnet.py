@@ -11,19 +11,6 @@ IMAGE_SIZE = (64, 96)
 
 
 @pytest.fixture(scope="module")
-def pack(comfy_host):
-    class Pack:
-        config = comfy_host.pack_import("instantfamily_core.config")
-        identity = comfy_host.pack_import("instantfamily_core.identity")
-        masks = comfy_host.pack_import("instantfamily_core.masks")
-        checkpoint = comfy_host.pack_import("instantfamily_core.checkpoint")
-        projector = comfy_host.pack_import("instantfamily_core.projector")
-        patch = comfy_host.pack_import("instantfamily_core.comfy_patch")
-        unet_keys = comfy_host.pack_import("instantfamily_core.unet_keys")
-    return Pack
-
-
-@pytest.fixture(scope="module")
 def base(comfy_host):
     return comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1)
 
@@ -108,7 +95,7 @@ def test_hard_mode_controlnet_attention_changes_only_inside_face_n(comfy_host, p
     grids = set()
     for q, k, v, options in recorded:
         text_len = k.shape[1] - 3 * tokens
-        grid = pack.masks.latent_grid(q.shape[1], pack.patch.latent_size_from_options(options))
+        grid = pack.masks.latent_grid(q.shape[1], pack.comfy_patch.latent_size_from_options(options))
         grids.add(grid)
         visibility = patch.face_attention.plan(grid).visibility[0]
         for n in range(3):

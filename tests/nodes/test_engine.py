@@ -11,19 +11,6 @@ IMAGE_SIZE = (64, 96)  # the template the masks are drawn on
 
 
 @pytest.fixture(scope="module")
-def pack(comfy_host):
-    class Pack:
-        config = comfy_host.pack_import("instantfamily_core.config")
-        identity = comfy_host.pack_import("instantfamily_core.identity")
-        masks = comfy_host.pack_import("instantfamily_core.masks")
-        checkpoint = comfy_host.pack_import("instantfamily_core.checkpoint")
-        projector = comfy_host.pack_import("instantfamily_core.projector")
-        patch = comfy_host.pack_import("instantfamily_core.comfy_patch")
-        engine = comfy_host.pack_import("nodes.engine")
-    return Pack
-
-
-@pytest.fixture(scope="module")
 def instantfamily(comfy_host, pack):
     """A checkpoint written to models/instantfamily and loaded through the loader node."""
     config = pack.config.InstantFamilyConfig(**SMALL)
@@ -124,7 +111,7 @@ def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, i
     inside face n's region (cond rows) may change; uncond rows never change."""
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
     masks = make_masks(pack, 3)
-    patch = pack.patch.InstantFamilyAttentionPatch(stack, masks, pack.engine.host_attention, mode="hard")
+    patch = pack.comfy_patch.InstantFamilyAttentionPatch(stack, masks, pack.engine.host_attention, mode="hard")
     recorded = []
     original = patch.attention
 
@@ -140,9 +127,9 @@ def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, i
     tokens = stack.tokens_per_face
     for q, k, v, options in recorded:
         text_len = k.shape[1] - 3 * tokens
-        rows = pack.patch.face_rows_from_options(options, q.shape[0])
+        rows = pack.comfy_patch.face_rows_from_options(options, q.shape[0])
         rows = torch.ones(q.shape[0], dtype=torch.bool) if rows is None else rows
-        grid = pack.masks.latent_grid(q.shape[1], pack.patch.latent_size_from_options(options))
+        grid = pack.masks.latent_grid(q.shape[1], pack.comfy_patch.latent_size_from_options(options))
         grids.add(grid)
         visibility = patch.face_attention.plan(grid).visibility[0]  # (N, Q)
         for n in range(3):
@@ -164,7 +151,7 @@ def test_paper_mode_leak_is_measured(comfy_host, pack, instantfamily, base, cond
     masks = make_masks(pack, 2)
     leaks = {}
     for mode in ("hard", "paper"):
-        patch = pack.patch.InstantFamilyAttentionPatch(stack, masks, pack.engine.host_attention, mode=mode)
+        patch = pack.comfy_patch.InstantFamilyAttentionPatch(stack, masks, pack.engine.host_attention, mode=mode)
         q = torch.randn(1, 8 * 12, CONTEXT)
         k = torch.randn(1, 77 + 2 * stack.tokens_per_face, CONTEXT)
         v = torch.randn_like(k)

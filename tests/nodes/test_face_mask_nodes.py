@@ -9,17 +9,6 @@ H, W = 96, 160
 RED, BLUE = (250, 3, 3), (3, 3, 250)  # colours OpenPose never draws
 
 
-@pytest.fixture(scope="module")
-def pack(comfy_host):
-    class Pack:
-        config = comfy_host.pack_import("instantfamily_core.config")
-        identity = comfy_host.pack_import("instantfamily_core.identity")
-        masks = comfy_host.pack_import("instantfamily_core.masks")
-        pose = comfy_host.pack_import("instantfamily_core.pose")
-        face_mask = comfy_host.pack_import("nodes.face_mask")
-    return Pack
-
-
 class FakeModel:
     """Stands in for a loaded INSTANTFAMILY_MODEL: the nodes read only its config."""
 
