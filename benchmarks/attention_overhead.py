@@ -1,8 +1,10 @@
 """Cost of InstantFamily's masked cross-attention on a full-size SD1.5 UNet (random init).
 
-Every configuration runs in its own subprocess (so peak memory is that configuration's own),
-on a real ComfyUI host, at batch 2 (cond + uncond rows, as under CFG), and prints
-median seconds per UNet forward and ratios against the unpatched UNet measured in the same run:
+On a real ComfyUI host, at batch 2 (cond + uncond rows, as under CFG). Timing: every
+configuration shares one UNet (patched clones share weights) and the configurations are timed
+in turns, round after round, so drift on a busy machine hits them alike; medians and ratios are
+against the unpatched UNet of the same run. Peak memory: each configuration once more in its
+own subprocess (peak RSS of that process):
 
     python benchmarks/attention_overhead.py                 # 256 px, N = 1, 4, 8, 16
     python benchmarks/attention_overhead.py --size 512 --ids 4 16 --controlnet
@@ -39,82 +41,105 @@ def face_boxes(n: int, size: int) -> list[list[float]]:
              (i % cols + 0.5) * cell_w + face / 2, (i // cols + 0.5) * cell_h + face / 2] for i in range(n)]
 
 
-def run_one(args) -> dict:
-    """Time one configuration in this process (called in a subprocess)."""
-    sys.path.insert(0, str(REPO / "tests" / "nodes"))
-    import comfy_host
-
-    host = comfy_host.start_host(Path(tempfile.mkdtemp(prefix="if-bench-")))
+def _patched_step(host, base, n, args, control_state=None):
+    """A closure running one UNet (+ControlNet) forward with n IDs (0: unpatched)."""
     import torch
 
-    torch.set_num_threads(args.threads)
     masks_mod = host.pack_import("instantfamily_core.masks")
     patch_mod = host.pack_import("instantfamily_core.comfy_patch")
     stack_mod = host.pack_import("instantfamily_core.stack")
     engine = host.pack_import("nodes.engine")
-    controlnet_mod = host.pack_import("nodes.controlnet")
-
-    model = host.tiny_sd15_model(seed=0, **SD15)
     latent = args.size // 8
-    x = torch.randn(2, 4, latent, latent)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, latent, latent, generator=gen)
     sigma = torch.full((2,), 5.0)
-    context = torch.randn(2, 77, 768)
-    options = {"cond_or_uncond": [0, 1], "sigmas": sigma}
-    n = args.ids
-
-    patch = None
+    context = torch.randn(2, 77, 768, generator=gen)
+    model, patch = base, None
     if n > 0:
-        torch.manual_seed(1)
-        stack = stack_mod.EmbeddingStack(torch.randn(n, 50, 768))
+        stack = stack_mod.EmbeddingStack(torch.randn(n, 50, 768, generator=gen))
         masks = masks_mod.masks_from_boxes(torch.tensor(face_boxes(n, args.size)), (args.size, args.size))
         patch = patch_mod.InstantFamilyAttentionPatch(stack, masks, engine.host_attention, mode=args.mode)
         patch.face_attention.kernel = args.kernel
-        model = model.clone()
+        model = base.clone()
         engine.install_patch(model, patch)
-
-    control = None
-    if args.controlnet:
-        import comfy.cldm.cldm
-        import comfy.ops
-
-        config = dict(model.model.model_config.unet_config, hint_channels=3, operations=comfy.ops.disable_weight_init)
-        config.pop("out_channels")
-        state = host.fixtures.tiny_model.fill_weights(comfy.cldm.cldm.ControlNet(**config), seed=2).state_dict()
-        checkpoint = host.pack_import("instantfamily_core.checkpoint")
-        config_mod = host.pack_import("instantfamily_core.config")
-        control = controlnet_mod.build_control_model(
-            model, checkpoint.InstantFamilyModel(config_mod.InstantFamilyConfig(), None, state), "benchmark")
-        control.face_patch = patch
-        control = control.copy().set_cond_hint(torch.rand(1, 3, args.size, args.size), 1.0, (0.0, 1.0))
-        control.pre_run(model.model, model.model.model_sampling.percent_to_sigma)
-
-    transformer_options = dict(model.model_options.get("transformer_options", {}), **options)
-    control_args = []
-    if control is not None:
+    options = dict(model.model_options.get("transformer_options", {}), cond_or_uncond=[0, 1], sigmas=sigma)
+    control, control_args = None, []
+    if control_state is not None:
         import inspect
 
         import comfy.controlnet
 
+        checkpoint = host.pack_import("instantfamily_core.checkpoint")
+        config_mod = host.pack_import("instantfamily_core.config")
+        controlnet_mod = host.pack_import("nodes.controlnet")
+        ifmodel = checkpoint.InstantFamilyModel(config_mod.InstantFamilyConfig(), None, control_state)
+        control = controlnet_mod.build_control_model(model, ifmodel, "benchmark")
+        control.face_patch = patch
+        control = control.copy().set_cond_hint(torch.rand(1, 3, args.size, args.size, generator=gen), 1.0, (0.0, 1.0))
+        control.pre_run(model.model, model.model.model_sampling.percent_to_sigma)
         if "transformer_options" in inspect.signature(comfy.controlnet.ControlNet.get_control).parameters:
-            control_args = [transformer_options]  # 0.3.x passes them; ComfyUI of 2024 does not
-    diffusion = model.model
+            control_args = [options]  # 0.3.x passes them; ComfyUI of 2024 does not
 
     def step():
         with torch.no_grad():
             residuals = None
             if control is not None:
                 residuals = control.get_control(x, sigma, {"c_crossattn": context}, 2, *control_args)
-            return diffusion.apply_model(x, sigma, c_crossattn=context, control=residuals,
-                                         transformer_options=dict(transformer_options))
+            return model.model.apply_model(x, sigma, c_crossattn=context, control=residuals,
+                                           transformer_options=dict(options))
 
-    step()  # warm-up (plans and masks are built here, once per grid)
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {"ids": n, "median_s": statistics.median(times), "min_s": min(times),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return step
+
+
+def _start(args):
+    sys.path.insert(0, str(REPO / "tests" / "nodes"))
+    import comfy_host
+    import torch
+
+    host = comfy_host.start_host(Path(tempfile.mkdtemp(prefix="if-bench-")))
+    torch.set_num_threads(args.threads)
+    return host, host.tiny_sd15_model(seed=0, **SD15)
+
+
+def _controlnet_state(host, base):
+    import comfy.cldm.cldm
+    import comfy.ops
+
+    config = dict(base.model.model_config.unet_config, hint_channels=3, operations=comfy.ops.disable_weight_init)
+    config.pop("out_channels")
+    return host.fixtures.tiny_model.fill_weights(comfy.cldm.cldm.ControlNet(**config), seed=2).state_dict()
+
+
+def time_interleaved(args) -> dict:
+    """Median seconds per forward of every configuration, timed in turns."""
+    host, base = _start(args)
+    steps = {0: _patched_step(host, base, 0, args)}
+    for n in args.ids:
+        steps[n] = _patched_step(host, base, n, args)
+    if args.controlnet:
+        state = _controlnet_state(host, base)
+        steps["cn0"] = _patched_step(host, base, 0, args, state)
+        steps["cn4"] = _patched_step(host, base, 4, args, state)
+    for step in steps.values():
+        step()  # warm-up: plans and masks are built here, once per grid
+    times = {name: [] for name in steps}
+    names = list(steps)
+    for round_ in range(args.repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return {str(name): statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory(args) -> float:
+    """Peak RSS (MB) of a process that runs one configuration (called in a subprocess)."""
+    host, base = _start(args)
+    state = _controlnet_state(host, base) if args.controlnet else None
+    step = _patched_step(host, base, args.ids, args, state)
+    step()
+    step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -126,41 +151,47 @@ def main() -> None:
     parser.add_argument("--mode", default="hard", choices=["hard", "paper"])
     parser.add_argument("--kernel", default="auto", choices=["auto", "dense", "region"])
     parser.add_argument("--controlnet", action="store_true", help="also time ControlNet + UNet, 4 IDs vs none")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one config, print JSON
+    parser.add_argument("--memory-ids", type=int, nargs="*", default=[4],
+                        help="ID counts whose peak memory is measured in subprocesses (empty: skip)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: peak memory of one config, as JSON
     args = parser.parse_args()
     if args.one:
         for key, value in json.loads(args.one).items():
             setattr(args, key, value)
-        print("RESULT " + json.dumps(run_one(args)))
+        print("RESULT " + json.dumps(peak_memory(args)))
         return
 
-    def measure(ids: int, controlnet: bool = False) -> dict:
-        config = {"ids": ids, "controlnet": controlnet}
-        cmd = [sys.executable, __file__, "--size", str(args.size), "--repeats", str(args.repeats),
-               "--threads", str(args.threads), "--mode", args.mode, "--kernel", args.kernel, "--one", json.dumps(config)]
+    print(f"SD1.5-shaped UNet, random init, CPU x{args.threads}, {args.size} px, batch 2 (cond+uncond), "
+          f"mode={args.mode}, kernel={args.kernel}, median of {args.repeats} interleaved rounds")
+    medians = time_interleaved(args)
+    base = medians["0"]
+    print(f"{'IDs':>4} {'s/forward':>10} {'ratio':>7}")
+    for n in [0, *args.ids]:
+        print(f"{n:>4} {medians[str(n)]:>10.3f} {medians[str(n)] / base:>7.3f}")
+    results = {"seconds": medians, "ratios": {str(n): medians[str(n)] / base for n in args.ids}}
+    if args.controlnet:
+        ratio = medians["cn4"] / medians["cn0"]
+        print(f"ControlNet+UNet: plain {medians['cn0']:.3f} s, 4 IDs {medians['cn4']:.3f} s, ratio {ratio:.3f}")
+        results["controlnet_ratio"] = ratio
+
+    def memory(ids: int) -> float:
+        config = {"ids": ids, "controlnet": False}
+        cmd = [sys.executable, __file__, "--size", str(args.size), "--threads", str(args.threads),
+               "--mode", args.mode, "--kernel", args.kernel, "--one", json.dumps(config)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
-            raise SystemExit(f"benchmark run {config} failed:\n{out.stderr[-3000:]}")
+            raise SystemExit(f"memory run {config} failed:\n{out.stderr[-3000:]}")
         return json.loads(line[len("RESULT "):])
 
-    print(f"SD1.5-shaped UNet, random init, CPU x{args.threads}, {args.size} px, batch 2 (cond+uncond), "
-          f"mode={args.mode}, kernel={args.kernel}, median of {args.repeats}")
-    base = measure(0)
-    print(f"{'IDs':>4} {'s/forward':>10} {'ratio':>7} {'peak RSS MB':>12} {'mem ratio':>9}")
-    print(f"{0:>4} {base['median_s']:>10.3f} {1.0:>7.3f} {base['peak_rss_mb']:>12.0f} {1.0:>9.3f}")
-    results = {"unpatched": base, "patched": []}
-    for ids in args.ids:
-        r = measure(ids)
-        results["patched"].append(r)
-        print(f"{ids:>4} {r['median_s']:>10.3f} {r['median_s'] / base['median_s']:>7.3f} "
-              f"{r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] / base['peak_rss_mb']:>9.3f}")
-    if args.controlnet:
-        plain = measure(0, controlnet=True)
-        faces = measure(4, controlnet=True)
-        ratio = faces["median_s"] / plain["median_s"]
-        print(f"ControlNet+UNet: plain {plain['median_s']:.3f} s, 4 IDs {faces['median_s']:.3f} s, ratio {ratio:.3f}")
-        results["controlnet"] = {"plain": plain, "ids4": faces, "ratio": ratio}
+    if args.memory_ids:
+        plain = memory(0)
+        results["peak_rss_mb"] = {"0": plain}
+        print(f"peak RSS: unpatched {plain:.0f} MB")
+        for n in args.memory_ids:
+            peak = memory(n)
+            results["peak_rss_mb"][str(n)] = peak
+            print(f"peak RSS: {n} IDs {peak:.0f} MB ({peak / plain:.3f}x)")
     print("JSON " + json.dumps(results))
 
 
