@@ -230,7 +230,7 @@ class ComfyHost:
         if unknown:  # the 2024 validator raises KeyError here; report it the same way in both
             return False, unknown, []
         ok, error, outputs, node_errors = self._validate_raw(prompt)
-        if ok:
+        if ok and not node_errors:  # 0.3.x accepts a prompt when any output is valid: be strict
             return True, [], outputs
         errors = []
         if error:
