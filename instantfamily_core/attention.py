@@ -15,8 +15,9 @@ log(w) to their logits: w = 0 is text-only, w = 1 is the trained behaviour.
 Two exact kernels serve ``hard`` mode. When every face-seeing row shares one set of regions
 (inference: the cond rows of a sampler batch), queries are grouped by the set of faces they
 see and each group attends to [text ; its faces] only: the cost grows with the area the faces
-cover, not with N. When rows have their own regions (training batches), one boolean-masked
-SDPA over the whole stack is used.
+cover, not with N. On coarse grids crowded with regions the per-group overhead outweighs the
+saving and the plan picks one boolean-masked SDPA over the whole stack instead, which is also
+the kernel for rows with their own regions (training batches). Both kernels are exact.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from .masks import FaceMasks, latent_grid, masks_on_grid
 TextAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 MODES = ("hard", "paper")
+
+# Cost of one region group's fixed work, in query-key pairs (measured roughly on CPU: gathers and
+# a kernel launch cost about as much as attending ~20k pairs).
+GROUP_OVERHEAD_PAIRS = 20_000
 
 
 def sdpa_attention(
@@ -81,6 +86,25 @@ class RegionPlan:
                 if face_set.any()
             ]
         return self._groups
+
+    def region_is_cheaper(self, text_len: int, tokens_per_face: int) -> bool:
+        """Whether the region-sparse kernel beats one dense masked SDPA on this grid.
+
+        Both are exact; the choice is cost only. Counted in query-key pairs: dense attends every
+        query to the whole stack; region-sparse attends every query to the text, each group's
+        queries to [text ; its faces], plus a fixed per-group overhead (gathers, a kernel launch)
+        that dominates on coarse grids covered by many regions.
+        """
+        cache_key = ("cheaper", text_len, tokens_per_face)
+        if cache_key not in self._cache:
+            queries = self.visibility.shape[2]
+            dense = queries * (text_len + self.num_faces * tokens_per_face)
+            region = queries * text_len + sum(
+                int(index.numel()) * (text_len + len(faces) * tokens_per_face) + GROUP_OVERHEAD_PAIRS
+                for index, faces in self.groups()
+            )
+            self._cache[cache_key] = region < dense
+        return self._cache[cache_key]
 
     def key_groups(self, text_len: int, tokens_per_face: int, device: torch.device):
         """For each query group: (query_index, key_index) on ``device``; cached."""
@@ -141,8 +165,8 @@ def masked_cross_attention(
       With a per-row plan, its R rows map onto the face rows in order.
     text_attention: computes the text-only rows/queries; the ComfyUI patch passes the host's
       own attention so that text-only output is bit-for-bit the unpatched model's.
-    kernel: "auto" (region-sparse for shared regions, dense otherwise), or force "dense" /
-      "region" (benchmarks; a GPU may prefer one dense call at small sizes). Both are exact.
+    kernel: "auto" (region-sparse for shared regions where it is cheaper, dense otherwise), or
+      force "dense" / "region" (tests, benchmarks). Both are exact.
     """
     if mode not in MODES:
         raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
@@ -164,7 +188,8 @@ def masked_cross_attention(
         return _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
     if kernel not in ("auto", "dense", "region"):
         raise ValueError(f"kernel must be 'auto', 'dense' or 'region', got {kernel!r}")
-    if plan.shared and kernel != "dense":
+    use_region = kernel == "region" or (kernel == "auto" and plan.region_is_cheaper(text_len, tokens_per_face))
+    if plan.shared and use_region:
         return _region_sparse_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
     return _dense_hard_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
 

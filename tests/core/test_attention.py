@@ -53,7 +53,7 @@ def test_shared_regions_match_reference(n_faces, mode, weight, cond_rows_only):
     visibility = torch.rand(1, n_faces, q.shape[1], generator=g) < 0.3  # overlapping regions included
     face_rows = torch.tensor([True, False]) if cond_rows_only else None
     expected = reference(q, k, v, visibility, [0] if cond_rows_only else [0, 1], mode, weight)
-    for kernel in ("auto", "dense"):
+    for kernel in ("auto", "dense", "region"):
         out = masked_cross_attention(q, k, v, HEADS, RegionPlan(visibility), TOKENS,
                                      face_rows=face_rows, mode=mode, weight=weight, kernel=kernel)
         assert torch.allclose(out, expected, atol=2e-6), (kernel, (out - expected).abs().max())
