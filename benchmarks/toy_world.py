@@ -1,0 +1,199 @@
+"""Toy-world benchmark: zero-shot multi-identity generation trained and measured on a CPU.
+
+    python benchmarks/toy_world.py                 # default size (builds what is missing first)
+    python benchmarks/toy_world.py --smoke         # every stage at toy size, < 2 min (CI)
+    python benchmarks/toy_world.py --variants hard paper nomask --seeds 0 1 --per-count 8
+
+For N = 1..6 identities on held-out identities (never seen by the encoder, the generator or the
+judge): per-region identity similarity (judge cosine, region n vs identity n), MultiSim (N-ID
+form), mixing rate (regions whose best match in the stack is another identity), background
+accuracy (generated background has the caption's colour). Ablations, each trained the same way
+by the real trainer: hard mask, paper-literal mask, no mask (every face visible everywhere), and
+attn1 isolation (inference-time switch on the hard model). Reference rows: the oracle (the real
+rendering of the same identities in the same layout) and the base model without faces.
+Mean +- std over training seeds. Writes <out>/toy_world.json and <out>/toy_world.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+logger = logging.getLogger("toy_world")
+COUNTS = (1, 2, 3, 4, 5, 6)
+METRICS = ("similarity", "multisim", "mixing", "background_ok")
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarise(records: list[dict]) -> dict:
+    """records: one per (seed, case) with 'seed', 'n' and METRICS -> {n: {metric: (mean, std)}}.
+
+    Means over cases within a seed, then mean and std over seeds.
+    """
+    out = {}
+    for n in sorted({r["n"] for r in records}):
+        out[n] = {}
+        for metric in METRICS:
+            per_seed = [_mean(r[metric] for r in records if r["n"] == n and r["seed"] == s)
+                        for s in sorted({r["seed"] for r in records})]
+            per_seed = [v for v in per_seed if v is not None]
+            out[n][metric] = None if not per_seed else (float(np.mean(per_seed)), float(np.std(per_seed)))
+    return out
+
+
+def evaluate_rows(toy_dir: Path, variants, seeds, per_count: int, case_seed: int, steps: int, guidance: float,
+                  batch: int, include_train_ids: bool = True):
+    """Every benchmark row: name -> list of per-case records (plus a few images for the grid)."""
+    from train.toyworld import evaluation, world
+    from train.toyworld.build import Paths
+    from train.toyworld.data import ToyFaceFeatures
+    from train.toyworld.judge import Judge
+    from train.toyworld.toy_training import FULL_IMAGE_MASK_VARIANTS
+
+    paths = Paths(toy_dir)
+    split = world.split_identities()
+    judge = Judge.load(paths.judge)
+    features = ToyFaceFeatures(paths.recognizer)
+    pools = {"heldout": split.heldout}
+    if include_train_ids:
+        pools["train"] = split.train
+    cases = {name: evaluation.make_cases(pool, COUNTS, per_count, case_seed) for name, pool in pools.items()}
+    galleries = {name: [evaluation.gallery(judge, c.identities, case_seed) for c in cs] for name, cs in cases.items()}
+    rows: dict[str, list[dict]] = {}
+    pictures: dict[str, list[np.ndarray]] = {}
+
+    def record(row: str, seed: int, images, pool: str) -> None:
+        for case, refs, image in zip(cases[pool], galleries[pool], images):
+            rows.setdefault(row, []).append({"seed": seed, **evaluation.score(judge, image, case, refs)})
+        pictures.setdefault(row, list(images))
+
+    record("oracle (real rendering)", 0, [c.oracle for c in cases["heldout"]], "heldout")
+    for variant in variants:
+        for seed in seeds:
+            start = time.time()
+            net, toy = evaluation.load_net(paths.base, paths.checkpoint(variant, seed))
+            full = variant in FULL_IMAGE_MASK_VARIANTS
+            runs = [(variant, "heldout", True, False)]
+            if variant == "hard":
+                runs.append(("hard + attn1 isolation", "heldout", True, True))
+                runs.append(("base model, no faces", "heldout", False, False))
+                if include_train_ids:
+                    runs.append(("hard, training IDs", "train", True, False))
+            for row, pool, with_faces, isolate in runs:
+                evaluation.set_attn1_isolation(net, isolate)
+                examples = [evaluation.case_example(c, net.config, features, full) for c in cases[pool]]
+                if "control image" not in pictures:
+                    pictures["control image"] = [e["control_uint8"][::8, ::8] for e in examples]
+                images = []
+                for i in range(0, len(examples), batch):
+                    images.extend(evaluation.sample(net, toy, examples[i:i + batch], steps, guidance,
+                                                    seed=1000 * seed + i, with_faces=with_faces))
+                record(row, seed, images, pool)
+            logger.info("%s seed %d: evaluated in %.0f s", variant, seed, time.time() - start)
+    return rows, pictures
+
+
+def format_table(summary: dict) -> str:
+    def cell(value, digits=3):
+        if value is None:
+            return "-"
+        mean, std = value
+        return f"{mean:.{digits}f}±{std:.{digits}f}" if std else f"{mean:.{digits}f}"
+
+    lines = ["| row | N | similarity | MultiSim | mixing | background |", "|---|---|---|---|---|---|"]
+    for row, per_n in summary.items():
+        for n, metrics in per_n.items():
+            lines.append(f"| {row} | {n} | {cell(metrics['similarity'])} | {cell(metrics['multisim'])} | "
+                         f"{cell(metrics['mixing'], 2)} | {cell(metrics['background_ok'], 2)} |")
+    return "\n".join(lines)
+
+
+SHORT_NAMES = {"control image": "control", "oracle (real rendering)": "oracle", "hard + attn1 isolation": "hard+attn1",
+               "base model, no faces": "no faces", "hard, training IDs": "hard/train IDs"}
+
+
+def picture_grid(pictures: dict, path: Path, examples_per_count: int = 1, per_count: int = 1) -> Path:
+    """Rows: one case per N = 1..6 (held-out identities); columns: control image, oracle (the real
+    rendering), then every row's generation (first training seed). "hard/train IDs" shows other cases."""
+    from PIL import Image, ImageDraw
+
+    scale = 4
+    names = sorted(pictures, key=lambda name: name != "control image")
+    chosen = [i for i in range(len(next(iter(pictures.values())))) if i % per_count < examples_per_count]
+    tiles = [np.concatenate([np.kron(pictures[name][i], np.ones((scale, scale, 1), np.uint8)) for name in names], axis=1)
+             for i in chosen]
+    body = np.concatenate(tiles, axis=0)
+    header = Image.new("RGB", (body.shape[1], 14), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    width = body.shape[1] // len(names)
+    for k, name in enumerate(names):
+        draw.text((k * width + 3, 2), SHORT_NAMES.get(name, name)[:20], fill=(0, 0, 0))
+    Image.fromarray(np.concatenate([np.asarray(header), body], axis=0)).save(path)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="toy sizes everywhere (CI): < 2 min")
+    parser.add_argument("--toy-dir", default=str(REPO / "output" / "toyworld"), help="built artifacts (resumable)")
+    parser.add_argument("--size", default="default", choices=("smoke", "default", "full"),
+                        help="size of whatever must still be built (encoder, judge, base, trainings)")
+    parser.add_argument("--out", default=None, help="where to write toy_world.json / .png (default: --toy-dir)")
+    parser.add_argument("--variants", nargs="+", default=["hard", "paper", "nomask"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--per-count", type=int, default=8, help="cases per N")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(1)
+    from train.toyworld.build import build
+
+    start = time.time()
+    temporary = None
+    if args.smoke:
+        temporary = tempfile.TemporaryDirectory(prefix="toy_world_smoke_")
+        toy_dir = Path(args.out or temporary.name)
+        args.seeds, args.per_count, args.steps, args.batch = [0], 1, 1, 6
+    else:
+        toy_dir = Path(args.toy_dir)
+    out = Path(args.out) if args.out else toy_dir
+    out.mkdir(parents=True, exist_ok=True)
+    build(toy_dir, "smoke" if args.smoke else args.size, tuple(args.variants), tuple(args.seeds))
+    rows, pictures = evaluate_rows(toy_dir, args.variants, args.seeds, args.per_count, case_seed=2024,
+                                          steps=args.steps, guidance=args.guidance, batch=args.batch,
+                                          include_train_ids=not args.smoke)
+    summary = {row: summarise(records) for row, records in rows.items()}
+    table = format_table(summary)
+    print(table)
+    result = {"settings": {k: v for k, v in vars(args).items()}, "seconds": time.time() - start,
+              "summary": {row: {str(n): m for n, m in per_n.items()} for row, per_n in summary.items()},
+              "records": rows, "table_markdown": table}
+    (out / "toy_world.json").write_text(json.dumps(result, indent=2))
+    picture_grid(pictures, out / "toy_world.png", per_count=args.per_count)
+    print(f"wrote {out / 'toy_world.json'} and {out / 'toy_world.png'} in {time.time() - start:.0f} s")
+    if temporary is not None and not args.out:
+        temporary.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

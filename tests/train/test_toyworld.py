@@ -1,0 +1,150 @@
+"""The toy world's parts: identities, scenes, the encoder's ONNX contract, the toy base model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from train.toyworld import base_model, world
+from train.toyworld.crops import align_crop
+
+
+def test_identities_are_deterministic_and_distinct():
+    a, b = world.identity_params(17), world.identity_params(17)
+    assert a == b
+    others = [world.identity_params(i) for i in range(50)]
+    assert len({(p.skin, p.hair) for p in others}) == 50
+
+
+def test_split_pools_are_disjoint():
+    split = world.split_identities(300, 50, 100)
+    pools = [set(split.train), set(split.heldout), set(split.judge)]
+    assert sum(map(len, pools)) == 450
+    assert not (pools[0] & pools[1]) and not (pools[0] & pools[2]) and not (pools[1] & pools[2])
+
+
+def test_same_identity_renders_differently_each_time():
+    params = world.identity_params(3)
+    rng = np.random.default_rng(0)
+    first, second = (world.render_portrait(params, 64, rng) for _ in range(2))
+    assert np.abs(first.image.astype(int) - second.image.astype(int)).mean() > 3  # identity != pixels
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 6])
+def test_scene_geometry(count):
+    rng = np.random.default_rng(count)
+    scene = world.make_scene(list(range(10, 10 + count)), rng, size=32)
+    assert scene.image.shape == (32, 32, 3) and scene.image.dtype == np.uint8
+    assert [p.identity for p in scene.people] == list(range(10, 10 + count))
+    assert scene.caption.startswith(world.COUNT_WORDS[count - 1])
+    boxes = scene.face_boxes()
+    assert ((boxes[:, 2:] - boxes[:, :2]) > 3).all()  # faces of several pixels
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    for person, centre in zip(scene.people, centres):
+        eyes = person.keypoints[:2]
+        assert (np.abs(eyes - centre) < (boxes[0, 2] - boxes[0, 0])).all()  # keypoints on the face
+        assert person.body.shape == (18, 3) and person.body[0, 2] == 1  # nose present
+    assert scene.background_mask.any() and not scene.background_mask.all()
+
+
+def test_background_colour_follows_caption():
+    from train.toyworld.evaluation import background_colour
+
+    rng = np.random.default_rng(1)
+    for colour in world.BACKGROUND_COLOURS:
+        scene = world.make_scene([1, 2], rng, size=32, colour=colour, style="plain")
+        assert colour in scene.caption
+        assert background_colour(scene.image, scene.background_mask) == colour
+
+
+def test_toy_encoder_onnx_through_the_pack_recognizer(tmp_path):
+    """The exported graph is what OnePassRecognizer expects (global 512 + pre-flatten 512x7x7 map in one
+    session), and computes the same function as the factorised training-time network."""
+    from instantfamily_core.faces.recognizer import OnePassRecognizer
+    from train.toyworld.encoder import ToyFaceNet, export_onnx, normalise
+
+    torch.manual_seed(0)
+    net = ToyFaceNet()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for module in net.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    path = export_onnx(net, tmp_path / "toy.onnx")
+    assert path.stat().st_size < 2_000_000  # no 25088 x 512 initializer
+    recognizer = OnePassRecognizer(str(path), providers=["CPUExecutionProvider"])
+    assert recognizer.info.global_shape == (512,) and recognizer.info.local_shape == (512, 7, 7)
+    rng = np.random.default_rng(0)
+    portrait = world.render_portrait(world.identity_params(5), 48, rng)
+    crops = align_crop(portrait.image, portrait.geometry.keypoints)[None]  # (1, 112, 112, 3)
+    global_feature, local_feature = recognizer.features(crops)
+    with torch.no_grad():
+        expected_global, expected_map = net.eval().features(normalise(crops))
+    assert np.allclose(global_feature, expected_global.numpy(), atol=1e-4)
+    assert np.allclose(local_feature, expected_map.numpy(), atol=1e-4)
+
+
+def test_toy_vae_is_the_scene():
+    rng = np.random.default_rng(0)
+    scene = world.make_scene([1, 2, 3], rng, size=32)
+    big = np.kron(scene.image, np.ones((8, 8, 1), np.uint8))  # what the shards store
+    pixels = torch.from_numpy(big).float().permute(2, 0, 1)[None] / 127.5 - 1
+    vae = base_model.ToyVAE()
+    latents = vae.encode(pixels).latent_dist.sample()  # (1, 4, 32, 32)
+    assert latents.shape == (1, 4, 32, 32) and latents[:, 3].abs().max() == 0
+    model_space = latents * vae.config.scaling_factor
+    assert torch.allclose(model_space[0, :3], torch.from_numpy(scene.image).float().permute(2, 0, 1) / 127.5 - 1,
+                          atol=1e-5)
+    image = base_model.latent_to_image(latents)
+    assert np.abs(image[0].numpy() * 255 - scene.image).max() < 0.01
+    assert torch.allclose(base_model.image_to_latent(image), latents, atol=1e-4)
+
+
+def test_tokenizer_and_text_table():
+    tokenizer = base_model.ToyTokenizer()
+    ids = tokenizer(["two people on a red split background", ""]).input_ids
+    assert ids.shape == (2, base_model.TEXT_TOKENS) and ids[1].sum() == 0
+    with pytest.raises(ValueError, match="unknown words"):
+        tokenizer(["a photo of a cat"])
+    text = base_model.ToyTextEncoder.fresh(0)
+    hidden = text(ids)[0]
+    assert hidden.shape == (2, base_model.TEXT_TOKENS, base_model.TEXT_WIDTH)
+    assert not torch.allclose(hidden[0], hidden[1])
+    red = text.encode(["two people on a red split background"])
+    blue = text.encode(["two people on a blue split background"])
+    assert not torch.allclose(red, blue)
+
+
+def test_toy_base_round_trip(tmp_path):
+    base = base_model.new_toy_base(seed=3)
+    path = base_model.save_toy_base(base, tmp_path / "toy_base.safetensors")
+    loaded = base_model.load_toy_base(path)
+    x, t, c = torch.randn(2, 4, 32, 32), torch.tensor([10, 500]), torch.randn(2, base_model.TEXT_TOKENS, 64)
+    with torch.no_grad():
+        expected = base.unet.half().float()(x, t, encoder_hidden_states=c).sample  # weights stored in fp16
+        got = loaded.unet(x, t, encoder_hidden_states=c).sample
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert torch.equal(loaded.text_encoder.tokens, base.text_encoder.tokens)
+
+
+def test_full_image_masks_cover_everything_and_keep_slots():
+    from instantfamily_core.masks import masks_from_boxes
+    from train.toyworld.toy_training import full_image
+
+    masks = masks_from_boxes(torch.tensor([[10.0, 10, 30, 30], [40, 10, 60, 30]]), (64, 64), 0.25)
+    widened = full_image(masks)
+    assert widened.masks.shape == masks.masks.shape and bool(widened.masks.all())
+    assert torch.equal(widened.centres, masks.centres)
+    assert full_image(None) is None
+
+
+def test_pose_keypoint_of_a_scene_gives_back_its_face_boxes():
+    """The demo's POSE_KEYPOINT: the Face Mask node reads exactly the ground-truth head boxes from it."""
+    from instantfamily_core.pose import encode_pose_keypoint, parse_pose_keypoint
+
+    scene = world.make_scene([1, 2, 3, 4, 5], np.random.default_rng(0), size=32)
+    frame = parse_pose_keypoint(encode_pose_keypoint(scene.bodies(), 256, 256, world.face_landmarks(scene)))
+    boxes = np.stack([person.face_box for person in frame.people])
+    assert np.allclose(boxes, scene.face_boxes() / 32, atol=1e-6)
+    assert all(person.face_source == "face_keypoints" for person in frame.people)
