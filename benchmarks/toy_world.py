@@ -3,6 +3,7 @@
     python benchmarks/toy_world.py                 # default size (builds what is missing first)
     python benchmarks/toy_world.py --smoke         # every stage at toy size, < 2 min (CI)
     python benchmarks/toy_world.py --variants hard paper nomask --seeds 0 1 --per-count 8
+    python benchmarks/toy_world.py --merge a/toy_world.json b/toy_world.json --out c   # seeds run apart
 
 For N = 1..6 identities on held-out identities (never seen by the encoder, the generator or the
 judge): per-region identity similarity (judge cosine, region n vs identity n), MultiSim (N-ID
@@ -11,6 +12,11 @@ accuracy (generated background has the caption's colour). Ablations, each traine
 by the real trainer: hard mask, paper-literal mask, no mask (every face visible everywhere), and
 attn1 isolation (inference-time switch on the hard model). Reference rows: the oracle (the real
 rendering of the same identities in the same layout) and the base model without faces.
+
+Generated images depend on how well the tiny base model samples; two diagnostics on the noise
+prediction do not: the identity gain (head-box error with other people's features / with their
+own - 1) and influence locality (swap one person's features: how much the prediction changes on
+the OTHER heads and on the background, relative to that person's own head).
 Mean +- std over training seeds. Writes <out>/toy_world.json and <out>/toy_world.png.
 """
 
@@ -76,6 +82,7 @@ def evaluate_rows(toy_dir: Path, variants, seeds, per_count: int, case_seed: int
     galleries = {name: [evaluation.gallery(judge, c.identities, case_seed) for c in cs] for name, cs in cases.items()}
     rows: dict[str, list[dict]] = {}
     pictures: dict[str, list[np.ndarray]] = {}
+    diagnostics: dict[str, list[dict]] = {}
 
     def record(row: str, seed: int, images, pool: str) -> None:
         for case, refs, image in zip(cases[pool], galleries[pool], images):
@@ -97,6 +104,10 @@ def evaluate_rows(toy_dir: Path, variants, seeds, per_count: int, case_seed: int
             for row, pool, with_faces, isolate in runs:
                 evaluation.set_attn1_isolation(net, isolate)
                 examples = [evaluation.case_example(c, net.config, features, full) for c in cases[pool]]
+                if with_faces:
+                    diagnostics.setdefault(row, []).append({
+                        "identity_gain": evaluation.identity_gain(net, toy, examples, cases[pool], seed=seed)["gain"],
+                        **evaluation.influence_locality(net, toy, examples, cases[pool], seed=seed)})
                 if "control image" not in pictures:
                     pictures["control image"] = [e["control_uint8"][::8, ::8] for e in examples]
                 images = []
@@ -105,7 +116,7 @@ def evaluate_rows(toy_dir: Path, variants, seeds, per_count: int, case_seed: int
                                                     seed=1000 * seed + i, with_faces=with_faces))
                 record(row, seed, images, pool)
             logger.info("%s seed %d: evaluated in %.0f s", variant, seed, time.time() - start)
-    return rows, pictures
+    return rows, pictures, diagnostics
 
 
 def format_table(summary: dict) -> str:
@@ -120,6 +131,20 @@ def format_table(summary: dict) -> str:
         for n, metrics in per_n.items():
             lines.append(f"| {row} | {n} | {cell(metrics['similarity'])} | {cell(metrics['multisim'])} | "
                          f"{cell(metrics['mixing'], 2)} | {cell(metrics['background_ok'], 2)} |")
+    return "\n".join(lines)
+
+
+DIAGNOSTICS = ("identity_gain", "other_faces", "background")
+
+
+def format_diagnostics(diagnostics: dict[str, list[dict]]) -> str:
+    """Noise-prediction diagnostics per row, mean +- std over seeds: identity gain
+    (``evaluation.identity_gain``) and where one person's features act (``influence_locality``)."""
+    lines = ["| row | identity gain | change on other heads / own head | change on background / own head |",
+             "|---|---|---|---|"]
+    for row, per_seed in diagnostics.items():
+        cells = [f"{np.mean([d[k] for d in per_seed]):.3f}±{np.std([d[k] for d in per_seed]):.3f}" for k in DIAGNOSTICS]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -147,6 +172,71 @@ def picture_grid(pictures: dict, path: Path, examples_per_count: int = 1, per_co
     return path
 
 
+def _mean_over(summary: dict, row: str, metric: str, counts) -> float | None:
+    values = [summary.get(row, {}).get(n, {}).get(metric) for n in counts]
+    values = [v[0] for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _ratio(a, b) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def target_checks(summary: dict, diagnostics: dict[str, list[dict]]) -> dict:
+    """The issue's comparisons, as ratios (None where a row was not run)."""
+    many = (2, 3, 4, 5, 6)
+
+    def diagnostic(row, key):
+        return float(np.mean([d[key] for d in diagnostics[row]])) if row in diagnostics else None
+
+    return {
+        "mixing hard / nomask (target <= 0.5)": _ratio(_mean_over(summary, "hard", "mixing", many),
+                                                       _mean_over(summary, "nomask", "mixing", many)),
+        "similarity held-out / training IDs (target >= 0.9)": _ratio(
+            _mean_over(summary, "hard", "similarity", COUNTS), _mean_over(summary, "hard, training IDs", "similarity", COUNTS)),
+        "similarity N=5-6 / N=4 (target >= 0.9)": _ratio(_mean_over(summary, "hard", "similarity", (5, 6)),
+                                                         _mean_over(summary, "hard", "similarity", (4,))),
+        "change on other heads, paper / hard (leak)": _ratio(diagnostic("paper", "other_faces"),
+                                                             diagnostic("hard", "other_faces")),
+        "change on other heads, nomask / hard": _ratio(diagnostic("nomask", "other_faces"),
+                                                       diagnostic("hard", "other_faces")),
+    }
+
+
+def format_checks(checks: dict) -> str:
+    return "\n".join(f"- {name}: {'-' if value is None else f'{value:.2f}'}" for name, value in checks.items())
+
+
+def report(rows: dict, diagnostics: dict, settings: dict, seconds: float, out: Path) -> dict:
+    """Summary, tables and checks -> <out>/toy_world.json; returns the result."""
+    summary = {row: summarise(records) for row, records in rows.items()}
+    checks = target_checks(summary, diagnostics)
+    table = format_table(summary) + "\n\n" + format_diagnostics(diagnostics) + "\n\n" + format_checks(checks)
+    print(table)
+    result = {"settings": settings, "seconds": seconds,
+              "summary": {row: {str(n): m for n, m in per_n.items()} for row, per_n in summary.items()},
+              "records": rows, "diagnostics": diagnostics, "checks": checks, "table_markdown": table}
+    (out / "toy_world.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def merge(files: list[str], out: Path) -> dict:
+    """One report from runs over different training seeds (e.g. run in parallel): records and
+    diagnostics are concatenated; the seed-independent oracle row is taken from the first file."""
+    rows: dict[str, list[dict]] = {}
+    diagnostics: dict[str, list[dict]] = {}
+    for k, file in enumerate(files):
+        part = json.loads(Path(file).read_text())
+        for row, records in part["records"].items():
+            if row.startswith("oracle") and k:
+                continue
+            rows.setdefault(row, []).extend(records)
+        for row, values in part["diagnostics"].items():
+            diagnostics.setdefault(row, []).extend(values)
+    out.mkdir(parents=True, exist_ok=True)
+    return report(rows, diagnostics, {"merged": list(files)}, 0.0, out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes everywhere (CI): < 2 min")
@@ -160,8 +250,13 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="only combine toy_world.json files of runs over different seeds into --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.merge:
+        merge(args.merge, Path(args.out or "."))
+        return 0
     import torch
 
     torch.set_num_threads(1)
@@ -178,16 +273,10 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else toy_dir
     out.mkdir(parents=True, exist_ok=True)
     build(toy_dir, "smoke" if args.smoke else args.size, tuple(args.variants), tuple(args.seeds))
-    rows, pictures = evaluate_rows(toy_dir, args.variants, args.seeds, args.per_count, case_seed=2024,
+    rows, pictures, diagnostics = evaluate_rows(toy_dir, args.variants, args.seeds, args.per_count, case_seed=2024,
                                           steps=args.steps, guidance=args.guidance, batch=args.batch,
                                           include_train_ids=not args.smoke)
-    summary = {row: summarise(records) for row, records in rows.items()}
-    table = format_table(summary)
-    print(table)
-    result = {"settings": {k: v for k, v in vars(args).items()}, "seconds": time.time() - start,
-              "summary": {row: {str(n): m for n, m in per_n.items()} for row, per_n in summary.items()},
-              "records": rows, "table_markdown": table}
-    (out / "toy_world.json").write_text(json.dumps(result, indent=2))
+    report(rows, diagnostics, dict(vars(args)), time.time() - start, out)
     picture_grid(pictures, out / "toy_world.png", per_count=args.per_count)
     print(f"wrote {out / 'toy_world.json'} and {out / 'toy_world.png'} in {time.time() - start:.0f} s")
     if temporary is not None and not args.out:

@@ -148,3 +148,68 @@ def test_pose_keypoint_of_a_scene_gives_back_its_face_boxes():
     boxes = np.stack([person.face_box for person in frame.people])
     assert np.allclose(boxes, scene.face_boxes() / 32, atol=1e-6)
     assert all(person.face_source == "face_keypoints" for person in frame.people)
+
+
+class _RandomFeatures:
+    """Stands in for the toy encoder: fixed random features per call (these tests are about where
+    features act, not what they mean)."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def features(self, image, keypoints):
+        n = len(keypoints)
+        return (self.rng.standard_normal((n, 32)).astype(np.float32),
+                self.rng.standard_normal((n, 16, 3, 3)).astype(np.float32))
+
+
+def _random_toy_net(mask_mode: str = "hard"):
+    from diffusers import ControlNetModel
+
+    from instantfamily_core.config import InstantFamilyConfig
+    from instantfamily_core.projector import Projector
+    from train.net import InstantFamilyNet
+
+    toy = base_model.new_toy_base(seed=1)
+    config = InstantFamilyConfig(d_gf=32, d_lf=16, L=3, d_K=base_model.TEXT_WIDTH, projector_hidden=32,
+                                 mask_mode=mask_mode)
+    torch.manual_seed(0)
+    controlnet = ControlNetModel.from_unet(toy.unet, conditioning_channels=3)
+    return InstantFamilyNet(toy.unet, controlnet, Projector(config), config).eval(), toy
+
+
+@pytest.fixture(scope="module")
+def toy_cases():
+    from train.toyworld import evaluation
+
+    split = world.split_identities()
+    return evaluation.make_cases(split.heldout, (2, 3), 2, seed=5)
+
+
+def test_influence_locality_separates_hard_masks_from_no_masks(toy_cases):
+    """Swapping one person's features: with hard masks the prediction changes mostly inside that
+    person's head box; with whole-image regions ("no mask") every head changes as much."""
+    from train.toyworld import evaluation
+
+    net, toy = _random_toy_net()
+    hard = [evaluation.case_example(c, net.config, _RandomFeatures(i)) for i, c in enumerate(toy_cases)]
+    full = [evaluation.case_example(c, net.config, _RandomFeatures(i), full_masks=True) for i, c in enumerate(toy_cases)]
+    local = evaluation.influence_locality(net, toy, hard, toy_cases, timesteps=(500,))
+    everywhere = evaluation.influence_locality(net, toy, full, toy_cases, timesteps=(500,))
+    assert local["own"] > 0 and everywhere["own"] > 0
+    assert local["other_faces"] < 0.5 * everywhere["other_faces"], (local, everywhere)
+    assert everywhere["other_faces"] > 0.3, everywhere
+
+
+def test_identity_gain_is_zero_when_faces_are_ignored(toy_cases):
+    """With the face path cut (projector weights zeroed: every face becomes the same tokens),
+    swapping identities cannot change anything -> gain 0; with distinct faces it does."""
+    from train.toyworld import evaluation
+
+    net, toy = _random_toy_net()
+    examples = [evaluation.case_example(c, net.config, _RandomFeatures(i)) for i, c in enumerate(toy_cases)]
+    assert evaluation.identity_gain(net, toy, examples, toy_cases, timesteps=(500,))["gain"] != 0.0
+    with torch.no_grad():
+        for p in net.projector.parameters():
+            p.zero_()
+    assert evaluation.identity_gain(net, toy, examples, toy_cases, timesteps=(500,))["gain"] == pytest.approx(0.0, abs=1e-9)

@@ -42,5 +42,12 @@ def test_toy_world_smoke(tmp_path):
         assert checkpoint.is_file()
         options = json.loads((tmp_path / "runs" / f"{variant}-s0" / "train_options.json").read_text())
         assert options["mask_mode"] == ("paper" if variant == "paper" else "hard")
+    # noise-prediction diagnostics: identity gain and where one person's features act
+    for row in ("hard", "paper", "nomask", "hard + attn1 isolation"):
+        (diagnostic,) = result["diagnostics"][row]  # one training seed in the smoke run
+        assert diagnostic["own"] > 0, f"{row}: swapping a face changed nothing in its own region"
+        assert diagnostic["other_faces"] >= 0 and diagnostic["background"] >= 0
+        assert abs(diagnostic["identity_gain"]) < 1.0
+    assert "| nomask |" in result["table_markdown"].split("identity gain")[1]
     assert (tmp_path / "toy_world.png").stat().st_size > 1000
     assert "| hard | 4 |" in result["table_markdown"]

@@ -169,7 +169,8 @@ def sample(net, toy: ToyBase, examples: list[dict], steps: int = 20, guidance: f
 
     from .pretrain import noise_scheduler
 
-    scheduler = DDIMScheduler.from_config(noise_scheduler().config)
+    # The toy "latent" is the scene itself, RGB in [-1, 1]: DDIM may clip its x0 estimate to that range.
+    scheduler = DDIMScheduler.from_config(noise_scheduler().config, clip_sample=True, clip_sample_range=1.0)
     scheduler.set_timesteps(steps)
     batch = len(examples)
     size = examples[0]["control"].shape[-1] // VAE_FACTOR
@@ -260,3 +261,129 @@ def score(judge: Judge, image: np.ndarray, case: Case, references: np.ndarray) -
         "multisim": scores.multi_sim,
         "background_ok": background_colour(image, case.background_mask) == case.colour,
     }
+
+
+def face_area(case: Case) -> np.ndarray:
+    """(S, S) bool: the union of the case's head boxes on the scene (= latent) grid."""
+    size = case.background_mask.shape[0]
+    area = np.zeros((size, size), bool)
+    for x1, y1, x2, y2 in case.boxes:
+        area[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = True
+    return area
+
+
+@torch.no_grad()
+def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], timesteps=(300, 500, 700),
+                  seed: int = 0) -> dict:
+    """How much the model uses WHO the faces are: its denoising error inside the head boxes with
+    each case's own reference features vs with other cases' features in the same slots (masks,
+    circles, caption and noise unchanged). ``gain`` = shuffled / correct - 1 (0: identity ignored).
+
+    examples: ``case_example`` of each case (the scene's real rendering is the clean latent).
+    """
+    from train.net import FaceInputs
+
+    from .pretrain import noise_scheduler, scene_latents
+
+    scheduler = noise_scheduler()
+    count = len(examples)
+    if count < 2:
+        raise ValueError("identity_gain needs at least two cases (their faces are swapped)")
+    shift = [(r + 1) % count for r in range(count)]  # row r borrows row r+1's faces, cycling
+    shuffled_g, shuffled_l = [], []
+    for r, e in enumerate(examples):
+        n, donor = e["global_features"].shape[0], examples[shift[r]]
+        take = torch.arange(n) % donor["global_features"].shape[0]
+        shuffled_g.append(donor["global_features"][take])
+        shuffled_l.append(donor["local_features"][take])
+    latents = scene_latents(np.stack([c.oracle for c in cases]))  # (B, 4, S, S)
+    area = torch.from_numpy(np.stack([face_area(c) for c in cases]))[:, None].expand(-1, 3, -1, -1)  # (B, 3, S, S)
+    text = toy.text_encoder.encode([e["caption"] for e in examples])
+    control = torch.stack([e["control"] for e in examples])
+    masks = [e["masks"] for e in examples]
+    inputs = {"correct": FaceInputs([e["global_features"] for e in examples],
+                                    [e["local_features"] for e in examples], masks),
+              "shuffled": FaceInputs(shuffled_g, shuffled_l, masks)}
+    generator = torch.Generator().manual_seed(seed)
+    errors = {name: [] for name in inputs}
+    for t in timesteps:
+        noise = torch.randn(latents.shape, generator=generator)
+        steps = torch.full((count,), int(t))
+        noisy = scheduler.add_noise(latents, noise, steps)
+        for name, faces in inputs.items():
+            error = (net(noisy, steps, text, faces, control) - noise)[:, :3] ** 2  # (B, 3, S, S)
+            errors[name].append(float(error[area].mean()))
+    correct, shuffled = float(np.mean(errors["correct"])), float(np.mean(errors["shuffled"]))
+    return {"correct": correct, "shuffled": shuffled, "gain": shuffled / correct - 1}
+
+
+def box_cells(box, size: int) -> np.ndarray:
+    """(S, S) bool: the latent cells a head box (scene px = latent cells) touches."""
+    x1, y1, x2, y2 = box
+    cells = np.zeros((size, size), bool)
+    cells[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = True
+    return cells
+
+
+@torch.no_grad()
+def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case], timesteps=(300, 500, 700),
+                       seed: int = 0, batch: int = 8) -> dict:
+    """Where does changing one person's face features change the prediction? A noise-free measure
+    of identity mixing that does not depend on sample quality.
+
+    For every case with 2+ people and every person k: replace k's features by another identity's
+    (borrowed from the next case), keep everything else (noise, masks, circles, caption), and
+    compare the noise predictions. ``other_faces`` = mean squared change per cell inside the
+    OTHER people's head boxes / the same inside k's own head box; ``background`` = the same over
+    background cells. Hard masks confine the direct path to k's region (what is left flows through
+    self-attention and convolutions); without masks every head sees k's tokens.
+    """
+    from train.net import FaceInputs
+
+    from .pretrain import noise_scheduler, scene_latents
+
+    scheduler = noise_scheduler()
+    size = int(cases[0].background_mask.shape[0])
+    jobs = []  # (case index, swapped person or -1 for the original)
+    for c, case in enumerate(cases):
+        if len(case.identities) >= 2:
+            jobs += [(c, -1)] + [(c, k) for k in range(len(case.identities))]
+    if not jobs:
+        raise ValueError("influence_locality needs cases with at least two people")
+
+    def features(c: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g, l = examples[c]["global_features"].clone(), examples[c]["local_features"].clone()
+        if k >= 0:
+            donor = examples[(c + 1) % len(examples)]
+            g[k], l[k] = donor["global_features"][0], donor["local_features"][0]
+        return g, l
+
+    latents = scene_latents(np.stack([case.oracle for case in cases]))  # (C, 4, S, S)
+    text = toy.text_encoder.encode([e["caption"] for e in examples])
+    generator = torch.Generator().manual_seed(seed)
+    ratios = {"other_faces": [], "background": []}
+    own_energy = []
+    for t in timesteps:
+        noise = torch.randn(latents.shape, generator=generator)  # one draw per case, shared by its jobs
+        noisy = scheduler.add_noise(latents, noise, torch.full((len(cases),), int(t)))
+        predictions = []
+        for start in range(0, len(jobs), batch):
+            part = jobs[start:start + batch]
+            g, l = zip(*(features(c, k) for c, k in part))
+            faces = FaceInputs(list(g), list(l), [examples[c]["masks"] for c, _ in part])
+            index = torch.tensor([c for c, _ in part])
+            predictions.append(net(noisy[index], torch.full((len(part),), int(t)), text[index], faces,
+                                   torch.stack([examples[c]["control"] for c, _ in part]))[:, :3])
+        predictions = torch.cat(predictions)  # (jobs, 3, S, S)
+        original = {c: predictions[j] for j, (c, k) in enumerate(jobs) if k < 0}
+        for j, (c, k) in enumerate(jobs):
+            if k < 0:
+                continue
+            change = ((predictions[j] - original[c]) ** 2).mean(dim=0).numpy()  # (S, S)
+            boxes = [box_cells(b, size) for b in cases[c].boxes]
+            own = change[boxes[k]].mean()
+            others = np.mean([change[b & ~boxes[k]].mean() for m, b in enumerate(boxes) if m != k and (b & ~boxes[k]).any()])
+            own_energy.append(own)
+            ratios["other_faces"].append(others / own)
+            ratios["background"].append(change[cases[c].background_mask].mean() / own)
+    return {"own": float(np.mean(own_energy)), **{k: float(np.median(v)) for k, v in ratios.items()}}
