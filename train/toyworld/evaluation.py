@@ -263,13 +263,18 @@ def score(judge: Judge, image: np.ndarray, case: Case, references: np.ndarray) -
     }
 
 
+def box_cells(box, size: int) -> np.ndarray:
+    """(S, S) bool: the latent cells a head box (scene px = latent cells) touches."""
+    x1, y1, x2, y2 = box
+    cells = np.zeros((size, size), bool)
+    cells[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = True
+    return cells
+
+
 def face_area(case: Case) -> np.ndarray:
     """(S, S) bool: the union of the case's head boxes on the scene (= latent) grid."""
     size = case.background_mask.shape[0]
-    area = np.zeros((size, size), bool)
-    for x1, y1, x2, y2 in case.boxes:
-        area[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = True
-    return area
+    return np.any([box_cells(box, size) for box in case.boxes], axis=0)
 
 
 @torch.no_grad()
@@ -315,14 +320,6 @@ def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], ti
             errors[name].append(float(error[area].mean()))
     correct, shuffled = float(np.mean(errors["correct"])), float(np.mean(errors["shuffled"]))
     return {"correct": correct, "shuffled": shuffled, "gain": shuffled / correct - 1}
-
-
-def box_cells(box, size: int) -> np.ndarray:
-    """(S, S) bool: the latent cells a head box (scene px = latent cells) touches."""
-    x1, y1, x2, y2 = box
-    cells = np.zeros((size, size), bool)
-    cells[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = True
-    return cells
 
 
 @torch.no_grad()
