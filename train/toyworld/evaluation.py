@@ -325,14 +325,15 @@ def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], ti
 @torch.no_grad()
 def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case], timesteps=(300, 500, 700),
                        seed: int = 0, batch: int = 8) -> dict:
-    """Where does changing one person's face features change the prediction? A noise-free measure
-    of identity mixing that does not depend on sample quality.
+    """Where does changing one person's face features change the noise prediction? A measure of
+    identity mixing that does not depend on how well the model samples.
 
     For every case with 2+ people and every person k: replace k's features by another identity's
     (borrowed from the next case), keep everything else (noise, masks, circles, caption), and
     compare the noise predictions. ``other_faces`` = mean squared change per cell inside the
     OTHER people's head boxes / the same inside k's own head box; ``background`` = the same over
-    background cells. Hard masks confine the direct path to k's region (what is left flows through
+    background cells; each is the median over people, cases and timesteps (``own``: the mean change
+    on the own head). Hard masks confine the direct path to k's region (what is left flows through
     self-attention and convolutions); without masks every head sees k's tokens.
     """
     from train.net import FaceInputs
@@ -379,8 +380,9 @@ def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case
             change = ((predictions[j] - original[c]) ** 2).mean(dim=0).numpy()  # (S, S)
             boxes = [box_cells(b, size) for b in cases[c].boxes]
             own = change[boxes[k]].mean()
-            others = np.mean([change[b & ~boxes[k]].mean() for m, b in enumerate(boxes) if m != k and (b & ~boxes[k]).any()])
+            others = [change[b & ~boxes[k]].mean() for m, b in enumerate(boxes) if m != k and (b & ~boxes[k]).any()]
             own_energy.append(own)
-            ratios["other_faces"].append(others / own)
+            if others:  # (another head entirely inside k's box leaves nothing to compare)
+                ratios["other_faces"].append(np.mean(others) / own)
             ratios["background"].append(change[cases[c].background_mask].mean() / own)
     return {"own": float(np.mean(own_energy)), **{k: float(np.median(v)) for k, v in ratios.items()}}
