@@ -143,7 +143,8 @@ def format_diagnostics(diagnostics: dict[str, list[dict]]) -> str:
     lines = ["| row | identity gain | change on other heads / own head | change on background / own head |",
              "|---|---|---|---|"]
     for row, per_seed in diagnostics.items():
-        cells = [f"{np.mean([d[k] for d in per_seed]):.3f}±{np.std([d[k] for d in per_seed]):.3f}" for k in DIAGNOSTICS]
+        values = {k: [d[k] for d in per_seed] for k in DIAGNOSTICS}
+        cells = [f"{np.mean(v):.3f}±{np.std(v):.3f}" for v in values.values()]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -193,7 +194,8 @@ def target_checks(summary: dict, diagnostics: dict[str, list[dict]]) -> dict:
         "mixing hard / nomask (target <= 0.5)": _ratio(_mean_over(summary, "hard", "mixing", many),
                                                        _mean_over(summary, "nomask", "mixing", many)),
         "similarity held-out / training IDs (target >= 0.9)": _ratio(
-            _mean_over(summary, "hard", "similarity", COUNTS), _mean_over(summary, "hard, training IDs", "similarity", COUNTS)),
+            _mean_over(summary, "hard", "similarity", COUNTS),
+            _mean_over(summary, "hard, training IDs", "similarity", COUNTS)),
         "similarity N=5-6 / N=4 (target >= 0.9)": _ratio(_mean_over(summary, "hard", "similarity", (5, 6)),
                                                          _mean_over(summary, "hard", "similarity", (4,))),
         "change on other heads, paper / hard (leak)": _ratio(diagnostic("paper", "other_faces"),

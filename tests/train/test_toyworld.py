@@ -193,7 +193,8 @@ def test_influence_locality_separates_hard_masks_from_no_masks(toy_cases):
 
     net, toy = _random_toy_net()
     hard = [evaluation.case_example(c, net.config, _RandomFeatures(i)) for i, c in enumerate(toy_cases)]
-    full = [evaluation.case_example(c, net.config, _RandomFeatures(i), full_masks=True) for i, c in enumerate(toy_cases)]
+    full = [evaluation.case_example(c, net.config, _RandomFeatures(i), full_masks=True)
+            for i, c in enumerate(toy_cases)]
     local = evaluation.influence_locality(net, toy, hard, toy_cases, timesteps=(500,))
     everywhere = evaluation.influence_locality(net, toy, full, toy_cases, timesteps=(500,))
     assert local["own"] > 0 and everywhere["own"] > 0
@@ -212,4 +213,5 @@ def test_identity_gain_is_zero_when_faces_are_ignored(toy_cases):
     with torch.no_grad():
         for p in net.projector.parameters():
             p.zero_()
-    assert evaluation.identity_gain(net, toy, examples, toy_cases, timesteps=(500,))["gain"] == pytest.approx(0.0, abs=1e-9)
+    gain = evaluation.identity_gain(net, toy, examples, toy_cases, timesteps=(500,))["gain"]
+    assert gain == pytest.approx(0.0, abs=1e-9)
