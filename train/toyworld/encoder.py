@@ -110,6 +110,15 @@ def build_view_bank(identities, views: int, seed: int, pool, crop: str, size: in
     return images.reshape(len(identities), views, *images.shape[1:]), np.asarray(identities)
 
 
+def training_bank(pool, num_identities: int, views: int, seed: int, crop: str, size: int, name: str):
+    """The view bank (I, V, S, S, 3) of ``num_identities`` random identities of ``pool`` (logs its cost)."""
+    start = time.time()
+    ids = np.random.default_rng(seed).choice(pool, size=min(num_identities, len(pool)), replace=False)
+    bank, _ = build_view_bank(ids, views, seed, pool, crop, size)
+    logger.info("%s: %d identities x %d views generated in %.0f s", name, len(ids), views, time.time() - start)
+    return bank
+
+
 def train_metric(
     model: nn.Module,
     bank: np.ndarray,
@@ -187,10 +196,7 @@ def train_encoder(
     """Train the encoder on training identities, export ONNX, report verification figures."""
     torch.set_num_threads(1)  # oversubscribed threads are far slower on a shared 2-core machine
     start = time.time()
-    pool = split.train
-    ids = np.random.default_rng(seed).choice(pool, size=min(num_identities, len(pool)), replace=False)
-    bank, _ = build_view_bank(ids, views, seed, pool, "align", INPUT_SIZE)
-    logger.info("encoder: %d identities x %d views generated in %.0f s", len(ids), views, time.time() - start)
+    bank = training_bank(split.train, num_identities, views, seed, "align", INPUT_SIZE, "encoder")
     model = ToyFaceNet()
     losses = train_metric(model, bank, steps, batch_ids, seed)
     evaluated = min(200, num_identities)

@@ -56,28 +56,12 @@ def make_cases(pool, counts, per_count: int, seed: int, size: int = 32) -> list[
 
 
 def load_net(base_path: str | Path, checkpoint_path: str | Path):
-    """(InstantFamilyNet, ToyBase) from the toy base file and a pack checkpoint (ControlNet and UNet
-    deltas converted back from ComfyUI naming with the trainer's converter)."""
-    from diffusers import ControlNetModel
-
-    from instantfamily_core.checkpoint import load_checkpoint
-    from train.convert import UNET_PREFIX, controlnet_from_ldm, unet_from_ldm
-    from train.net import InstantFamilyNet
+    """(InstantFamilyNet, ToyBase) from the toy base file and a pack checkpoint, rebuilt by the
+    trainer's own inverse of its export (``train.export.net_from_export``)."""
+    from train.export import net_from_export
 
     toy = load_toy_base(base_path)
-    model = load_checkpoint(checkpoint_path)
-    unet = toy.unet
-    if model.unet_deltas:
-        deltas = unet_from_ldm(model.unet_deltas, toy.unet_config, prefix=UNET_PREFIX)
-        params = dict(unet.named_parameters())
-        with torch.no_grad():
-            for name, delta in deltas.items():
-                params[name].add_(delta.float())
-    controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3)
-    controlnet.load_state_dict({k: v.float() for k, v in controlnet_from_ldm(model.controlnet_state,
-                                                                              controlnet.config).items()})
-    net = InstantFamilyNet(unet, controlnet, model.projector, model.config).eval().requires_grad_(False)
-    return net, toy
+    return net_from_export(checkpoint_path, toy.unet).requires_grad_(False), toy
 
 
 class IsolatedSelfAttnProcessor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import world
 from .crops import box_crop
-from .encoder import build_view_bank, info_nce, train_metric, verification_accuracy
+from .encoder import build_view_bank, info_nce, train_metric, training_bank, verification_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +106,7 @@ def train_judge(out_dir: str | Path, split: world.IdentitySplit, num_identities:
     """Train on the judge pool, report separation on held-out identities, save the weights."""
     torch.set_num_threads(1)
     start = time.time()
-    pool = split.judge
-    ids = np.random.default_rng(seed).choice(pool, size=min(num_identities, len(pool)), replace=False)
-    bank, _ = build_view_bank(ids, views, seed, pool, "box", CROP)
-    logger.info("judge: %d identities x %d views generated in %.0f s", len(ids), views, time.time() - start)
+    bank = training_bank(split.judge, num_identities, views, seed, "box", CROP, "judge")
     net = JudgeNet()
     losses = train_metric(net, bank, steps, batch_ids, seed, learning_rate=3e-3, to_input=to_input)
     judge = Judge(net)
