@@ -63,7 +63,7 @@ def summarise(records: list[dict]) -> dict:
 
 
 def evaluate_rows(toy_dir: Path, variants, seeds, per_count: int, case_seed: int, steps: int, guidance: float,
-                  batch: int, include_train_ids: bool = True):
+                  batch: int, include_train_ids: bool = True, device: str = "cpu"):
     """Every benchmark row: name -> list of per-case records (plus a few images for the grid)."""
     from train.toyworld import evaluation, world
     from train.toyworld.build import Paths
@@ -93,7 +93,7 @@ def evaluate_rows(toy_dir: Path, variants, seeds, per_count: int, case_seed: int
     for variant in variants:
         for seed in seeds:
             start = time.time()
-            net, toy = evaluation.load_net(paths.base, paths.checkpoint(variant, seed))
+            net, toy = evaluation.load_net(paths.base, paths.checkpoint(variant, seed), device)
             full = variant in FULL_IMAGE_MASK_VARIANTS
             runs = [(variant, "heldout", True, False)]
             if variant == "hard":
@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda[:n]")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="only combine toy_world.json files of runs over different seeds into --out")
     args = parser.parse_args(argv)
@@ -262,8 +263,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from train.toyworld.build import build
-
     start = time.time()
     temporary = None
     if args.smoke:
@@ -274,10 +273,13 @@ def main(argv=None) -> int:
         toy_dir = Path(args.toy_dir)
     out = Path(args.out) if args.out else toy_dir
     out.mkdir(parents=True, exist_ok=True)
-    build(toy_dir, "smoke" if args.smoke else args.size, tuple(args.variants), tuple(args.seeds))
+    from train.toyworld.build import build, resolve_device
+
+    device = resolve_device(args.device)
+    build(toy_dir, "smoke" if args.smoke else args.size, tuple(args.variants), tuple(args.seeds), str(device))
     rows, pictures, diagnostics = evaluate_rows(toy_dir, args.variants, args.seeds, args.per_count, case_seed=2024,
-                                          steps=args.steps, guidance=args.guidance, batch=args.batch,
-                                          include_train_ids=not args.smoke)
+                                                steps=args.steps, guidance=args.guidance, batch=args.batch,
+                                                include_train_ids=not args.smoke, device=str(device))
     report(rows, diagnostics, dict(vars(args)), time.time() - start, out)
     picture_grid(pictures, out / "toy_world.png", per_count=args.per_count)
     print(f"wrote {out / 'toy_world.json'} and {out / 'toy_world.png'} in {time.time() - start:.0f} s")

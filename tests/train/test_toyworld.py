@@ -215,3 +215,28 @@ def test_identity_gain_is_zero_when_faces_are_ignored(toy_cases):
             p.zero_()
     gain = evaluation.identity_gain(net, toy, examples, toy_cases, timesteps=(500,))["gain"]
     assert gain == pytest.approx(0.0, abs=1e-9)
+
+
+def test_device_choice_says_what_to_do_without_a_gpu():
+    from train.toyworld.build import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            resolve_device("cuda")
+
+
+def test_pretrain_leaves_the_trained_unet_on_the_cpu():
+    from train.toyworld.data import generate_scenes
+    from train.toyworld.pretrain import pretrain
+
+    toy = base_model.new_toy_base(width=32, seed=0)
+    before = {k: v.clone() for k, v in toy.unet.state_dict().items()}
+    bank = generate_scenes(4, list(range(100, 120)), seed=0)
+    losses = pretrain(toy, bank, steps=2, batch_size=2, log_every=1, device="cpu")
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    after = toy.unet.state_dict()
+    assert all(v.device.type == "cpu" for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained

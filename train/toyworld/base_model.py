@@ -114,7 +114,7 @@ class ToyTextEncoder(nn.Module):
         return cls(tokens, positions)
 
     def forward(self, input_ids: torch.Tensor):
-        hidden = self.tokens[input_ids] + self.positions[: input_ids.shape[1]]  # (B, T, d)
+        hidden = self.tokens[input_ids.to(self.tokens.device)] + self.positions[: input_ids.shape[1]]  # (B, T, d)
         return (hidden,)
 
     def encode(self, captions: list[str]) -> torch.Tensor:

@@ -95,23 +95,40 @@ def _stage(report: dict, name: str, done: bool, action) -> None:
     logger.info("%s: done in %.0f s", name, time.time() - start)
 
 
-def build(out: str | Path, size: str = "default", variants=("hard",), seeds=(0,)) -> dict:
-    """Run every missing stage; returns a report of what ran (written to <out>/build.json)."""
+def resolve_device(name: str = "auto"):
+    """``auto``: the GPU when torch sees one, else the CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no GPU here; use --device cpu (or auto)")
+    return device
+
+
+def build(out: str | Path, size: str = "default", variants=("hard",), seeds=(0,), device: str = "auto") -> dict:
+    """Run every missing stage; returns a report of what ran (written to <out>/build.json).
+
+    ``device`` runs the encoder, judge and base pre-training; the InstantFamily trainer picks its
+    own (accelerate: the GPU when there is one)."""
     import torch
 
     from . import base_model, data, encoder, judge, pretrain, toy_training, world
 
-    torch.set_num_threads(int(os.environ.get("TOY_THREADS", "1")))
+    torch.set_num_threads(int(os.environ.get("TOY_THREADS", "1")))  # 1: parallel builds share the cores
+    device = resolve_device(device)
     sizes = SIZES[size]
     paths = Paths(Path(out))
     paths.root.mkdir(parents=True, exist_ok=True)
     split = world.split_identities()
-    report: dict = {"size": size, "sizes": asdict(sizes)}
+    report: dict = {"size": size, "sizes": asdict(sizes), "device": str(device)}
 
     _stage(report, "encoder", paths.recognizer.is_file(), lambda: encoder.train_encoder(
-        paths.recognizer_dir, split, num_identities=sizes.encoder_ids, views=sizes.views, steps=sizes.encoder_steps))
+        paths.recognizer_dir, split, num_identities=sizes.encoder_ids, views=sizes.views, steps=sizes.encoder_steps,
+        device=device))
     _stage(report, "judge", paths.judge.is_file(), lambda: judge.train_judge(
-        paths.root, split, num_identities=sizes.judge_ids, views=sizes.views, steps=sizes.judge_steps))
+        paths.root, split, num_identities=sizes.judge_ids, views=sizes.views, steps=sizes.judge_steps, device=device))
 
     def scenes():
         bank = data.generate_scenes(sizes.scenes, split.train, seed=11)
@@ -122,7 +139,8 @@ def build(out: str | Path, size: str = "default", variants=("hard",), seeds=(0,)
 
     def base():
         toy = base_model.new_toy_base(seed=5)
-        losses = pretrain.pretrain(toy, data.SceneBank.load(paths.scenes), sizes.base_steps, sizes.base_batch)
+        losses = pretrain.pretrain(toy, data.SceneBank.load(paths.scenes), sizes.base_steps, sizes.base_batch,
+                                   device=device)
         base_model.save_toy_base(toy, paths.base)
         return {"final_loss": sum(losses[-20:]) / len(losses[-20:])}
 
@@ -180,13 +198,14 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--variants", nargs="+", default=["hard"], help="ablations to train: hard paper nomask")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda[:n]")
     parser.add_argument("--demo", action="store_true",
                         help="also copy the hard / seed 0 model into train/toyworld/assets (the built-in demo)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     variants = tuple(dict.fromkeys(("hard",) + tuple(args.variants))) if args.demo else tuple(args.variants)
     seeds = tuple(dict.fromkeys((0,) + tuple(args.seeds))) if args.demo else tuple(args.seeds)
-    report = build(args.out, args.size, variants, seeds)
+    report = build(args.out, args.size, variants, seeds, args.device)
     if args.demo:
         report["demo_assets"] = export_demo_assets(args.out)
     print(json.dumps(report, indent=2))

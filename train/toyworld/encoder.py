@@ -99,7 +99,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torc
     """Symmetric InfoNCE: row i of ``a`` and ``b`` are two views of one identity, all else negatives."""
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     logits = a @ b.T / temperature  # (P, P)
-    target = torch.arange(a.shape[0])
+    target = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
@@ -127,10 +127,13 @@ def train_metric(
     seed: int,
     learning_rate: float = 2e-3,
     to_input=normalise,
+    device: str | torch.device = "cpu",
 ) -> list[float]:
-    """Train ``model`` with InfoNCE on pairs of views drawn from ``bank`` (I, V, ...)."""
+    """Train ``model`` with InfoNCE on pairs of views drawn from ``bank`` (I, V, ...) on ``device``;
+    the trained model is left on the CPU."""
     rng = np.random.default_rng(seed + 1)
     torch.manual_seed(seed)
+    model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps, pct_start=0.1)
     model.train()
@@ -139,18 +142,18 @@ def train_metric(
     for step in range(steps):
         ids = rng.choice(count, size=min(batch_ids, count), replace=False)
         pick = np.stack([rng.choice(views, 2, replace=False) for _ in ids])  # (P, 2)
-        a = to_input(bank[ids, pick[:, 0]])
-        b = to_input(bank[ids, pick[:, 1]])
+        a = to_input(bank[ids, pick[:, 0]]).to(device)
+        b = to_input(bank[ids, pick[:, 1]]).to(device)
         embeddings = model(torch.cat([a, b]))
         loss = info_nce(embeddings[: len(ids)], embeddings[len(ids):])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0 or step == steps - 1:
-            logger.info("metric learning step %d/%d: loss %.3f", step + 1, steps, float(loss))
-    model.eval()
+            logger.info("metric learning step %d/%d: loss %.3f", step + 1, steps, losses[-1])
+    model.eval().to("cpu")
     return losses
 
 
@@ -192,13 +195,13 @@ def train_encoder(
     steps: int = 250,
     batch_ids: int = 64,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> dict:
-    """Train the encoder on training identities, export ONNX, report verification figures."""
-    torch.set_num_threads(1)  # oversubscribed threads are far slower on a shared 2-core machine
+    """Train the encoder on training identities (on ``device``), export ONNX, report verification figures."""
     start = time.time()
     bank = training_bank(split.train, num_identities, views, seed, "align", INPUT_SIZE, "encoder")
     model = ToyFaceNet()
-    losses = train_metric(model, bank, steps, batch_ids, seed)
+    losses = train_metric(model, bank, steps, batch_ids, seed, device=device)
     evaluated = min(200, num_identities)
     heldout_bank, _ = build_view_bank(list(split.heldout[:evaluated]), 2, seed + 99, split.heldout, "align", INPUT_SIZE)
     path = export_onnx(model, Path(out_dir) / ONNX_NAME)

@@ -55,13 +55,18 @@ def make_cases(pool, counts, per_count: int, seed: int, size: int = 32) -> list[
 # the network
 
 
-def load_net(base_path: str | Path, checkpoint_path: str | Path):
-    """(InstantFamilyNet, ToyBase) from the toy base file and a pack checkpoint, rebuilt by the
-    trainer's own inverse of its export (``train.export.net_from_export``)."""
+def load_net(base_path: str | Path, checkpoint_path: str | Path, device: str | torch.device = "cpu"):
+    """(InstantFamilyNet, ToyBase) on ``device`` from the toy base file and a pack checkpoint, rebuilt
+    by the trainer's own inverse of its export (``train.export.net_from_export``)."""
     from train.export import net_from_export
 
     toy = load_toy_base(base_path)
-    return net_from_export(checkpoint_path, toy.unet).requires_grad_(False), toy
+    toy.text_encoder.to(device)
+    return net_from_export(checkpoint_path, toy.unet).requires_grad_(False).to(device), toy
+
+
+def _device(net) -> torch.device:
+    return next(net.parameters()).device
 
 
 class IsolatedSelfAttnProcessor:
@@ -146,7 +151,7 @@ def case_example(case: Case, config, features, full_masks: bool = False) -> dict
 @torch.no_grad()
 def sample(net, toy: ToyBase, examples: list[dict], steps: int = 20, guidance: float = 4.0, seed: int = 0,
            with_faces: bool = True) -> np.ndarray:
-    """Batched DDIM + CFG: (B, S, S, 3) uint8 scenes, one per example."""
+    """Batched DDIM + CFG on the net's device: (B, S, S, 3) uint8 scenes, one per example."""
     from diffusers import DDIMScheduler
 
     from train.net import FaceInputs
@@ -158,9 +163,10 @@ def sample(net, toy: ToyBase, examples: list[dict], steps: int = 20, guidance: f
     scheduler.set_timesteps(steps)
     batch = len(examples)
     size = examples[0]["control"].shape[-1] // VAE_FACTOR
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(batch, 4, size, size, generator=generator) * scheduler.init_noise_sigma
-    text = toy.text_encoder.encode([""] * batch + [e["caption"] for e in examples])  # (2B, T, d)
+    device = _device(net)
+    generator = torch.Generator().manual_seed(seed)  # CPU noise: the same draws on every device
+    latents = (torch.randn(batch, 4, size, size, generator=generator) * scheduler.init_noise_sigma).to(device)
+    text = toy.text_encoder.encode([""] * batch + [e["caption"] for e in examples]).to(device)  # (2B, T, d)
     uncond = FaceInputs.empty(batch, net.config)
     if with_faces:
         cond = FaceInputs([e["global_features"] for e in examples], [e["local_features"] for e in examples],
@@ -169,20 +175,20 @@ def sample(net, toy: ToyBase, examples: list[dict], steps: int = 20, guidance: f
         cond = FaceInputs.empty(batch, net.config)
     faces = FaceInputs(uncond.global_features + cond.global_features, uncond.local_features + cond.local_features,
                        uncond.masks + cond.masks)
-    control = torch.stack([e["control"] for e in examples])
+    control = torch.stack([e["control"] for e in examples]).to(device)
     control = torch.cat([control, control])
     hint = net.controlnet.controlnet_cond_embedding
     net.controlnet.controlnet_cond_embedding = _CachedHint(hint)
     try:
         for t in scheduler.timesteps:
             model_in = torch.cat([latents, latents])
-            noise = net(model_in, torch.full((2 * batch,), int(t)), text, faces, control)
+            noise = net(model_in, torch.full((2 * batch,), int(t), device=device), text, faces, control)
             noise = noise[:batch] + guidance * (noise[batch:] - noise[:batch])
             latents = scheduler.step(noise, t, latents).prev_sample
     finally:
         net.controlnet.controlnet_cond_embedding = hint
     rgb = latents[:, :3].clamp(-1, 1)  # model space = RGB in [-1, 1]
-    return ((rgb + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return ((rgb + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,10 +291,11 @@ def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], ti
         take = torch.arange(n) % donor["global_features"].shape[0]
         shuffled_g.append(donor["global_features"][take])
         shuffled_l.append(donor["local_features"][take])
-    latents = scene_latents(np.stack([c.oracle for c in cases]))  # (B, 4, S, S)
+    device = _device(net)
+    latents = scene_latents(np.stack([c.oracle for c in cases])).to(device)  # (B, 4, S, S)
     area = torch.from_numpy(np.stack([face_area(c) for c in cases]))[:, None].expand(-1, 3, -1, -1)  # (B, 3, S, S)
-    text = toy.text_encoder.encode([e["caption"] for e in examples])
-    control = torch.stack([e["control"] for e in examples])
+    text = toy.text_encoder.encode([e["caption"] for e in examples]).to(device)
+    control = torch.stack([e["control"] for e in examples]).to(device)
     masks = [e["masks"] for e in examples]
     inputs = {"correct": FaceInputs([e["global_features"] for e in examples],
                                     [e["local_features"] for e in examples], masks),
@@ -296,11 +303,11 @@ def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], ti
     generator = torch.Generator().manual_seed(seed)
     errors = {name: [] for name in inputs}
     for t in timesteps:
-        noise = torch.randn(latents.shape, generator=generator)
-        steps = torch.full((count,), int(t))
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        steps = torch.full((count,), int(t), device=device)
         noisy = scheduler.add_noise(latents, noise, steps)
         for name, faces in inputs.items():
-            error = (net(noisy, steps, text, faces, control) - noise)[:, :3] ** 2  # (B, 3, S, S)
+            error = ((net(noisy, steps, text, faces, control) - noise)[:, :3] ** 2).cpu()  # (B, 3, S, S)
             errors[name].append(float(error[area].mean()))
     correct, shuffled = float(np.mean(errors["correct"])), float(np.mean(errors["shuffled"]))
     return {"correct": correct, "shuffled": shuffled, "gain": shuffled / correct - 1}
@@ -340,22 +347,24 @@ def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case
             g[k], l[k] = donor["global_features"][0], donor["local_features"][0]
         return g, l
 
-    latents = scene_latents(np.stack([case.oracle for case in cases]))  # (C, 4, S, S)
-    text = toy.text_encoder.encode([e["caption"] for e in examples])
+    device = _device(net)
+    latents = scene_latents(np.stack([case.oracle for case in cases])).to(device)  # (C, 4, S, S)
+    text = toy.text_encoder.encode([e["caption"] for e in examples]).to(device)
     generator = torch.Generator().manual_seed(seed)
     ratios = {"other_faces": [], "background": []}
     own_energy = []
     for t in timesteps:
-        noise = torch.randn(latents.shape, generator=generator)  # one draw per case, shared by its jobs
-        noisy = scheduler.add_noise(latents, noise, torch.full((len(cases),), int(t)))
+        noise = torch.randn(latents.shape, generator=generator).to(device)  # one draw per case, shared by its jobs
+        noisy = scheduler.add_noise(latents, noise, torch.full((len(cases),), int(t), device=device))
         predictions = []
         for start in range(0, len(jobs), batch):
             part = jobs[start:start + batch]
             g, l = zip(*(features(c, k) for c, k in part))
             faces = FaceInputs(list(g), list(l), [examples[c]["masks"] for c, _ in part])
-            index = torch.tensor([c for c, _ in part])
-            predictions.append(net(noisy[index], torch.full((len(part),), int(t)), text[index], faces,
-                                   torch.stack([examples[c]["control"] for c, _ in part]))[:, :3])
+            index = torch.tensor([c for c, _ in part], device=device)
+            control = torch.stack([examples[c]["control"] for c, _ in part]).to(device)
+            predictions.append(net(noisy[index], torch.full((len(part),), int(t), device=device), text[index], faces,
+                                   control)[:, :3].cpu())
         predictions = torch.cat(predictions)  # (jobs, 3, S, S)
         original = {c: predictions[j] for j, (c, k) in enumerate(jobs) if k < 0}
         for j, (c, k) in enumerate(jobs):

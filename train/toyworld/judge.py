@@ -102,13 +102,13 @@ class Judge:
 
 
 def train_judge(out_dir: str | Path, split: world.IdentitySplit, num_identities: int = 1200, views: int = 4,
-                steps: int = 300, batch_ids: int = 96, seed: int = 1234) -> dict:
-    """Train on the judge pool, report separation on held-out identities, save the weights."""
-    torch.set_num_threads(1)
+                steps: int = 300, batch_ids: int = 96, seed: int = 1234, device: str | torch.device = "cpu") -> dict:
+    """Train on the judge pool (on ``device``), report separation on held-out identities, save the weights."""
     start = time.time()
     bank = training_bank(split.judge, num_identities, views, seed, "box", CROP, "judge")
     net = JudgeNet()
-    losses = train_metric(net, bank, steps, batch_ids, seed, learning_rate=3e-3, to_input=to_input)
+    losses = train_metric(net, bank, steps, batch_ids, seed, learning_rate=3e-3, to_input=to_input,
+                          device=device)
     judge = Judge(net)
     evaluated = min(200, num_identities)
     heldout_bank, _ = build_view_bank(list(split.heldout[:evaluated]), 2, seed + 7, split.heldout, "box", CROP)

@@ -35,28 +35,30 @@ def scene_latents(images: np.ndarray) -> torch.Tensor:
 
 
 def pretrain(base: base_model.ToyBase, bank: SceneBank, steps: int, batch_size: int = 16, learning_rate: float = 1e-3,
-             text_dropout: float = 0.1, seed: int = 0, log_every: int = 50, ema_decay: float = 0.995) -> list[float]:
-    """Train ``base.unet`` in place; at the end its weights are the exponential moving average
-    (``ema_decay``; 0 = the last weights), which gives far cleaner samples from a short run."""
+             text_dropout: float = 0.1, seed: int = 0, log_every: int = 50, ema_decay: float = 0.995,
+             device: str | torch.device = "cpu") -> list[float]:
+    """Train ``base.unet`` in place on ``device``; at the end its weights (back on the CPU) are the
+    exponential moving average (``ema_decay``; 0 = the last weights), which gives far cleaner
+    samples from a short run."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     scheduler = noise_scheduler()
-    unet = base.unet.train().requires_grad_(True)
+    unet = base.unet.to(device).train().requires_grad_(True)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, learning_rate, total_steps=steps, pct_start=0.05)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()} if ema_decay > 0 else None
-    latents_all = scene_latents(bank.images)
+    latents_all = scene_latents(bank.images).to(device)
     with torch.no_grad():
-        text_all = base.text_encoder.encode(bank.captions)  # (N, T, d)
-        empty = base.text_encoder.encode([""])[0]
+        text_all = base.text_encoder.encode(bank.captions).to(device)  # (N, T, d)
+        empty = base.text_encoder.encode([""])[0].to(device)
     losses, start = [], time.time()
     for step in range(steps):
-        index = rng.choice(len(bank), size=batch_size, replace=False)
+        index = torch.from_numpy(rng.choice(len(bank), size=batch_size, replace=False)).to(device)
         latents = latents_all[index]
         text = text_all[index].clone()
-        text[torch.from_numpy(rng.random(batch_size) < text_dropout)] = empty
+        text[torch.from_numpy(rng.random(batch_size) < text_dropout).to(device)] = empty
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,))
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), device=device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
         loss = F.mse_loss(prediction, noise)
@@ -77,5 +79,5 @@ def pretrain(base: base_model.ToyBase, bank: SceneBank, steps: int, batch_size: 
                         float(np.mean(losses[-log_every:])), time.time() - start)
     if ema is not None:
         unet.load_state_dict(ema)
-    unet.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False).to("cpu")
     return losses
