@@ -15,6 +15,7 @@ colour accuracy (does the generated background have the caption's colour).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,20 +101,31 @@ def set_attn1_isolation(net, enabled: bool) -> None:
 
 
 class _CachedHint(torch.nn.Module):
-    """The ControlNet's hint encoder, evaluated once per control tensor: at inference its input (the
-    control image) is the same at every sampling step, and at 8x the latent size it costs more than
+    """The ControlNet's hint encoder, evaluated once per control tensor object: at inference the
+    control image is the same at every step, and at 8x the latent size its encoder costs more than
     the rest of the toy ControlNet. Exact: the same module on the same input."""
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
         self.inner = inner
-        self.key: torch.Tensor | None = None
-        self.value: torch.Tensor | None = None
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(control) -> (control, hint)
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
-        if self.key is not cond:
-            self.key, self.value = cond, self.inner(cond)
-        return self.value
+        hit = self.cache.get(id(cond))
+        if hit is None or hit[0] is not cond:  # (holding the tensor keeps its id from being reused)
+            hit = self.cache[id(cond)] = (cond, self.inner(cond))
+        return hit[1]
+
+
+@contextlib.contextmanager
+def cached_hint(net):
+    """While active, the net's ControlNet encodes each control tensor it is given only once."""
+    hint = net.controlnet.controlnet_cond_embedding
+    net.controlnet.controlnet_cond_embedding = _CachedHint(hint)
+    try:
+        yield
+    finally:
+        net.controlnet.controlnet_cond_embedding = hint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,16 +189,12 @@ def sample(net, toy: ToyBase, examples: list[dict], steps: int = 20, guidance: f
                        uncond.masks + cond.masks)
     control = torch.stack([e["control"] for e in examples]).to(device)
     control = torch.cat([control, control])
-    hint = net.controlnet.controlnet_cond_embedding
-    net.controlnet.controlnet_cond_embedding = _CachedHint(hint)
-    try:
+    with cached_hint(net):
         for t in scheduler.timesteps:
             model_in = torch.cat([latents, latents])
             noise = net(model_in, torch.full((2 * batch,), int(t), device=device), text, faces, control)
             noise = noise[:batch] + guidance * (noise[batch:] - noise[:batch])
             latents = scheduler.step(noise, t, latents).prev_sample
-    finally:
-        net.controlnet.controlnet_cond_embedding = hint
     rgb = latents[:, :3].clamp(-1, 1)  # model space = RGB in [-1, 1]
     return ((rgb + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
@@ -302,13 +310,14 @@ def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], ti
               "shuffled": FaceInputs(shuffled_g, shuffled_l, masks)}
     generator = torch.Generator().manual_seed(seed)
     errors = {name: [] for name in inputs}
-    for t in timesteps:
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        steps = torch.full((count,), int(t), device=device)
-        noisy = scheduler.add_noise(latents, noise, steps)
-        for name, faces in inputs.items():
-            error = ((net(noisy, steps, text, faces, control) - noise)[:, :3] ** 2).cpu()  # (B, 3, S, S)
-            errors[name].append(float(error[area].mean()))
+    with cached_hint(net):
+        for t in timesteps:
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            steps = torch.full((count,), int(t), device=device)
+            noisy = scheduler.add_noise(latents, noise, steps)
+            for name, faces in inputs.items():
+                error = ((net(noisy, steps, text, faces, control) - noise)[:, :3] ** 2).cpu()  # (B, 3, S, S)
+                errors[name].append(float(error[area].mean()))
     correct, shuffled = float(np.mean(errors["correct"])), float(np.mean(errors["shuffled"]))
     return {"correct": correct, "shuffled": shuffled, "gain": shuffled / correct - 1}
 
@@ -350,32 +359,36 @@ def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case
     device = _device(net)
     latents = scene_latents(np.stack([case.oracle for case in cases])).to(device)  # (C, 4, S, S)
     text = toy.text_encoder.encode([e["caption"] for e in examples]).to(device)
+    parts = []  # per batch of jobs, fixed across timesteps: (jobs, case index, faces, control)
+    for start in range(0, len(jobs), batch):
+        part = jobs[start:start + batch]
+        g, l = zip(*(features(c, k) for c, k in part))
+        parts.append((part, torch.tensor([c for c, _ in part], device=device),
+                      FaceInputs(list(g), list(l), [examples[c]["masks"] for c, _ in part]),
+                      torch.stack([examples[c]["control"] for c, _ in part]).to(device)))
+    head_cells = [[box_cells(b, size) for b in case.boxes] for case in cases]
     generator = torch.Generator().manual_seed(seed)
     ratios = {"other_faces": [], "background": []}
     own_energy = []
-    for t in timesteps:
-        noise = torch.randn(latents.shape, generator=generator).to(device)  # one draw per case, shared by its jobs
-        noisy = scheduler.add_noise(latents, noise, torch.full((len(cases),), int(t), device=device))
-        predictions = []
-        for start in range(0, len(jobs), batch):
-            part = jobs[start:start + batch]
-            g, l = zip(*(features(c, k) for c, k in part))
-            faces = FaceInputs(list(g), list(l), [examples[c]["masks"] for c, _ in part])
-            index = torch.tensor([c for c, _ in part], device=device)
-            control = torch.stack([examples[c]["control"] for c, _ in part]).to(device)
-            predictions.append(net(noisy[index], torch.full((len(part),), int(t), device=device), text[index], faces,
-                                   control)[:, :3].cpu())
-        predictions = torch.cat(predictions)  # (jobs, 3, S, S)
-        original = {c: predictions[j] for j, (c, k) in enumerate(jobs) if k < 0}
-        for j, (c, k) in enumerate(jobs):
-            if k < 0:
-                continue
-            change = ((predictions[j] - original[c]) ** 2).mean(dim=0).numpy()  # (S, S)
-            boxes = [box_cells(b, size) for b in cases[c].boxes]
-            own = change[boxes[k]].mean()
-            others = [change[b & ~boxes[k]].mean() for m, b in enumerate(boxes) if m != k and (b & ~boxes[k]).any()]
-            own_energy.append(own)
-            if others:  # (another head entirely inside k's box leaves nothing to compare)
-                ratios["other_faces"].append(np.mean(others) / own)
-            ratios["background"].append(change[cases[c].background_mask].mean() / own)
+    with cached_hint(net):
+        for t in timesteps:
+            noise = torch.randn(latents.shape, generator=generator).to(device)  # one draw per case, shared by its jobs
+            noisy = scheduler.add_noise(latents, noise, torch.full((len(cases),), int(t), device=device))
+            steps = torch.full((batch,), int(t), device=device)
+            predictions = torch.cat([
+                net(noisy[rows], steps[:len(part)], text[rows], faces, control)[:, :3].cpu()
+                for part, rows, faces, control in parts])  # (jobs, 3, S, S)
+            original = {c: predictions[j] for j, (c, k) in enumerate(jobs) if k < 0}
+            for j, (c, k) in enumerate(jobs):
+                if k < 0:
+                    continue
+                change = ((predictions[j] - original[c]) ** 2).mean(dim=0).numpy()  # (S, S)
+                boxes = head_cells[c]
+                own = change[boxes[k]].mean()
+                others = [change[b & ~boxes[k]].mean() for m, b in enumerate(boxes)
+                          if m != k and (b & ~boxes[k]).any()]
+                own_energy.append(own)
+                if others:  # (another head entirely inside k's box leaves nothing to compare)
+                    ratios["other_faces"].append(np.mean(others) / own)
+                ratios["background"].append(change[cases[c].background_mask].mean() / own)
     return {"own": float(np.mean(own_energy)), **{k: float(np.median(v)) for k, v in ratios.items()}}
