@@ -17,7 +17,9 @@ Generated images depend on how well the tiny base model samples; two diagnostics
 prediction do not: the identity gain (head-box error with other people's features / with their
 own - 1) and influence locality (swap one person's features: how much the prediction changes on
 the OTHER heads and on the background, relative to that person's own head).
-Mean +- std over training seeds. Writes <out>/toy_world.json and <out>/toy_world.png.
+Mean +- std over training seeds. The issue's targets are checked as ratios, each with a paired
+bootstrap interval over cases and a verdict (met / not met / undecided at this sample size).
+Writes <out>/toy_world.json and <out>/toy_world.png.
 """
 
 from __future__ import annotations
@@ -183,36 +185,107 @@ def _ratio(a, b) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def target_checks(summary: dict, diagnostics: dict[str, list[dict]]) -> dict:
-    """The issue's comparisons, as ratios (None where a row was not run)."""
-    many = (2, 3, 4, 5, 6)
+# The issue's image-level comparisons: name -> (ratio of row means, target bound, "<=" or ">=").
+MANY = (2, 3, 4, 5, 6)
+IMAGE_CHECKS = {
+    "mixing hard / nomask": (("hard", "mixing", MANY), ("nomask", "mixing", MANY), "<=", 0.5),
+    "similarity held-out / training IDs": (("hard", "similarity", COUNTS), ("hard, training IDs", "similarity", COUNTS),
+                                           ">=", 0.9),
+    "similarity N=5-6 / N=4": (("hard", "similarity", (5, 6)), ("hard", "similarity", (4,)), ">=", 0.9),
+}
+
+
+def image_checks(summary: dict) -> dict[str, float | None]:
+    """Each IMAGE_CHECKS ratio (None where a row was not run)."""
+    return {name: _ratio(_mean_over(summary, *top), _mean_over(summary, *bottom))
+            for name, (top, bottom, _, _) in IMAGE_CHECKS.items()}
+
+
+def resample_cases(rows: dict[str, list[dict]], rng: np.random.Generator) -> dict[str, list[dict]]:
+    """One paired bootstrap draw: within each N the cases are drawn with replacement, and the same
+    draw is used for every row and training seed, so a ratio of two rows that score the same cases
+    (every held-out row does, in the same order) keeps its pairing."""
+    picks: dict[tuple[int, int], np.ndarray] = {}
+    out = {}
+    for row, records in rows.items():
+        groups: dict[tuple[int, int], list[dict]] = {}
+        for record in records:
+            groups.setdefault((record["seed"], record["n"]), []).append(record)
+        out[row] = []
+        for (_, n), group in groups.items():
+            pick = picks.setdefault((n, len(group)), rng.integers(0, len(group), len(group)))
+            out[row] += [group[i] for i in pick]
+    return out
+
+
+def check_intervals(rows: dict[str, list[dict]], draws: int = 300, level: float = 0.9,
+                    seed: int = 0) -> dict[str, tuple[float, float] | None]:
+    """Bootstrap interval (over cases) of each image check: with a few cases per N and judge
+    similarities near 0.1, a ratio can move a lot from one case more or less."""
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {name: [] for name in IMAGE_CHECKS}
+    for _ in range(draws):
+        summary = {row: summarise(records) for row, records in resample_cases(rows, rng).items()}
+        for name, value in image_checks(summary).items():
+            if value is not None:
+                samples[name].append(value)
+    tail = (1 - level) / 2
+    return {name: (float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))) if len(v) > draws // 2 else None
+            for name, v in samples.items()}
+
+
+def verdict(interval: tuple[float, float] | None, sense: str, bound: float) -> str:
+    """'met' / 'not met' when the whole interval is on one side of the target, else 'undecided'."""
+    if interval is None:
+        return "-"
+    low, high = interval
+    inside = (lambda v: v <= bound) if sense == "<=" else (lambda v: v >= bound)
+    if inside(low) and inside(high):
+        return "met"
+    if not inside(low) and not inside(high):
+        return "not met"
+    return "undecided at this sample size"
+
+
+def target_checks(summary: dict, diagnostics: dict[str, list[dict]], rows: dict[str, list[dict]] | None = None,
+                  level: float = 0.9) -> dict:
+    """The issue's comparisons: image-level ratios (with a bootstrap interval and a verdict when the
+    per-case ``rows`` are given) and the diagnostics' leak ratios."""
 
     def diagnostic(row, key):
         return float(np.mean([d[key] for d in diagnostics[row]])) if row in diagnostics else None
 
-    return {
-        "mixing hard / nomask (target <= 0.5)": _ratio(_mean_over(summary, "hard", "mixing", many),
-                                                       _mean_over(summary, "nomask", "mixing", many)),
-        "similarity held-out / training IDs (target >= 0.9)": _ratio(
-            _mean_over(summary, "hard", "similarity", COUNTS),
-            _mean_over(summary, "hard, training IDs", "similarity", COUNTS)),
-        "similarity N=5-6 / N=4 (target >= 0.9)": _ratio(_mean_over(summary, "hard", "similarity", (5, 6)),
-                                                         _mean_over(summary, "hard", "similarity", (4,))),
-        "change on other heads, paper / hard (leak)": _ratio(diagnostic("paper", "other_faces"),
-                                                             diagnostic("hard", "other_faces")),
-        "change on other heads, nomask / hard": _ratio(diagnostic("nomask", "other_faces"),
-                                                       diagnostic("hard", "other_faces")),
-    }
+    intervals = check_intervals(rows, level=level) if rows else {}
+    checks = {}
+    for name, value in image_checks(summary).items():
+        _, _, sense, bound = IMAGE_CHECKS[name]
+        interval = intervals.get(name)
+        checks[name] = {"value": value, "target": f"{sense} {bound}", "interval": interval, "level": level,
+                        "verdict": verdict(interval, sense, bound) if rows else None}
+    for name, top in (("change on other heads, paper / hard (leak)", "paper"),
+                      ("change on other heads, nomask / hard", "nomask")):
+        checks[name] = {"value": _ratio(diagnostic(top, "other_faces"), diagnostic("hard", "other_faces"))}
+    return checks
 
 
 def format_checks(checks: dict) -> str:
-    return "\n".join(f"- {name}: {'-' if value is None else f'{value:.2f}'}" for name, value in checks.items())
+    lines = []
+    for name, check in checks.items():
+        value = "-" if check["value"] is None else f"{check['value']:.2f}"
+        line = f"- {name}: {value}"
+        if "target" in check:
+            line += f" (target {check['target']})"
+        if check.get("interval"):
+            low, high = check["interval"]
+            line += f", {round(100 * check['level'])}% bootstrap interval over cases {low:.2f}-{high:.2f}: {check['verdict']}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def report(rows: dict, diagnostics: dict, settings: dict, seconds: float, out: Path) -> dict:
     """Summary, tables and checks -> <out>/toy_world.json; returns the result."""
     summary = {row: summarise(records) for row, records in rows.items()}
-    checks = target_checks(summary, diagnostics)
+    checks = target_checks(summary, diagnostics, rows)
     table = format_table(summary) + "\n\n" + format_diagnostics(diagnostics) + "\n\n" + format_checks(checks)
     print(table)
     result = {"settings": settings, "seconds": seconds,
