@@ -16,21 +16,27 @@ FORMAT_VERSION = 1
 MASK_MODES = ("hard", "paper")
 OVERLAP_RULES = ("both", "nearest")
 
-# Slot colours of the identity circles in the control image (RGB, 0-255). Slot n of the
-# embedding stack is drawn with PALETTE[n % len(PALETTE)]. None of them is a colour OpenPose
-# draws (its 18 saturated joint colours, or the 0.6-scaled limb colours), so a circle can never
-# be mistaken for a joint. The checkpoint stores the palette it was trained with; this default
-# only matters for new trainings.
+# Circle colours of the identity slots in the control image (RGB, 0-255). None of them is a
+# colour OpenPose draws (its 18 saturated joint colours, or the 0.6-scaled limb colours), so a
+# circle can never be mistaken for a joint. The checkpoint stores the palette it was trained with;
+# this default only matters for new trainings. Its length is the most IDs one image can have:
+# a colour is never repeated (see ``InstantFamilyConfig.slot_colours``).
 DEFAULT_PALETTE = (
-    (255, 255, 255),
-    (128, 128, 128),
-    (255, 192, 203),
-    (128, 64, 0),
-    (0, 64, 128),
-    (128, 128, 0),
-    (0, 128, 128),
-    (128, 0, 64),
+    (255, 255, 255), (128, 128, 128), (255, 192, 203), (128, 64, 0),
+    (0, 64, 128), (128, 128, 0), (0, 128, 128), (128, 0, 64),
+    (128, 192, 192), (192, 128, 192), (192, 192, 128), (192, 255, 192),
+    (128, 128, 255), (128, 255, 128), (255, 128, 128), (64, 64, 64),
+    (192, 192, 255), (64, 128, 192), (64, 192, 128), (128, 64, 192),
+    (128, 192, 64), (128, 255, 255), (192, 64, 128), (192, 128, 64),
 )
+
+# How a training sample's slots get their circle colours (``InstantFamilyConfig.colour_rule``):
+# "random": each sample draws distinct palette colours at random, so every palette colour is trained
+#   (at any slot, for any N); at inference slot n takes palette[n], a colour the ControlNet has seen.
+# "by_slot": slot n always takes palette[n] (checkpoints written before the rule was recorded): only
+#   the first max_ids_trained colours were ever trained.
+COLOUR_RULES = ("random", "by_slot")
+LEGACY_COLOUR_RULE = "by_slot"
 
 
 @dataclass
@@ -72,6 +78,7 @@ class InstantFamilyConfig:
     # Circle radius = circle_radius_fraction * max(face box width, height) of the (un-enlarged) box.
     circle_radius_fraction: float = 0.25
     max_ids_trained: int = 4
+    colour_rule: str = "random"
     base_model: str = "SD1.5"
     recognizer: RecognizerInfo = field(default_factory=RecognizerInfo)
     training_steps: int = 0
@@ -98,6 +105,12 @@ class InstantFamilyConfig:
             raise ValueError(f"InstantFamily config: mask_margin must be in [0, 4], got {self.mask_margin!r}")
         if len(self.palette) == 0 or any(len(c) != 3 for c in self.palette):
             raise ValueError("InstantFamily config: palette must be a non-empty list of RGB triples")
+        if self.colour_rule not in COLOUR_RULES:
+            raise ValueError(
+                f"InstantFamily config: colour_rule must be one of {COLOUR_RULES}, got {self.colour_rule!r}"
+            )
+        if len(set(self.palette)) != len(self.palette):
+            raise ValueError("InstantFamily config: palette colours must be distinct (a circle colour marks one slot)")
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"InstantFamily config: format_version {self.format_version} is newer than this pack "
@@ -114,6 +127,7 @@ class InstantFamilyConfig:
         if unknown:
             raise ValueError(f"InstantFamily config: unknown keys {unknown}; was it written by a newer pack?")
         data = dict(data)
+        data.setdefault("colour_rule", LEGACY_COLOUR_RULE)  # written before the rule was recorded
         if "palette" in data:
             data["palette"] = tuple(tuple(int(c) for c in rgb) for rgb in data["palette"])
         if "recognizer" in data and isinstance(data["recognizer"], dict):
@@ -127,5 +141,33 @@ class InstantFamilyConfig:
         return cls.from_dict(json.loads(text))
 
     def palette_colour(self, slot: int) -> tuple[int, int, int]:
-        """RGB colour of identity slot ``slot`` (wraps around the palette)."""
-        return tuple(self.palette[slot % len(self.palette)])
+        """RGB colour of identity slot ``slot`` at inference: palette[slot] (never wraps around)."""
+        self.check_slot_count(slot + 1)
+        return tuple(self.palette[slot])
+
+    def check_slot_count(self, n_slots: int) -> None:
+        """Raise ValueError when ``n_slots`` IDs need more circle colours than the palette has."""
+        if n_slots > len(self.palette):
+            raise ValueError(
+                f"{n_slots} ID slots but this checkpoint's palette has {len(self.palette)} circle colours, so two "
+                f"IDs would share a colour: use at most {len(self.palette)} IDs in one image"
+            )
+
+    def slot_colours(self, n_slots: int, rng=None) -> list[tuple[int, int, int]]:
+        """Circle colours of ``n_slots`` slots: palette[0..n-1]; with ``rng`` (training, rule "random") distinct
+        palette colours drawn at random, so that every colour is trained. rng: a numpy Generator."""
+        self.check_slot_count(n_slots)
+        if rng is None or self.colour_rule != "random":
+            return [tuple(self.palette[n]) for n in range(n_slots)]
+        picks = rng.choice(len(self.palette), size=n_slots, replace=False)
+        return [tuple(self.palette[int(i)]) for i in picks]
+
+    def untrained_note(self, n_slots: int) -> str:
+        """'' when ``n_slots`` IDs is what this checkpoint was trained for, else a sentence saying what was not
+        trained (more IDs per image than any training sample; colours never seen under the "by_slot" rule)."""
+        if n_slots <= self.max_ids_trained:
+            return ""
+        note = f"{n_slots} IDs: this checkpoint was trained with at most {self.max_ids_trained} per image (works, not trained)"
+        if self.colour_rule == "by_slot":
+            note += f"; slots {self.max_ids_trained}-{n_slots - 1} get circle colours its ControlNet never saw"
+        return note

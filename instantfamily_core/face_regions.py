@@ -1,5 +1,12 @@
 """Face regions per ID slot, from detected faces, pose people or user masks, plus the ID assignment.
 
+The trainer builds its regions and control images with these same functions (``train/data.py``:
+from the sample's stored POSE_KEYPOINT through :func:`face_masks_from_pose`, as the Face Mask node
+does), so a checkpoint sees at inference the regions and circles it was trained on. Whatever the
+source, a region is ``masks.masks_from_boxes`` of a face box grown by the margin (a drawn mask is
+used as it is); the face box of a pose person is ``pose.parse_pose_keypoint``'s (68 landmarks, or
+the head points).
+
 Positions are numbered left to right (by face centre x, then y) for detected faces and pose people,
 and in batch order for user masks. By default slot n takes position n; an explicit ``order`` such
 as ``"2,0,1"`` gives slot 0 position 2, slot 1 position 0, slot 2 position 1. With more positions
@@ -162,9 +169,9 @@ def face_masks_from_pose(
 
     Returns the masks and, per slot, the index of the person in ``frame.people``.
     """
-    with_face = [i for i, person in enumerate(frame.people) if person.face_box is not None]
     if n_ids == 0:
         return _empty(frame.size), []
+    with_face = [i for i, person in enumerate(frame.people) if person.face_box is not None]
     if not with_face:
         if frame.people:
             raise ValueError(
@@ -178,13 +185,46 @@ def face_masks_from_pose(
             len(frame.people) - len(with_face),
             len(frame.people),
         )
-    centres = np.stack([frame.people[i].face_centre for i in with_face])
-    ranked = [with_face[k] for k in left_to_right(centres)]
-    people = assign_slots(ranked, n_ids, order, "pose")
+    people = assign_slots(pose_positions(frame), n_ids, order, "pose")
     scale = np.array([frame.width, frame.height, frame.width, frame.height], np.float64)
     boxes_px = np.stack([frame.people[i].face_box * scale for i in people])  # (N, 4)
     face_masks = masks_from_boxes(torch.from_numpy(boxes_px).float(), frame.size, margin)
     return resolve_overlap(face_masks, overlap), people
+
+
+def pose_positions(frame: PoseFrame) -> list[int]:
+    """Indices in ``frame.people`` of the people with a face box, left to right: what ``order`` numbers."""
+    with_face = [i for i, person in enumerate(frame.people) if person.face_box is not None]
+    if not with_face:
+        return []
+    centres = np.stack([frame.people[i].face_centre for i in with_face])
+    return [with_face[k] for k in left_to_right(centres)]
+
+
+def match_faces_to_people(face_boxes: np.ndarray, frame: PoseFrame) -> list[int | None]:
+    """For each detected face box, the pose person it belongs to (index in ``frame.people``), or None.
+
+    face_boxes: (F, 4) normalised x1, y1, x2, y2. A person matches a face when the centre of the
+    person's pose face box lies inside the detected box; pairs are taken nearest centres first, one to one.
+    """
+    face_boxes = np.asarray(face_boxes, np.float64).reshape(-1, 4)
+    scale = np.array([frame.width, frame.height], np.float64)  # distances in pixels (isotropic)
+    pairs = []
+    for f, box in enumerate(face_boxes):
+        centre = (box[:2] + box[2:]) / 2 * scale
+        for p, person in enumerate(frame.people):
+            if person.face_box is None:
+                continue
+            x, y = person.face_centre
+            if box[0] <= x <= box[2] and box[1] <= y <= box[3]:
+                pairs.append((float(np.linalg.norm(person.face_centre * scale - centre)), f, p))
+    matched: list[int | None] = [None] * len(face_boxes)
+    taken = set()
+    for _, f, p in sorted(pairs):
+        if matched[f] is None and p not in taken:
+            matched[f] = p
+            taken.add(p)
+    return matched
 
 
 def face_masks_from_detections(
@@ -204,9 +244,24 @@ def face_masks_from_detections(
             "or give a pose or masks instead"
         )
     boxes = np.stack([np.asarray(face.box, dtype=np.float64).reshape(4) for face in faces])  # (P, 4) px
-    ranked = left_to_right((boxes[:, :2] + boxes[:, 2:]) / 2)
+    return face_masks_from_boxes(boxes, image_size, n_ids, order, margin, overlap)
+
+
+def face_masks_from_boxes(
+    boxes_px: np.ndarray,
+    image_size: tuple[int, int],
+    n_ids: int | None = None,
+    order: str | Sequence[int] | None = None,
+    margin: float = 0.25,
+    overlap: str = "both",
+) -> FaceMasks:
+    """Face masks of the ID slots from detector face boxes (P, 4) in pixels of an image of ``image_size``."""
+    boxes_px = np.asarray(boxes_px, np.float64).reshape(-1, 4)
+    if n_ids == 0 or (n_ids is None and len(boxes_px) == 0):
+        return _empty(image_size)
+    ranked = left_to_right((boxes_px[:, :2] + boxes_px[:, 2:]) / 2)
     chosen = assign_slots(ranked, n_ids, order, "template")
-    face_masks = masks_from_boxes(torch.from_numpy(boxes[chosen]).float(), image_size, margin)
+    face_masks = masks_from_boxes(torch.from_numpy(boxes_px[chosen]).float(), image_size, margin)
     return resolve_overlap(face_masks, overlap)
 
 
@@ -253,8 +308,11 @@ def control_image_for_slots(
     size: tuple[int, int],
     bodies: Sequence[np.ndarray] = (),
     base: np.ndarray | None = None,
+    colours: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """The Pose + Circle control image with one circle per slot of ``face_masks``."""
+    """The Pose + Circle control image with one circle per slot of ``face_masks``.
+
+    colours: the trainer's per-sample circle colours; default ``config.slot_colours(N)``."""
     return draw_control_image(
         size,
         config,
@@ -262,15 +320,21 @@ def control_image_for_slots(
         face_boxes=slot_boxes(face_masks),
         face_centres=face_masks.centres.detach().cpu().numpy(),
         base=base,
+        colours=colours,
     )
 
 
 def preview_face_masks(
-    face_masks: FaceMasks, config: InstantFamilyConfig, background: np.ndarray | None = None, alpha: float = 0.45
+    face_masks: FaceMasks,
+    config: InstantFamilyConfig,
+    background: np.ndarray | None = None,
+    alpha: float = 0.45,
+    note: str = "",
 ) -> np.ndarray:
     """Each slot's region tinted in its palette colour, its slot number (black on white) at its face centre.
 
-    background: (H, W, 3) uint8 RGB (resized to the masks' size) or None for black. Returns uint8 RGB.
+    background: (H, W, 3) uint8 RGB (resized to the masks' size) or None for black.
+    note: a line written along the bottom edge (e.g. ``config.untrained_note(N)``). Returns uint8 RGB.
     """
     height, width = face_masks.image_size
     if background is None:
@@ -294,4 +358,27 @@ def preview_face_masks(
         y = int(face_masks.centres[slot, 1] * height + th / 2)
         cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness + 3, cv2.LINE_AA)
         cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    if note:
+        draw_note(canvas, note)
+    return canvas
+
+
+def draw_note(canvas: np.ndarray, note: str) -> np.ndarray:
+    """``note`` in white on a black band along the bottom of ``canvas`` (in place), wrapped to its width."""
+    height, width = canvas.shape[:2]
+    scale = max(0.3, min(height, width) / 700)
+    (char_w, line_h), _ = cv2.getTextSize("n", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    per_line = max(8, int(width / (char_w * 1.1)) - 1)
+    words, lines = note.split(), [""]
+    for word in words:
+        if lines[-1] and len(lines[-1]) + 1 + len(word) > per_line:
+            lines.append(word)
+        else:
+            lines[-1] = f"{lines[-1]} {word}".strip()
+    step = int(line_h * 1.8)
+    top = max(0, height - step * len(lines) - 4)
+    canvas[top:] = 0
+    for k, line in enumerate(lines):
+        cv2.putText(canvas, line, (3, top + step * (k + 1) - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return canvas

@@ -18,7 +18,7 @@ Face box of a person, in pixels (so that distances are isotropic):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,11 +54,13 @@ class PosePerson:
     body:     (18, 3) float32 COCO-18 keypoints: normalised x, y and confidence; missing rows are 0.
     face_box: (4,) float32 normalised x1, y1, x2, y2, or None when no head point is visible.
     face_source: "face_keypoints", "head_points" or "" (no face box).
+    face: (K, 3) float32 face landmarks (normalised x, y, confidence; missing rows 0), K = 0 when none.
     """
 
     body: np.ndarray
     face_box: np.ndarray | None = None
     face_source: str = ""
+    face: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
 
     @property
     def visible(self) -> np.ndarray:
@@ -226,13 +228,12 @@ def parse_pose_keypoint(data, frame: int = 0) -> PoseFrame:
             box, source = face_box_from_head_points(body_px), "head_points"
         if box is None:
             source = ""
-        normalised = body_px.copy()
-        normalised[:, 0] /= width
-        normalised[:, 1] /= height
+        to_unit = np.array([width, height, 1.0])
         face_box = None
         if box is not None:
             face_box = (box / np.array([width, height, width, height])).astype(np.float32)
-        people.append(PosePerson(body=normalised.astype(np.float32), face_box=face_box, face_source=source))
+        people.append(PosePerson(body=(body_px / to_unit).astype(np.float32), face_box=face_box, face_source=source,
+                                 face=(face_px / to_unit).astype(np.float32)))
     return PoseFrame(people=people, width=width, height=height)
 
 
@@ -260,3 +261,27 @@ def encode_pose_keypoint(bodies, width: int, height: int, faces=None) -> list[di
         for body, face in zip(bodies, faces)
     ]  # fmt: skip
     return [{"people": people, "canvas_width": int(width), "canvas_height": int(height)}]
+
+
+def crop_pose(frame: PoseFrame, window, size: tuple[int, int]) -> list[dict]:
+    """The ``POSE_KEYPOINT`` value of a crop of ``frame``: what a pose detector run on the cropped image gives.
+
+    window: (x1, y1, x2, y2) of the crop, normalised to the frame. size: (height, width) of the crop's canvas.
+    Body and face points outside the window become missing (0, 0, 0).
+    """
+    x1, y1, x2, y2 = (float(v) for v in window)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"crop window {window} is empty")
+
+    def moved(points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, np.float64).copy()  # (K, 3)
+        x = (points[:, 0] - x1) / (x2 - x1)
+        y = (points[:, 1] - y1) / (y2 - y1)
+        inside = _present(points) & (x >= 0) & (x < 1) & (y >= 0) & (y < 1)
+        points[:, 0], points[:, 1], points[:, 2] = x, y, np.where(inside, points[:, 2], 0)
+        points[~inside] = 0
+        return points
+
+    bodies = [moved(person.body) for person in frame.people]
+    faces = [moved(person.face) if len(person.face) else None for person in frame.people]
+    return encode_pose_keypoint(bodies, size[1], size[0], faces)

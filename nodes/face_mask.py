@@ -47,6 +47,15 @@ def config_of(instantfamily):
     return instantfamily.config if instantfamily is not None else InstantFamilyConfig()
 
 
+def untrained_note(config, n_slots: int) -> str:
+    """Refuse more slots than the palette has colours; log (and return) what this checkpoint was not trained for."""
+    config.check_slot_count(n_slots)
+    note = config.untrained_note(n_slots)
+    if note:
+        log.warning("InstantFamily: %s", note)
+    return note
+
+
 def detect_template_faces(analyzer, image_rgb):
     """Faces on the template image through the face analyzer (``instantfamily_core.face_analysis``)."""
     try:
@@ -113,7 +122,9 @@ class InstantFamilyFaceMask:
             )
         else:
             face_masks = face_regions.face_masks_from_user_masks(masks, n_ids, order, overlap)
-        preview = face_regions.preview_face_masks(face_masks, config_of(instantfamily), background)
+        config = config_of(instantfamily)
+        note = untrained_note(config, len(face_masks))
+        preview = face_regions.preview_face_masks(face_masks, config, background, note=note)
         return (face_masks, uint8_to_image(preview))
 
 
@@ -143,6 +154,8 @@ class InstantFamilyPoseCircleImage:
         from ..instantfamily_core.face_regions import control_image_for_slots, face_masks_from_pose
 
         config = config_of(instantfamily)
+        if face_masks is not None:
+            untrained_note(config, len(face_masks))
         if (pose_keypoint is None) == (pose_image is None):
             raise ValueError("Pose Circle Image: connect either 'pose_keypoint' or 'pose_image' (not both)")
         if pose_keypoint is not None:

@@ -2,7 +2,16 @@
 
 Per sample (paper §4.2): crop to a square, choose min(max_faces, faces) faces at random in random
 order, draw the Pose + Circle control image with the core drawing (skeletons of everyone, circles
-only for the chosen faces), and build each chosen face's region mask with the configured margin.
+only for the chosen faces, in distinct palette colours drawn at random: ``config.slot_colours``),
+and build each chosen face's region mask with the configured margin.
+
+Regions and circles come from the sample's stored pose exactly as the Face Mask node makes them:
+the crop's POSE_KEYPOINT (``pose.crop_pose``) goes through ``face_regions.face_masks_from_pose``
+with an ``order`` that puts the chosen faces in their slots, and the control image through
+``face_regions.control_image_for_slots``. A detected face takes part when a pose person matches
+it (``face_regions.match_faces_to_people``); a sample whose pose matches no face uses the
+detector boxes (``face_masks_from_boxes``, the node's template path) instead. Each example keeps
+the POSE_KEYPOINT, order and colours it used, so a test can replay it through the nodes.
 Every random choice comes from a generator seeded by (seed, epoch, sample index), so a resumed run
 sees exactly the batches an uninterrupted one would.
 """
@@ -18,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from instantfamily_core import face_regions
 from instantfamily_core.config import InstantFamilyConfig
-from instantfamily_core.control_image import draw_control_image
-from instantfamily_core.masks import FaceMasks, masks_from_boxes
-from instantfamily_core.pose import parse_pose_keypoint
+from instantfamily_core.masks import FaceMasks
+from instantfamily_core.pose import PoseFrame, crop_pose, encode_pose_keypoint, parse_pose_keypoint
 
 from .sample_format import decode_faces, image_member
 from .shards import ShardReader
@@ -49,32 +58,55 @@ def crop_geometry(width: int, height: int, resolution: int, rng: np.random.Gener
     return scale, (new_w, new_h), (ox, oy)
 
 
-def crop_bodies(bodies: list[np.ndarray], resized: tuple[int, int], offset: tuple[int, int], resolution: int):
-    """Normalised (18, 3) keypoints of the full image -> of the crop; points outside become missing."""
-    out = []
-    for body in bodies:
-        body = np.asarray(body, np.float64).copy()  # (18, 3)
-        x = (body[:, 0] * resized[0] - offset[0]) / resolution
-        y = (body[:, 1] * resized[1] - offset[1]) / resolution
-        inside = (body[:, 2] > 0) & (x >= 0) & (x < 1) & (y >= 0) & (y < 1)
-        body[:, 0], body[:, 1] = np.where(inside, x, 0), np.where(inside, y, 0)
-        body[:, 2] = np.where(inside, body[:, 2], 0)
-        out.append(body)
-    return out
-
-
-def region_masks(boxes_px: np.ndarray, resolution: int, margin: float, factor: int = 8) -> FaceMasks:
-    """Masks of the enlarged boxes, area-averaged to the latent resolution (resolution / factor).
+def pooled_masks(full: FaceMasks, factor: int = 8) -> FaceMasks:
+    """Full-resolution slot masks area-averaged to the latent resolution (resolution / factor).
 
     Each attention grid takes the area average of these again, and averages of averages over
     whole cells are the averages of the full-resolution mask: the same regions as masks built at
     full resolution, from 64x smaller tensors (cheaper to collate and to resize per grid).
     """
-    full = masks_from_boxes(torch.from_numpy(np.asarray(boxes_px, np.float32)), (resolution, resolution), margin)
-    if resolution % factor:
+    height, width = full.image_size
+    if height % factor or width % factor:
         return full
     pooled = F.avg_pool2d(full.masks[:, None], factor)[:, 0]  # (N, res/8, res/8) coverage in [0, 1]
     return FaceMasks(masks=pooled, centres=full.centres, boxes=full.boxes)
+
+
+def crop_frame(members: dict[str, bytes], resized: tuple[int, int], offset: tuple[int, int], resolution: int):
+    """The crop's POSE_KEYPOINT value (what a pose detector on the crop gives) and its parsed frame."""
+    if "pose.json" in members:
+        source = parse_pose_keypoint(members["pose.json"].decode())
+        window = (offset[0] / resized[0], offset[1] / resized[1],
+                  (offset[0] + resolution) / resized[0], (offset[1] + resolution) / resized[1])
+        value = crop_pose(source, window, (resolution, resolution))
+    else:
+        value = encode_pose_keypoint([], resolution, resolution)
+    return value, parse_pose_keypoint(value)
+
+
+def slot_regions(frame: PoseFrame, boxes_px: np.ndarray, max_faces: int, margin: float, rng: np.random.Generator):
+    """The chosen faces (indices into ``boxes_px``), their slot masks (full resolution), the Face Mask node's
+    ``order`` that gives those slots, and the region source ("pose" or "boxes").
+
+    boxes_px: (F, 4) detected face boxes in pixels of the crop (faces whose centre is outside dropped).
+    """
+    res = frame.height
+    centres = (boxes_px[:, :2] + boxes_px[:, 2:]) / 2
+    kept = np.nonzero(((centres >= 0) & (centres < res)).all(axis=1))[0]
+    people = face_regions.match_faces_to_people(boxes_px / res, frame)
+    matched = [int(f) for f in kept if people[f] is not None]
+    if matched:
+        chosen = [matched[i] for i in choose_faces(len(matched), max_faces, rng)]
+        positions = face_regions.pose_positions(frame)
+        order = [positions.index(people[f]) for f in chosen]
+        masks, _ = face_regions.face_masks_from_pose(frame, len(chosen), order, margin)
+        return chosen, masks, order, "pose"
+    chosen = [int(kept[i]) for i in choose_faces(len(kept), max_faces, rng)]
+    boxes = np.clip(boxes_px[kept], 0, res)
+    ranked = face_regions.left_to_right((boxes[:, :2] + boxes[:, 2:]) / 2)
+    order = [ranked.index(list(kept).index(f)) for f in chosen]
+    masks = face_regions.face_masks_from_boxes(boxes, (res, res), len(chosen), order, margin)
+    return chosen, masks, order, "boxes"
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -111,16 +143,10 @@ class TrainDataset(torch.utils.data.Dataset):
 
         faces = decode_faces(members["faces.npz"]) if "faces.npz" in members else None
         boxes = np.zeros((0, 4), np.float32) if faces is None else faces["boxes"] * scale - [ox, oy, ox, oy]
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        kept = np.nonzero(((centres >= 0) & (centres < res)).all(axis=1))[0]
-        chosen = [int(kept[i]) for i in choose_faces(len(kept), self.max_faces, rng)]
-        chosen_boxes = np.clip(boxes[chosen], 0, res)  # (n, 4) px of the crop
-
-        bodies = []
-        if "pose.json" in members:
-            frame = parse_pose_keypoint(members["pose.json"].decode())
-            bodies = crop_bodies(frame.bodies(), resized, (ox, oy), res)
-        control = draw_control_image((res, res), config, bodies, face_boxes=chosen_boxes / res if chosen else None)
+        pose_keypoint, frame = crop_frame(members, resized, (ox, oy), res)
+        chosen, slot_masks, order, source = slot_regions(frame, boxes, self.max_faces, config.mask_margin, rng)
+        colours = config.slot_colours(len(chosen), rng)
+        control = face_regions.control_image_for_slots(slot_masks, config, (res, res), frame.bodies(), colours=colours)
         control = torch.from_numpy(control.astype(np.float32) / 255.0).permute(2, 0, 1)  # (3, res, res)
 
         caption = members.get("txt", b"").decode("utf-8", "replace").strip()
@@ -130,14 +156,15 @@ class TrainDataset(torch.utils.data.Dataset):
         if chosen and not drop_faces:
             global_feature = torch.from_numpy(faces["global_features"][chosen])  # (n, d_gf)
             local_feature = torch.from_numpy(faces["local_features"][chosen])  # (n, d_lf, L, L)
-            masks: FaceMasks | None = region_masks(chosen_boxes, res, config.mask_margin)
+            masks: FaceMasks | None = pooled_masks(slot_masks)
         else:
             global_feature = torch.zeros(0, config.d_gf)
             local_feature = torch.zeros(0, config.d_lf, config.L, config.L)
             masks = None
         return {"key": key, "pixel_values": pixels, "control": control, "caption": caption,
                 "global_features": global_feature, "local_features": local_feature, "masks": masks,
-                "face_order": chosen}
+                "face_order": chosen, "pose_keypoint": pose_keypoint, "order": ",".join(map(str, order)),
+                "colours": colours, "region_source": source}
 
 
 def collate(examples: list[dict | None]) -> dict:

@@ -11,7 +11,7 @@ from instantfamily_core.control_image import (
     draw_skeletons,
     openpose_drawing,
 )
-from instantfamily_core.face_regions import control_image_for_slots, face_masks_from_pose
+from instantfamily_core.face_regions import control_image_for_slots, face_masks_from_pose, slot_boxes
 from instantfamily_core.pose import encode_pose_keypoint, parse_pose_keypoint
 
 H, W = 192, 320
@@ -58,14 +58,15 @@ def test_circle_centres_radii_and_colours_match_face_boxes_and_slots():
     assert np.count_nonzero(image.any(axis=-1)) == sum(colour_pixels(image, c).sum() for c in PALETTE[:3])
 
 
-def test_explicit_centres_radius_floor_and_palette_wrap_around():
+def test_explicit_centres_radius_floor_and_no_colour_repeat():
     boxes = np.tile([[0.5, 0.5, 0.5, 0.5]], (5, 1))  # degenerate boxes: the radius floor applies
     centres = np.array([[0.1, 0.1], [0.3, 0.1], [0.5, 0.1], [0.7, 0.1], [0.9, 0.9]])
     _, radii = circle_geometry(centres, boxes, (H, W), 0.25)
     assert (radii == MIN_RADIUS_PX).all()
-    image = draw_control_image((H, W), config(), face_boxes=boxes, face_centres=centres)
+    with pytest.raises(ValueError, match="5 ID slots but this checkpoint's palette has 4 circle colours"):
+        draw_control_image((H, W), config(), face_boxes=boxes, face_centres=centres)  # never a repeated colour
+    image = draw_control_image((H, W), config(), face_boxes=boxes[:4], face_centres=centres[:4])
     assert image[int(0.1 * H), int(0.1 * W)].tolist() == list(PALETTE[0])
-    assert image[int(0.9 * H), int(0.9 * W)].tolist() == list(PALETTE[0])  # slot 4 wraps to colour 0
     assert image[int(0.1 * H), int(0.7 * W)].tolist() == list(PALETTE[3])
 
 
@@ -85,7 +86,7 @@ def test_skeletons_are_controlnet_aux_openpose_drawings():
 
 
 def test_all_people_get_skeletons_and_only_id_slots_get_circles():
-    bodies = [standing(0.8, 0.2), standing(0.2, 0.2), standing(0.5, 0.25)]
+    bodies = [standing(0.8, 0.2, 0.1), standing(0.2, 0.2, 0.1), standing(0.5, 0.25, 0.1)]
     frame = parse_pose_keypoint(encode_pose_keypoint(bodies, W, H))
     face_masks, people = face_masks_from_pose(frame, n_ids=2)
     assert people == [1, 2]  # the two leftmost people take the two IDs
@@ -95,15 +96,25 @@ def test_all_people_get_skeletons_and_only_id_slots_get_circles():
     circles = colour_pixels(image, PALETTE[0]) | colour_pixels(image, PALETTE[1])
     # outside the circles the image is exactly the skeleton drawing of all three people
     np.testing.assert_array_equal(image[~circles], skeletons[~circles])
+    assert (image[circles] == skeletons[circles]).all(axis=-1).mean() < 0.5
+    alone = draw_control_image(frame.size, cfg, face_boxes=slot_boxes(face_masks),
+                               face_centres=face_masks.centres.numpy())  # the circles without skeletons
     for person, slot in ((1, 0), (2, 1)):
         centre = face_masks.centres[slot].numpy() * [W, H]
-        rows, cols = np.nonzero(colour_pixels(image, PALETTE[slot]))
+        rows, cols = np.nonzero(colour_pixels(alone, PALETTE[slot]))
         assert (cols.mean() + 0.5, rows.mean() + 0.5) == pytest.approx(tuple(centre), abs=0.5)
         assert frame.people[person].face_centre * [W, H] == pytest.approx(centre, abs=1e-3)
+        # only the head keypoint discs are drawn over the circle (a 12 px circle here: a fifth stays visible)
+        visible = colour_pixels(image, PALETTE[slot]).sum() / colour_pixels(alone, PALETTE[slot]).sum()
+        assert 0.1 < visible < 1
+    for body in bodies:  # nose, eyes and ears stay visible: the pixel of each is the skeleton's, not a circle's
+        for point in (0, 14, 15, 16, 17):
+            x, y = int(body[point, 0] * W), int(body[point, 1] * H)
+            assert image[y, x].tolist() == skeletons[y, x].tolist() and skeletons[y, x].any(), point
     # the person without an ID: skeleton pixels present at its hips, no circle colour anywhere near its head
     x, y = int(0.8 * W), int(0.2 * H)
     assert not circles[y - 15 : y + 15, x - 15 : x + 15].any()
-    assert skeletons[int(0.2 * H + 3.5 * 0.05 * H) - 3 :, x - 20 : x + 20].any()
+    assert skeletons[int(0.2 * H + 3.5 * 0.1 * H) - 3 :, x - 20 : x + 20].any()
     assert colour_pixels(image, PALETTE[2]).sum() == 0
 
 

@@ -1,6 +1,7 @@
 """Training examples: random face choice/order without slot bias, circles only for chosen faces,
 skeletons for everyone, masks with the margin, and a resumable rank-sharded batch order."""
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -9,12 +10,14 @@ import torch
 
 from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.masks import masks_from_boxes, masks_on_grid
-from train.data import ResumableBatchSampler, TrainDataset, choose_faces, crop_bodies, sample_rng
+from instantfamily_core.face_regions import face_masks_from_pose
+from instantfamily_core.pose import encode_pose_keypoint, parse_pose_keypoint
+from train.data import ResumableBatchSampler, TrainDataset, choose_faces, crop_frame, sample_rng
 from train.manifest import find_shards
 from train.sample_format import decode_faces
 from train.shards import ShardReader
 
-RES = 128
+RES = 256
 
 
 @pytest.mark.parametrize("count", [2, 3, 4, 6])
@@ -42,35 +45,42 @@ def five_face_example(prepared, seed_index, **kwargs):
     return dataset.example(key, members, sample_rng(0, 0, seed_index)), decode_faces(members["faces.npz"])
 
 
-def test_circles_only_for_chosen_faces_in_slot_colours_and_masks_with_margin(prepared):
+def test_circles_only_for_chosen_faces_in_random_distinct_colours_and_pose_regions(prepared):
     config = InstantFamilyConfig()
-    slots_seen = Counter()
+    slots_seen, colours_seen = Counter(), set()
     for seed_index in range(8):
         example, faces = five_face_example(prepared, seed_index)
-        chosen = example["face_order"]
-        assert len(chosen) == 4
+        chosen, colours = example["face_order"], example["colours"]
+        assert len(chosen) == 4 and example["region_source"] == "pose"
+        assert len(set(colours)) == 4 and set(colours) <= set(config.palette)
+        colours_seen.update(colours)
         boxes = faces["boxes"] * RES / 640  # square 640 image: pure scaling
-        control = (example["control"].permute(1, 2, 0).numpy() * 255).round().astype(int)  # (H, W, 3)
+        control = (example["control"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
         for face, box in enumerate(boxes):
-            cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
-            colour = tuple(control[cy, cx])
+            x1, y1, x2, y2 = (int(v) for v in box)
+            found = {colour for colour in config.palette
+                     if np.all(control[y1:y2, x1:x2] == np.array(colour, np.uint8), axis=-1).any()}
             if face in chosen:
-                assert colour == config.palette_colour(chosen.index(face)), (face, chosen, colour)
+                assert found == {colours[chosen.index(face)]}, (face, chosen, found)
                 slots_seen[(face, chosen.index(face))] += 1
             else:
-                assert colour not in config.palette[:4], (face, colour)  # skeleton or black: no circle
+                assert not found, (face, found)  # skeleton or black: no circle
         masks = example["masks"]
         assert len(masks) == 4 and example["global_features"].shape == (4, 512)
         torch.testing.assert_close(example["global_features"][0], torch.from_numpy(faces["global_features"][chosen[0]]))
-        # slot n's region = chosen face n's box with the 25% margin, on every attention grid
-        full = masks_from_boxes(torch.from_numpy(boxes[chosen]), (RES, RES), 0.25)
+        # slot n's region = the Face Mask node's region for the crop's pose with the example's order
+        frame = parse_pose_keypoint(example["pose_keypoint"])
+        full, people = face_masks_from_pose(frame, 4, example["order"], 0.25)
+        for slot, face in enumerate(chosen):
+            centre = (boxes[face, :2] + boxes[face, 2:]) / 2 / RES
+            assert frame.people[people[slot]].face_centre == pytest.approx(centre, abs=0.05)
         for side in (RES // 8, RES // 16, RES // 32, RES // 64):
             assert torch.equal(masks_on_grid(masks, (side, side)), masks_on_grid(full, (side, side)))
         torch.testing.assert_close(masks.boxes, full.boxes)
-        assert full.masks.sum() > 1.5 * (boxes[chosen][:, 2:] - boxes[chosen][:, :2]).prod(1).sum()  # (1.25)^2 area
         neck = [(int((b[0] + b[2]) / 2), int((b[1] + b[3]) / 2 + 0.25 * (b[3] - b[1]))) for b in boxes]
         assert all(control[y, x].any() for x, y in neck)  # every person's skeleton, chosen or not
     assert len(slots_seen) > 6  # different faces land in different slots across draws
+    assert len(colours_seen) > 8  # colours beyond the first four slots' are trained
 
 
 def test_dropped_faces_and_text_keep_the_control_image(prepared):
@@ -90,9 +100,13 @@ def test_crop_moves_keypoints_and_drops_points_outside():
     body = np.zeros((18, 3))
     body[0] = (0.5, 0.5, 1)  # centre of a 200x100 image
     body[1] = (0.05, 0.5, 1)  # near the left edge: cropped away
-    (out,) = crop_bodies([body], resized=(256, 128), offset=(64, 0), resolution=128)
+    members = {"pose.json": json.dumps(encode_pose_keypoint([body], 200, 100)).encode()}
+    value, frame = crop_frame(members, resized=(256, 128), offset=(64, 0), resolution=128)
+    assert frame.size == (128, 128) and value[0]["canvas_width"] == 128
+    out = frame.people[0].body
     np.testing.assert_allclose(out[0], (0.5, 0.5, 1))
     assert out[1, 2] == 0 and out[2, 2] == 0
+    assert crop_frame({}, (128, 128), (0, 0), 128)[1].people == []
 
 
 def test_sampler_resumes_exactly_and_splits_ranks():

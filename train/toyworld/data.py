@@ -2,7 +2,8 @@
 
 The shards are what ``python -m train.prepare`` writes for real photos (``train/sample_format.py``:
 image, caption, faces.npz, pose.json), except that faces come from the scene's ground truth
-(boxes and five keypoints, score 1) instead of a detector. Their features are computed through
+(boxes and five keypoints, score 1) instead of a detector, and pose.json carries the 18 body points
+plus 68 face points per person (the DWPose layout; ``world.head_landmarks``). Their features are computed through
 the pack's real code path: ArcFace alignment (``faces.analyzer.align_crop``) and the one-pass
 recognizer session (``faces.recognizer.OnePassRecognizer``) on the exported toy encoder.
 Images are stored upscaled x8 (nearest) so the trainer's "pixels" are exactly 8x the latent.
@@ -121,7 +122,8 @@ def write_shards(bank: SceneBank, features: ToyFaceFeatures, out_dir: str | Path
     from PIL import Image
 
     from train.manifest import shard_name, stats_path, write_manifest
-    from train.sample_format import encode_faces, encode_pose
+    from instantfamily_core.pose import encode_pose_keypoint
+    from train.sample_format import encode_faces
     from train.shards import ShardWriter
 
     out = Path(out_dir)
@@ -145,7 +147,9 @@ def write_shards(bank: SceneBank, features: ToyFaceFeatures, out_dir: str | Path
                 "png": buffer.getvalue(),
                 "txt": caption.encode(),
                 "faces.npz": encode_faces(faces, big.shape[:2]),
-                "pose.json": encode_pose([np.asarray(p["body"]) for p in people], big.shape[1], big.shape[0]),
+                "pose.json": json.dumps(encode_pose_keypoint(
+                    [np.asarray(p["body"]) for p in people], big.shape[1], big.shape[0],
+                    [world.head_landmarks(p["face_box"], p["keypoints"], image.shape[1]) for p in people])).encode(),
             })
         writer.close()
         count = writer.count

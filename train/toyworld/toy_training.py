@@ -20,9 +20,11 @@ logger = logging.getLogger(__name__)
 
 # Ablations trained the same way: trainer options that differ per variant. "nomask" (every face
 # visible everywhere) has no trainer option: its regions are widened to the whole image by
-# ``full_image_masks`` below.
+# ``full_image_masks`` below. "frozen_kv" keeps the UNet's attn2 K/V frozen (what train_unet_kv = false
+# in an SD1.5 config does); the others train them (train/configs/toy_world.toml).
 VARIANTS = {
     "hard": {"mask_mode": "hard"},
+    "frozen_kv": {"mask_mode": "hard", "train_unet_kv": False},
     "paper": {"mask_mode": "paper"},
     "nomask": {"mask_mode": "hard"},
 }

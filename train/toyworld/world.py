@@ -218,21 +218,23 @@ def make_scene(
 
 
 def face_landmarks(scene: Scene) -> list[np.ndarray]:
-    """Per person (68, 3) normalised face points for a POSE_KEYPOINT: 64 on the outline of the head box
-    (corners included, so the box read back from the pose is exactly the ground-truth head box) and
-    the two eyes, nose and a mouth corner."""
+    """Per person (68, 3) normalised face points for a POSE_KEYPOINT (see :func:`head_landmarks`)."""
     size = scene.image.shape[1]
+    return [head_landmarks(person.face_box, person.keypoints, size) for person in scene.people]
+
+
+def head_landmarks(face_box, keypoints, size: int) -> np.ndarray:
+    """(68, 3) normalised face points of one head: 64 on the outline of its box (corners included, so
+    the box read back from the pose is exactly the ground-truth head box) and the two eyes, nose and a
+    mouth corner. face_box (4,) and keypoints (5, 2) in pixels of a ``size`` x ``size`` scene."""
     t = np.linspace(0, 1, 17)[:-1]
-    out = []
-    for person in scene.people:
-        x1, y1, x2, y2 = (float(v) / size for v in person.face_box)
-        outline = np.concatenate([
-            np.stack([x1 + (x2 - x1) * t, np.full_like(t, y1)], 1), np.stack([np.full_like(t, x2), y1 + (y2 - y1) * t], 1),
-            np.stack([x2 - (x2 - x1) * t, np.full_like(t, y2)], 1), np.stack([np.full_like(t, x1), y2 - (y2 - y1) * t], 1),
-        ])  # (64, 2)
-        points = np.concatenate([outline, person.keypoints[:4] / size])  # (68, 2)
-        out.append(np.concatenate([points, np.ones((68, 1))], axis=1))
-    return out
+    x1, y1, x2, y2 = (float(v) / size for v in face_box)
+    outline = np.concatenate([
+        np.stack([x1 + (x2 - x1) * t, np.full_like(t, y1)], 1), np.stack([np.full_like(t, x2), y1 + (y2 - y1) * t], 1),
+        np.stack([x2 - (x2 - x1) * t, np.full_like(t, y2)], 1), np.stack([np.full_like(t, x1), y2 - (y2 - y1) * t], 1),
+    ])  # (64, 2)
+    points = np.concatenate([outline, np.asarray(keypoints, np.float64)[:4] / size])  # (68, 2)
+    return np.concatenate([points, np.ones((68, 1))], axis=1)
 
 
 def random_scene(
