@@ -117,13 +117,27 @@ def detected_faces(features: ToyFaceFeatures, image: np.ndarray, people: list[di
     ]
 
 
-def write_shards(bank: SceneBank, features: ToyFaceFeatures, out_dir: str | Path, per_shard: int = 500) -> dict:
-    """The trainer's shard format from a scene bank (+ manifest.json with the recognizer info)."""
+def shard_members(image: np.ndarray, caption: str, people: list[dict], faces) -> dict[str, bytes]:
+    """One sample in the trainer's format: the scene upscaled x8 (nearest: exact after the toy VAE), its
+    caption, the faces (``DetectedFace`` list, in pixels of the upscaled image) and the POSE_KEYPOINT."""
     from PIL import Image
 
-    from train.manifest import shard_name, stats_path, write_manifest
     from instantfamily_core.pose import encode_pose_keypoint
     from train.sample_format import encode_faces
+
+    factor = base_model.VAE_FACTOR
+    big = np.kron(image, np.ones((factor, factor, 1), np.uint8))
+    buffer = io.BytesIO()
+    Image.fromarray(big).save(buffer, format="PNG")
+    landmarks = [world.head_landmarks(p["face_box"], p["keypoints"], image.shape[1]) for p in people]
+    pose = encode_pose_keypoint([np.asarray(p["body"]) for p in people], big.shape[1], big.shape[0], landmarks)
+    return {"png": buffer.getvalue(), "txt": caption.encode(), "faces.npz": encode_faces(faces, big.shape[:2]),
+            "pose.json": json.dumps(pose).encode()}
+
+
+def write_shards(bank: SceneBank, features: ToyFaceFeatures, out_dir: str | Path, per_shard: int = 500) -> dict:
+    """The trainer's shard format from a scene bank (+ manifest.json with the recognizer info)."""
+    from train.manifest import shard_name, stats_path, write_manifest
     from train.shards import ShardWriter
 
     out = Path(out_dir)
@@ -138,19 +152,9 @@ def write_shards(bank: SceneBank, features: ToyFaceFeatures, out_dir: str | Path
         faces_total = 0
         for index in range(start, min(start + per_shard, len(bank))):
             image, caption, people = bank.scene(index)
-            big = np.kron(image, np.ones((factor, factor, 1), np.uint8))  # nearest x8: exact after the toy VAE
-            buffer = io.BytesIO()
-            Image.fromarray(big).save(buffer, format="PNG")
             faces = detected_faces(features, image, people, scale=factor)
             faces_total += len(faces)
-            writer.write(f"{index:07d}", {
-                "png": buffer.getvalue(),
-                "txt": caption.encode(),
-                "faces.npz": encode_faces(faces, big.shape[:2]),
-                "pose.json": json.dumps(encode_pose_keypoint(
-                    [np.asarray(p["body"]) for p in people], big.shape[1], big.shape[0],
-                    [world.head_landmarks(p["face_box"], p["keypoints"], image.shape[1]) for p in people])).encode(),
-            })
+            writer.write(f"{index:07d}", shard_members(image, caption, people, faces))
         writer.close()
         count = writer.count
         stats = {"shard": shard.name, "images": count, "samples": count, "faces": faces_total, "skipped": {},
