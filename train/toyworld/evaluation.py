@@ -37,13 +37,14 @@ class Case:
     background_mask: np.ndarray  # (S, S) bool
     oracle: np.ndarray  # (S, S, 3) the real rendering of the same identities and layout
     portraits: list[world.Portrait] = field(default_factory=list)
+    keypoints: list[np.ndarray] = field(default_factory=list)  # per person (5, 2) face points in pixels
 
 
 def make_case(identities: list[int], rng: np.random.Generator, size: int = 32, portrait_size: int = 64) -> Case:
     scene = world.make_scene(identities, rng, size=size)
     portraits = [world.render_portrait(world.identity_params(i), portrait_size, rng) for i in identities]
     return Case(list(identities), scene.caption, scene.colour, scene.face_boxes().astype(np.float32),
-                scene.bodies(), scene.background_mask, scene.image, portraits)
+                scene.bodies(), scene.background_mask, scene.image, portraits, [p.keypoints for p in scene.people])
 
 
 def make_cases(pool, counts, per_count: int, seed: int, size: int = 32) -> list[Case]:
@@ -142,16 +143,28 @@ def reference_features(features, case: Case) -> tuple[torch.Tensor, torch.Tensor
     return torch.from_numpy(np.stack(globals_)), torch.from_numpy(np.stack(locals_))
 
 
-def case_example(case: Case, config, features, full_masks: bool = False) -> dict:
-    """The trainer's example dict (control image, caption, features, masks) for one case."""
-    from instantfamily_core.control_image import draw_control_image
-    from instantfamily_core.masks import FaceMasks, masks_from_boxes
+def case_pose(case: Case, size: int) -> list[dict]:
+    """The case's POSE_KEYPOINT on a ``size`` px canvas: 18 body + 68 face points per person (the DWPose layout)."""
+    from instantfamily_core.pose import encode_pose_keypoint
 
-    size = int(case.background_mask.shape[0])
-    pixels = size * VAE_FACTOR
-    boxes = case.boxes / size  # normalised
-    control = draw_control_image((pixels, pixels), config, case.bodies, face_boxes=boxes)
-    masks = masks_from_boxes(torch.from_numpy(case.boxes * VAE_FACTOR), (pixels, pixels), config.mask_margin)
+    scene_size = int(case.background_mask.shape[0])
+    landmarks = [world.head_landmarks(box, points, scene_size) for box, points in zip(case.boxes, case.keypoints)]
+    return encode_pose_keypoint(case.bodies, size, size, landmarks)
+
+
+def case_example(case: Case, config, features, full_masks: bool = False) -> dict:
+    """The trainer's example dict (control image, caption, features, masks) for one case, its regions and
+    control image made from its POSE_KEYPOINT as the Face Mask and Pose + Circle Image nodes make them."""
+    from instantfamily_core import face_regions
+    from instantfamily_core.masks import FaceMasks
+    from instantfamily_core.pose import parse_pose_keypoint
+
+    pixels = int(case.background_mask.shape[0]) * VAE_FACTOR
+    frame = parse_pose_keypoint(case_pose(case, pixels))
+    positions = face_regions.pose_positions(frame)
+    order = [positions.index(person) for person in range(len(case.identities))]  # slot n = person n of the case
+    masks, _ = face_regions.face_masks_from_pose(frame, len(order), order, config.mask_margin)
+    control = face_regions.control_image_for_slots(masks, config, frame.size, frame.bodies())
     if full_masks:
         masks = FaceMasks(torch.ones_like(masks.masks), masks.centres, masks.boxes)
     global_feature, local_feature = reference_features(features, case)

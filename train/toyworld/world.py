@@ -3,7 +3,7 @@
 An *identity* is a set of parameters drawn from a seeded generator (head shape, skin / hair /
 eye colours, hair style, feature geometry, a texture pattern). An *image* of that identity
 varies by scale, small rotation, lighting, colour cast and pixel noise, so that identity !=
-pixels. A *scene* puts 1-6 people (head sprite + stick body) at template positions on a
+pixels. A *scene* puts 1-8 people (training uses 1-6) (head sprite + stick body) at template positions on a
 background described by a caption ("three people on a teal gradient background"); each person
 carries COCO-18 body keypoints, a face box and the five face keypoints ArcFace alignment uses.
 
@@ -74,12 +74,15 @@ class Scene:
         return [p.body for p in self.people]
 
 
+MAX_PEOPLE = 8  # training scenes hold 1-6 (``random_scene``'s counts); 7 and 8 test N beyond them
+
+
 def layout(count: int) -> list[tuple[float, float, float]]:
     """Template (x, y, head radius) of ``count`` people, normalised to the scene width."""
-    if not 1 <= count <= 6:
-        raise ValueError(f"a scene holds 1 to 6 people, got {count}")
-    rows = {1: [1], 2: [2], 3: [3], 4: [2, 2], 5: [3, 2], 6: [3, 3]}[count]
-    radius = {1: 0.19, 2: 0.16, 3: 0.13, 4: 0.13, 5: 0.12, 6: 0.12}[count]
+    if not 1 <= count <= MAX_PEOPLE:
+        raise ValueError(f"a scene holds 1 to {MAX_PEOPLE} people, got {count}")
+    rows = {1: [1], 2: [2], 3: [3], 4: [2, 2], 5: [3, 2], 6: [3, 3], 7: [4, 3], 8: [4, 4]}[count]
+    radius = {1: 0.19, 2: 0.16, 3: 0.13, 4: 0.13, 5: 0.12, 6: 0.12, 7: 0.1, 8: 0.1}[count]
     ys = [0.34] if len(rows) == 1 else [0.2, 0.64]
     out = []
     for y, n in zip(ys, rows):
@@ -88,8 +91,9 @@ def layout(count: int) -> list[tuple[float, float, float]]:
 
 
 def caption_for(count: int, colour: str, style: str) -> str:
+    """The caption; the toy vocabulary counts to six, so 7 and 8 people are captioned "six people"."""
     noun = "person" if count == 1 else "people"
-    return f"{COUNT_WORDS[count - 1]} {noun} on a {colour} {style} background"
+    return f"{COUNT_WORDS[min(count, len(COUNT_WORDS)) - 1]} {noun} on a {colour} {style} background"
 
 
 def _background(size: int, colour: str, style: str, rng: np.random.Generator) -> np.ndarray:
