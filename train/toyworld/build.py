@@ -170,7 +170,7 @@ DEMO_CHECKPOINT = "toy_instantfamily_demo.safetensors"
 
 def export_demo_assets(out: str | Path, variant: str = "hard", seed: int = 0, assets: str | Path = ASSETS) -> dict:
     """Copy the demo model into ``train/toyworld/assets`` (what ``scripts/run_demo.py`` and the demo
-    nodes use): the toy base, the InstantFamily checkpoint (ControlNet in fp16) and the recognizer."""
+    nodes use): the toy base, the InstantFamily checkpoint (ControlNet in fp16), the recognizer and the judge."""
     import shutil
 
     from train.export import export
@@ -183,6 +183,7 @@ def export_demo_assets(out: str | Path, variant: str = "hard", seed: int = 0, as
     recognizer_dir = assets / "insightface" / "models" / PACK_NAME
     recognizer_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(paths.base, assets / "toy_base.safetensors")
+    shutil.copyfile(paths.judge, assets / "judge.safetensors")  # the demo's verdicts (scripts/demo_sheet.py)
     shutil.copyfile(paths.recognizer, recognizer_dir / ONNX_NAME)
     checkpoint = list_checkpoints(paths.run(variant, seed) / "checkpoints")[-1]
     use_ema = bool(json.loads((checkpoint / "state.json").read_text()).get("ema"))
