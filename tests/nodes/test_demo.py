@@ -92,7 +92,7 @@ def test_toy_base_model_in_comfy_computes_the_diffusers_unet(comfy_host, demo_no
     assert heads == {8}
 
 
-def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes):
+def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes, toy_assets, tmp_path):
     run_demo = _run_demo_module()
     prompt = run_demo.demo_prompt("3000, 3001, 3002", "three people on a teal gradient background", seed=0,
                                   steps=2, cfg=3.0)
@@ -108,12 +108,35 @@ def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes):
     assert len(masks) == 3 and preview.shape[-1] == 3
     control = (outputs["control"][0][0].numpy() * 255).round().astype(np.uint8)  # (256, 256, 3)
     config = outputs["instantfamily"][0].config
-    for slot, (cx, cy) in enumerate(masks.centres.numpy()):
-        pixel = control[int(cy * 256), int(cx * 256)]
-        assert tuple(pixel) == config.palette_colour(slot), f"slot {slot} circle colour"
+    for slot, (x1, y1, x2, y2) in enumerate((masks.boxes.numpy() * 256).astype(int)):
+        head = control[y1:y2, x1:x2]
+        assert np.all(head == np.array(config.palette_colour(slot), np.uint8), axis=-1).any(), f"slot {slot} circle"
+
+    # the same seed with the first two IDs swapped in the stack: the same places and control image, other faces
+    swapped_masks = outputs["mask_swapped"][0]
+    assert torch.equal(swapped_masks.boxes, masks.boxes)
+    assert torch.equal(outputs["control_swapped"][0], outputs["control"][0])
+    assert not torch.allclose(outputs["decode_swapped"][0], generated), "swapping the stack changed nothing"
+    assert not torch.allclose(outputs["decode_plain"][0], generated)
+
+    # the picture: a verdict under each person of each generation (a random judge here: only the layout is checked)
+    from train.toyworld.judge import Judge, JudgeNet
+
+    torch.manual_seed(0)
+    Judge(JudgeNet()).save(Path(toy_assets[0]) / run_demo.JUDGE)
+    run_demo.ASSETS = Path(toy_assets[0])
+    sheet, verdicts = run_demo.demo_sheet(outputs, "3000, 3001, 3002")
+    assert set(verdicts) == {"generated", "same seed, first two IDs swapped", "same seed, no faces"}
+    assert [v.expected for v in verdicts["generated"]] == [3000, 3001, 3002]
+    assert [v.expected for v in verdicts["same seed, first two IDs swapped"]] == [3001, 3000, 3002]
+    assert all(v.expected is None and v.best in (3000, 3001, 3002) for v in verdicts["same seed, no faces"])
+    assert sheet.size[0] > 4 * 256 and sheet.size[1] > 256 + 80
+    sheet.save(tmp_path / "demo.png")
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
 
     other = comfy_host.run_prompt(run_demo.demo_prompt("3100, 3101, 3102", "three people on a teal gradient background",
-                                                       seed=0, steps=2, cfg=3.0))
+                                                       seed=0, steps=2, cfg=3.0, compare=False))
+    assert "decode_swapped" not in other
     assert not torch.allclose(other["decode"][0], generated), "the generated image ignores the identities"
 
 
