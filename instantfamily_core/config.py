@@ -167,7 +167,8 @@ class InstantFamilyConfig:
         trained (more IDs per image than any training sample; colours never seen under the "by_slot" rule)."""
         if n_slots <= self.max_ids_trained:
             return ""
-        note = f"{n_slots} IDs: this checkpoint was trained with at most {self.max_ids_trained} per image (works, not trained)"
+        note = (f"{n_slots} IDs: this checkpoint was trained with at most {self.max_ids_trained} per image "
+                "(works, not trained)")
         if self.colour_rule == "by_slot":
             note += f"; slots {self.max_ids_trained}-{n_slots - 1} get circle colours its ControlNet never saw"
         return note

@@ -144,7 +144,6 @@ def demo_sheet(outputs, identities: str):
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
     import demo_sheet as sheet_module
-    import numpy as np
 
     from train.toyworld.evaluation import gallery
     from train.toyworld.judge import Judge

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from instantfamily_core.config import InstantFamilyConfig
-from instantfamily_core.masks import masks_from_boxes, masks_on_grid
+from instantfamily_core.masks import masks_on_grid
 from instantfamily_core.face_regions import face_masks_from_pose
 from instantfamily_core.pose import encode_pose_keypoint, parse_pose_keypoint
 from train.data import ResumableBatchSampler, TrainDataset, choose_faces, crop_frame, sample_rng

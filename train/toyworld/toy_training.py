@@ -108,9 +108,31 @@ def toy_options(data_dir: str | Path, output_dir: str | Path, variant: str, seed
     return options
 
 
+def warm_start(trainer, exported: str | Path) -> None:
+    """Start ``trainer`` from an exported toy checkpoint's weights (projector, ControlNet, UNet K/V deltas)
+    instead of the fresh initialisation: continued training under new data rules. Optimizer state, step
+    count and schedule start fresh."""
+    from train.ema import EMA
+    from train.export import net_from_export
+
+    net = trainer.accelerator.unwrap_model(trainer.net)
+    source = net_from_export(exported, net.unet)
+    wanted = {k: v for k, v in source.state_dict().items() if k.startswith(("projector.", "controlnet.", "unet."))}
+    missing, unexpected = net.load_state_dict(wanted, strict=False)
+    if unexpected or [k for k in missing if k.startswith(("projector.", "controlnet.", "unet."))]:
+        raise ValueError(f"{exported}: weights do not fit the toy net (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    if trainer.ema is not None:
+        trainer.ema = EMA(net.trainable_state(), trainer.ema.decay)
+    logger.info("warm start from %s", exported)
+
+
 def train_variant(base_path: str | Path, data_dir: str | Path, output_dir: str | Path, variant: str = "hard",
-                  seed: int = 0, steps: int = 300, batch_size: int | None = None, **overrides) -> Path:
-    """Train one toy InstantFamily checkpoint with the real trainer; returns the exported file."""
+                  seed: int = 0, steps: int = 300, batch_size: int | None = None, init_from: str | Path | None = None,
+                  **overrides) -> Path:
+    """Train one toy InstantFamily checkpoint with the real trainer; returns the exported file.
+
+    init_from: an exported checkpoint to continue from (``warm_start``), e.g. the shipped demo model."""
     import torch
 
     from train.train import Trainer
@@ -124,5 +146,7 @@ def train_variant(base_path: str | Path, data_dir: str | Path, output_dir: str |
     options = toy_options(data_dir, output, variant, seed, steps, batch_size, **overrides)
     with toy_base_loader(base_path), full_image_masks(variant in FULL_IMAGE_MASK_VARIANTS):
         trainer = Trainer(options)
+        if init_from is not None and trainer.step == 0:
+            warm_start(trainer, init_from)
         trainer.run()
     return exported
