@@ -58,7 +58,7 @@ def _patched_step(host, base, n, args, control_state=None):
     if n > 0:
         stack = stack_mod.EmbeddingStack(torch.randn(n, 50, 768, generator=gen))
         masks = masks_mod.masks_from_boxes(torch.tensor(face_boxes(n, args.size)), (args.size, args.size))
-        patch = patch_mod.InstantFamilyAttentionPatch(stack, masks, engine.host_attention, mode=args.mode)
+        patch = patch_mod.FacePatch(patch_mod.FaceSettings(stack, masks, mode=args.mode), engine.host_attention)
         patch.face_attention.kernel = args.kernel
         model = base.clone()
         engine.install_patch(model, patch)
@@ -91,17 +91,22 @@ def _patched_step(host, base, n, args, control_state=None):
     return step
 
 
-def _start(args):
+def start_host(threads: int):
+    """A real ComfyUI host (the test harness's driver) and a full-size SD1.5-shaped UNet, random init."""
     sys.path.insert(0, str(REPO / "tests" / "nodes"))
     import comfy_host
     import torch
 
     host = comfy_host.start_host(Path(tempfile.mkdtemp(prefix="if-bench-")))
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     return host, host.tiny_sd15_model(seed=0, **SD15)
 
 
-def _controlnet_state(host, base):
+def _start(args):
+    return start_host(args.threads)
+
+
+def controlnet_state(host, base):
     import comfy.cldm.cldm
     import comfy.ops
 
@@ -117,7 +122,7 @@ def time_interleaved(args) -> dict:
     for n in args.ids:
         steps[n] = _patched_step(host, base, n, args)
     if args.controlnet:
-        state = _controlnet_state(host, base)
+        state = controlnet_state(host, base)
         steps["cn0"] = _patched_step(host, base, 0, args, state)
         steps["cn4"] = _patched_step(host, base, 4, args, state)
     for step in steps.values():
@@ -146,7 +151,7 @@ def peak_memory(args) -> float:
     (Linux: write 5 to /proc/self/clear_refs) after the warm-up and read after two forwards.
     """
     host, base = _start(args)
-    state = _controlnet_state(host, base) if args.controlnet else None
+    state = controlnet_state(host, base) if args.controlnet else None
     step = _patched_step(host, base, args.ids, args, state)
     step()
     try:

@@ -83,7 +83,8 @@ def _reject_non_safetensors(path: Path) -> None:
             "because unpickling can run arbitrary code. Export the checkpoint with the bundled trainer "
             "(python -m train.export) to a .safetensors file."
         )
-    raise CheckpointError(f"{path}: not a safetensors file (unknown header); the file is corrupt or of another format")
+    raise CheckpointError(f"{path}: not a safetensors file (unknown header); the file is damaged or of another "
+                          "format: download or export it again (python -m train.export)")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> InstantFamilyModel:
@@ -99,7 +100,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as error:  # safetensors raises several types for damaged headers/data
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error}); the file is corrupt or incomplete") from error
+        raise CheckpointError(
+            f"{path}: the file is damaged or incomplete (safetensors says: {error}), e.g. an interrupted download "
+            "or copy; download or export it again (python -m train.export)"
+        ) from error
     if METADATA_KEY not in metadata:
         raise CheckpointError(
             f"{path}: metadata has no '{METADATA_KEY}' entry, so this is not an InstantFamily checkpoint "

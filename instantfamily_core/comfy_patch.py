@@ -108,9 +108,18 @@ def _projection_signature(layer: nn.Module, device, dtype) -> tuple:
     parts: list = [str(device), str(dtype)]
     for linear in (layer.to_k, layer.to_v):
         weight = linear.weight
-        parts += [id(weight), weight._version, str(weight.device), str(weight.dtype)]
+        parts += [id(weight), weight.data_ptr(), _version(weight), str(weight.device), str(weight.dtype)]
         parts.append(tuple(id(f) for f in getattr(linear, "weight_function", ()) or ()))
     return tuple(parts)
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place version counter; None for inference-mode tensors, which keep none (ComfyUI
+    then patches weights by replacing the Parameter, which the id and data pointer see)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
 
 
 class FacePatch:

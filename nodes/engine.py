@@ -62,11 +62,14 @@ def load_instantfamily_file(name: str):
 class InstantFamilyModelLoader:
     """Load an InstantFamily checkpoint (projector + ControlNet + optional UNet deltas)."""
 
+    DESCRIPTION = "Loads an InstantFamily checkpoint: the face projector, the Pose+Circle ControlNet and UNet changes."
+
     @classmethod
     def INPUT_TYPES(cls):
         import folder_paths
 
-        return {"required": {"instantfamily_file": (folder_paths.get_filename_list("instantfamily"),)}}
+        return {"required": {"instantfamily_file": (folder_paths.get_filename_list("instantfamily"), {
+            "tooltip": "an InstantFamily checkpoint (.safetensors) in models/instantfamily, from the bundled trainer"})}}
 
     RETURN_TYPES = ("INSTANTFAMILY_MODEL",)
     RETURN_NAMES = ("instantfamily",)
@@ -81,6 +84,8 @@ class InstantFamilyModelLoader:
 
 class InstantFamilyBuildEmbeddingStack:
     """Project each identity into L*L+1 face tokens, in slot order."""
+
+    DESCRIPTION = "Turns every ID into face tokens (1 global + L*L local), in ID order: the stack the model attends to."
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -67,7 +67,7 @@ def demo_prompt(identities: str, caption: str, seed: int, steps: int, cfg: float
                              "face_masks": ["mask", 0], "weight": 1.0, "start_at": 0.0, "end_at": 1.0,
                              "mask_mode": "as trained", "overlap": "both"}},
         "controlnet": {"class_type": "InstantFamilyPoseCircleControlNet",
-                       "inputs": {"positive": ["base", 1], "negative": ["base", 2], "model": ["base", 0],
+                       "inputs": {"positive": ["base", 1], "negative": ["base", 2], "model": ["apply", 0],
                                   "instantfamily": ["instantfamily", 0], "stack": ["stack", 0],
                                   "face_masks": ["mask", 0], "control_image": ["control", 0], "strength": 1.0,
                                   "start_percent": 0.0, "end_percent": 1.0}},

@@ -22,7 +22,6 @@ SOCKETS = {
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
-    "ImageBatch": ([("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")]),
     "Note": ([], []),
     # comfyui_controlnet_aux (optional variant only)
     "DWPreprocessor": ([("image", "IMAGE")], [("IMAGE", "IMAGE"), ("POSE_KEYPOINT", "POSE_KEYPOINT")]),
@@ -30,7 +29,8 @@ SOCKETS = {
     "InstantFamilyModelLoader": ([], [("instantfamily", "INSTANTFAMILY_MODEL")]),
     "InstantFamilyLoadFaceAnalyzer": ([], [("analyzer", "INSTANTFAMILY_ANALYZER")]),
     "InstantFamilyLoadFaces": (
-        [("analyzer", "INSTANTFAMILY_ANALYZER"), ("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES")],
+        [("analyzer", "INSTANTFAMILY_ANALYZER"), ("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES"),
+         ("images_2", "IMAGE"), ("images_3", "IMAGE"), ("images_4", "IMAGE")],
         [("faces", "INSTANTFAMILY_FACES"), ("preview", "IMAGE"), ("crops", "IMAGE")]),
     "InstantFamilyBuildEmbeddingStack": (
         [("instantfamily", "INSTANTFAMILY_MODEL"), ("faces", "INSTANTFAMILY_FACES")],
@@ -183,7 +183,7 @@ KIND_COLOURS = {"pack": (46, 139, 122), "image": (70, 110, 170), "stock": (95, 9
 def node_kind(type_: str) -> str:
     if type_.startswith("InstantFamily"):
         return "pack"
-    if type_ in ("LoadImage", "ImageBatch", "PreviewImage", "SaveImage"):
+    if type_ in ("LoadImage", "PreviewImage", "SaveImage"):
         return "image"
     if type_ == "Note":
         return "note"

@@ -33,6 +33,9 @@ def parse_indices(text: str) -> list[int]:
             continue
         if not part.isdigit():
             raise ValueError(f"face indices: {part!r} is not a face number; write e.g. '0,2,3' (counting from 0)")
+        if int(part) in indices:
+            raise ValueError(f"face indices: face {part} is listed twice; each face can be one identity only "
+                             "(to weight a person more, give several photos and combine them)")
         indices.append(int(part))
     return indices
 

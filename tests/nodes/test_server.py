@@ -27,7 +27,7 @@ DOCUMENTED = {
     "InstantFamilyApply": (["model", "instantfamily", "stack", "face_masks", "weight", "start_at", "end_at",
                             "mask_mode", "overlap"], ["attn1_isolation"], ["MODEL"]),
     "InstantFamilyLoadFaceAnalyzer": (["pack", "provider", "det_size", "det_thresh"], [], ["INSTANTFAMILY_ANALYZER"]),
-    "InstantFamilyLoadFaces": (["analyzer", "images", "mode", "order", "combine", "face_indices"], ["faces"],
+    "InstantFamilyLoadFaces": (["analyzer", "images", "mode", "order", "combine", "face_indices"], ["faces", "images_2", "images_3", "images_4"],
                                ["INSTANTFAMILY_FACES", "IMAGE", "IMAGE"]),
     "InstantFamilyFaceMask": (["margin", "order", "overlap"],
                               ["faces", "template", "analyzer", "pose_keypoint", "masks", "instantfamily"],
