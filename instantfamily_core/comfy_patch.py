@@ -66,7 +66,7 @@ def sigma_from_options(extra_options: dict) -> float | None:
     return None if sigmas is None else float(sigmas.detach().flatten()[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared and hashed by identity
 class FaceSettings:
     """Everything that decides what the faces do, for the UNet and the ControlNet alike.
 
