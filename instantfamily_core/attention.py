@@ -178,7 +178,7 @@ def masked_cross_attention(
             "after the text: the embedding stack and the masks disagree"
         )
     rows = _face_row_index(face_rows, q.shape[0], q.device)
-    if num_faces == 0 or weight == 0 or rows.numel() == 0:
+    if plan is None or num_faces == 0 or weight == 0 or rows.numel() == 0:
         return text_attention(q, k[:, :text_len], v[:, :text_len], heads)
     if plan.visibility.shape[2] != q.shape[1]:
         raise ValueError(f"region plan has {plan.visibility.shape[2]} positions but the layer has {q.shape[1]}")
@@ -330,7 +330,7 @@ class FaceAttention:
         if mode not in MODES:
             raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
         self.per_row = not isinstance(face_masks, FaceMasks)
-        self.face_masks = list(face_masks) if self.per_row else [face_masks]
+        self.face_masks: list[FaceMasks | None] = [face_masks] if isinstance(face_masks, FaceMasks) else list(face_masks)
         self.num_faces = max((len(m) for m in self.face_masks if m is not None), default=0)
         self.tokens_per_face = tokens_per_face
         self.mode = mode
@@ -343,14 +343,14 @@ class FaceAttention:
         """The RegionPlan of an (h, w) attention grid of a UNet whose input latent is
         ``latent_size`` (default: the grid itself), cached. Masks of another aspect than the
         latent are centre-cropped to it first, as ComfyUI crops the control image."""
-        latent_size = tuple(latent_size or grid)
-        cache_key = (tuple(grid), latent_size)
+        latent: tuple[int, int] = (int(latent_size[0]), int(latent_size[1])) if latent_size else (grid[0], grid[1])
+        cache_key = ((grid[0], grid[1]), latent)
         if cache_key not in self._plans:
             h, w = grid
             visibility = torch.zeros(len(self.face_masks), self.num_faces, h * w, dtype=torch.bool)
             for row, masks in enumerate(self.face_masks):
                 if masks is not None and len(masks) > 0:
-                    visibility[row, : len(masks)] = masks_on_grid(crop_to_latent(masks, latent_size), grid, self.overlap)
+                    visibility[row, : len(masks)] = masks_on_grid(crop_to_latent(masks, latent), grid, self.overlap)
             self._plans[cache_key] = RegionPlan(visibility)  # (R, N, h*w)
         return self._plans[cache_key]
 

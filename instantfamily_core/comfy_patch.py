@@ -106,11 +106,15 @@ def _projection_signature(layer: nn.Module, device, dtype) -> tuple:
     in-place version, so patched or reloaded weights invalidate it), their on-the-fly weight
     functions (ComfyUI's low-VRAM patches), device and dtype."""
     parts: list = [str(device), str(dtype)]
-    for linear in (layer.to_k, layer.to_v):
+    for linear in (_linear(layer, "to_k"), _linear(layer, "to_v")):
         weight = linear.weight
         parts += [id(weight), weight.data_ptr(), _version(weight), str(weight.device), str(weight.dtype)]
         parts.append(tuple(id(f) for f in getattr(linear, "weight_function", ()) or ()))
     return tuple(parts)
+
+
+def _linear(layer: nn.Module, name: str) -> nn.Linear:
+    return getattr(layer, name)
 
 
 def _version(tensor: torch.Tensor) -> int | None:
@@ -172,7 +176,7 @@ class FacePatch:
         cached = self._face_kv.get(layer)
         if cached is None or cached[0] != signature:
             tokens = self.face_tokens(device, dtype)[None]  # (1, N*T, d_K)
-            cached = (signature, layer.to_k(tokens), layer.to_v(tokens))
+            cached = (signature, _linear(layer, "to_k")(tokens), _linear(layer, "to_v")(tokens))
             self._face_kv[layer] = cached
         return cached[1], cached[2]
 
