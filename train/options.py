@@ -17,7 +17,9 @@ class TrainOptions:
     pretrained: str = ""  # diffusers SD1.5 folder or single-file .safetensors; "" = random init (tests)
     model_config: str = "sd15"  # shipped config set under train/configs, or a folder
     tokenizer: str = ""  # CLIP tokenizer folder (needed for single-file checkpoints)
-    controlnet: str = ""  # start from a diffusers ControlNet folder instead of the UNet copy
+    # start from an SD1.5 ControlNet instead of the UNet copy: a single-file .safetensors (ComfyUI's
+    # models/controlnet/control_v11p_sd15_openpose*.safetensors) or a diffusers ControlNet folder
+    controlnet: str = ""
     # InstantFamily method
     resolution: int = 512
     max_faces: int = 4
