@@ -29,6 +29,7 @@ from .net import FaceInputs, InstantFamilyNet
 from .options import TrainOptions, parse, to_json
 from .sample_format import decode_faces
 from .shards import ShardReader
+from .speed import compile_modules, configure_tf32, to_channels_last
 
 logger = logging.getLogger("train")
 KV_BASE = "unet_kv_base.safetensors"
@@ -142,6 +143,11 @@ class Trainer:
         if opts.gradient_checkpointing:
             net.unet.enable_gradient_checkpointing()
             net.controlnet.enable_gradient_checkpointing()
+        configure_tf32(opts.tf32, acc.device.type == "cuda")
+        if opts.channels_last:
+            to_channels_last(net.unet, net.controlnet, self.vae)
+        if opts.compile:
+            compile_modules(net.unet, net.controlnet)
 
     def _optimizer(self, net: InstantFamilyNet) -> torch.optim.Optimizer:
         opts = self.opts
