@@ -19,3 +19,14 @@ def test_benchmark_runs_at_tiny_size(tmp_path):
         assert figures["results"][name]["images_per_s"] > 0 and figures["results"][name]["flops_per_step"] > 0
     # the face tokens are extra work: our step counts more FLOPs than the plain one
     assert 0 < figures["summary"]["flop_ratio"] < 1
+
+
+def test_shard_index_benchmark_measures_both_in_one_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("shard_index_memory", SCRIPT.parent / "shard_index_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "index.json"
+    assert module.main(["--samples", "3000", "--per-shard", "500", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["samples"] == 3000 and figures["new_mb_per_million"] > 0
+    assert figures["old_mb_per_million"] > 5 * figures["new_mb_per_million"]  # the point of the arrays
