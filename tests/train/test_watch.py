@@ -142,3 +142,34 @@ def test_held_out_validation_scores_identity_with_the_ema_weights(prepared, pack
 def test_validation_data_must_be_held_out(tmp_path):
     with pytest.raises(ValueError, match="also training data"):
         parse(["--data", "a", "b", "--validation-data", "b"])
+
+
+def test_tensorboard_gets_the_same_scalars_and_images(tmp_path, monkeypatch):
+    """TensorBoard is optional too (not installed for the tests): a recording SummaryWriter stands in."""
+    from train.run_log import RunLog
+
+    calls = []
+
+    class Writer:
+        def __init__(self, folder):
+            calls.append(("init", folder))
+
+        def add_scalar(self, name, value, step):
+            calls.append(("scalar", name, value, step))
+
+        def add_image(self, name, image, step, dataformats):
+            calls.append(("image", name, image.shape, step, dataformats))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    log = RunLog(tmp_path, enabled=True, tensorboard=True)
+    log.scalars(3, {"train/loss": 0.5, "loss_t/0000-0249": 0.7})
+    log.image(3, "validation", Image.new("RGB", (6, 4)))
+    log.close()
+    assert calls == [("init", str(tmp_path / "logs")), ("scalar", "train/loss", 0.5, 3),
+                     ("scalar", "loss_t/0000-0249", 0.7, 3), ("image", "validation", (4, 6, 3), 3, "HWC"), ("close",)]
+    silent = RunLog(tmp_path / "rank1", enabled=False, tensorboard=True)  # other ranks write nothing
+    silent.scalars(1, {"train/loss": 1.0})
+    assert len(calls) == 5 and not (tmp_path / "rank1").exists()
