@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .masks import FaceMasks, latent_grid, masks_on_grid
+from .masks import FaceMasks, crop_to_latent, latent_grid, masks_on_grid
 
 # (q, k, v, heads) -> out, all in the merged-head layout (B, L, heads * d).
 TextAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -337,18 +337,22 @@ class FaceAttention:
         self.weight = float(weight)
         self.overlap = overlap
         self.kernel = kernel
-        self._plans: dict[tuple[int, int], RegionPlan] = {}
+        self._plans: dict[tuple[tuple[int, int], tuple[int, int]], RegionPlan] = {}
 
-    def plan(self, grid: tuple[int, int]) -> RegionPlan:
-        """The RegionPlan of an (h, w) attention grid (cached)."""
-        if grid not in self._plans:
+    def plan(self, grid: tuple[int, int], latent_size: tuple[int, int] | None = None) -> RegionPlan:
+        """The RegionPlan of an (h, w) attention grid of a UNet whose input latent is
+        ``latent_size`` (default: the grid itself), cached. Masks of another aspect than the
+        latent are centre-cropped to it first, as ComfyUI crops the control image."""
+        latent_size = tuple(latent_size or grid)
+        cache_key = (tuple(grid), latent_size)
+        if cache_key not in self._plans:
             h, w = grid
             visibility = torch.zeros(len(self.face_masks), self.num_faces, h * w, dtype=torch.bool)
             for row, masks in enumerate(self.face_masks):
                 if masks is not None and len(masks) > 0:
-                    visibility[row, : len(masks)] = masks_on_grid(masks, grid, self.overlap)
-            self._plans[grid] = RegionPlan(visibility)  # (R, N, h*w)
-        return self._plans[grid]
+                    visibility[row, : len(masks)] = masks_on_grid(crop_to_latent(masks, latent_size), grid, self.overlap)
+            self._plans[cache_key] = RegionPlan(visibility)  # (R, N, h*w)
+        return self._plans[cache_key]
 
     def __call__(
         self,
@@ -361,7 +365,7 @@ class FaceAttention:
         text_attention: TextAttention = sdpa_attention,
     ) -> torch.Tensor:
         """q (B, Q, H*d) at a layer of a UNet whose input latent is ``latent_size`` (h, w)."""
-        plan = self.plan(latent_grid(q.shape[1], latent_size)) if self.num_faces else None
+        plan = self.plan(latent_grid(q.shape[1], latent_size), latent_size) if self.num_faces else None
         return masked_cross_attention(
             q, k, v, heads, plan, self.tokens_per_face,
             face_rows=face_rows, mode=self.mode, weight=self.weight, text_attention=text_attention,
@@ -379,5 +383,5 @@ class FaceAttention:
         text_attention: TextAttention = sdpa_attention,
     ) -> torch.Tensor:
         """attn1 with face regions isolated from each other (see isolated_self_attention)."""
-        plan = self.plan(latent_grid(q.shape[1], latent_size)) if self.num_faces else None
+        plan = self.plan(latent_grid(q.shape[1], latent_size), latent_size) if self.num_faces else None
         return isolated_self_attention(q, k, v, heads, plan, face_rows=face_rows, text_attention=text_attention)
