@@ -121,7 +121,8 @@ class Step:
 
 
 def random_base(model_config: str):
-    """Randomly initialised base models; configs without a tokenizer (sd15) borrow the tiny one (77 tokens either way)."""
+    """Randomly initialised base models; a config without a tokenizer (sd15) borrows the tiny one (77 tokens
+    either way)."""
     tokenizer = "" if (config_dir(model_config) / "tokenizer").is_dir() else str(CONFIG_ROOT / "tiny" / "tokenizer")
     return load_base("", model_config, tokenizer, seed=0)
 
@@ -181,7 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10 if cuda else 3)
     p.add_argument("--warmup", type=int, default=3 if cuda else 1)
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW weights (the trainer's channels_last=false)")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="keep NCHW weights (the trainer's channels_last = false)")
     p.add_argument("--compile", action="store_true", help="torch.compile UNet and ControlNet (the trainer's compile)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="accelerator peak for MFU (default: known GPUs)")
     p.add_argument("--count-only", action="store_true",

@@ -181,8 +181,8 @@ def controlnet_from_any(state: Mapping[str, torch.Tensor], config: Mapping, what
         return dict(state)
     if "zero_convs.0.0.weight" in state:
         return controlnet_from_ldm(state, config)
-    raise ValueError(f"{what}: not a ControlNet (neither {CONTROLNET_PREFIX}zero_convs.0.0.weight, zero_convs.0.0.weight "
-                     "nor controlnet_cond_embedding.conv_in.weight is in it)")
+    raise ValueError(f"{what}: not a ControlNet (neither {CONTROLNET_PREFIX}zero_convs.0.0.weight, "
+                     "zero_convs.0.0.weight nor controlnet_cond_embedding.conv_in.weight is in it)")
 
 
 def _heads(config: Mapping) -> tuple[int, int]:

@@ -151,8 +151,9 @@ def controlnet_files(controlnet_weights: str) -> list[Path]:
     if path.is_file() and path.suffix == ".safetensors":
         return [path]
     if path.is_file():
-        raise ValueError(f"--controlnet {controlnet_weights}: only .safetensors files are loaded (no pickles); use the "
-                         ".safetensors release of this ControlNet (e.g. comfyanonymous/ControlNet-v1-1_fp16_safetensors)")
+        raise ValueError(f"--controlnet {controlnet_weights}: only .safetensors files are loaded (no pickles); use "
+                         "the .safetensors release of this ControlNet (e.g. from comfyanonymous/"
+                         "ControlNet-v1-1_fp16_safetensors)")
     raise ValueError(f"--controlnet {controlnet_weights}: no such file or folder")
 
 

@@ -134,9 +134,10 @@ def test_held_out_validation_scores_identity_with_the_ema_weights(prepared, pack
     assert record["scored"] == 2 and 0.0 <= record["identity"] <= 1.0 and 0.0 <= record["missing_faces"] <= 1.0
     ema = trainer.ema.shadow["controlnet.controlnet_mid_block.weight"]
     raw = load_file(str(run / "checkpoints" / "step-00000002" / "trainable.safetensors"))
-    assert all(torch.equal(w, ema) for w in seen) and not torch.equal(ema, raw["controlnet.controlnet_mid_block.weight"])
+    raw_weight = raw["controlnet.controlnet_mid_block.weight"]
+    assert all(torch.equal(w, ema) for w in seen) and not torch.equal(ema, raw_weight)
     net = trainer.accelerator.unwrap_model(trainer.net)  # the raw weights are back after validation
-    assert torch.equal(net.controlnet.controlnet_mid_block.weight.detach(), raw["controlnet.controlnet_mid_block.weight"])
+    assert torch.equal(net.controlnet.controlnet_mid_block.weight.detach(), raw_weight)
 
 
 def test_validation_data_must_be_held_out(tmp_path):
