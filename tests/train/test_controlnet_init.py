@@ -75,3 +75,21 @@ def test_a_controlnet_of_another_shape_or_no_controlnet_is_named(unet_and_contro
     save_file({"lora_unet_down.weight": torch.zeros(2)}, str(lora))
     with pytest.raises(ValueError, match="not a ControlNet"):
         build_controlnet(unet, str(lora))
+
+
+def test_the_trainer_starts_from_the_given_controlnet(prepared, tmp_path):
+    from train.options import parse
+    from train.train import Trainer
+    from train_fixtures import train_args
+
+    unet = load_base("", "tiny", seed=0).unet  # the trainer's base with its default seed
+    reference = build_controlnet(unet)
+    with torch.no_grad():
+        reference.controlnet_mid_block.weight.fill_(0.25)
+    tensors = {CONTROLNET_PREFIX + k: v for k, v in controlnet_to_ldm(reference.state_dict(), reference.config).items()}
+    path = tmp_path / "control_v11p_sd15_openpose.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    trainer = Trainer(parse(train_args(prepared, tmp_path / "run", "--max-steps", "1", "--controlnet", str(path))))
+    net = trainer.accelerator.unwrap_model(trainer.net)
+    assert torch.equal(net.controlnet.controlnet_mid_block.weight, reference.controlnet_mid_block.weight)
+    assert torch.equal(net.controlnet.conv_in.weight.contiguous(), reference.conv_in.weight)
