@@ -155,3 +155,19 @@ def test_two_processes_ddp(prepared, tmp_path):
     assert {p.name for p in checkpoint.glob("rng-*.safetensors")} == {"rng-0.safetensors", "rng-1.safetensors"}
     assert json.loads((checkpoint / "state.json").read_text())["world_size"] == 2
     assert load_checkpoint(run / "instantfamily.safetensors").config.training_steps == 2
+
+
+def test_speed_options_take_effect(prepared, tmp_path):
+    default = Trainer(parse(train_args(prepared, tmp_path / "default", "--max-steps", "1")))
+    net = default.accelerator.unwrap_model(default.net)
+    for weight in (net.unet.conv_in.weight, net.controlnet.conv_in.weight, default.vae.encoder.conv_in.weight):
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert not net.unet.is_gradient_checkpointing and not net.controlnet.is_gradient_checkpointing
+    assert net.unet._compiled_call_impl is None
+    changed = Trainer(parse(train_args(prepared, tmp_path / "changed", "--max-steps", "1", "--channels-last", "false",
+                                       "--compile", "true", "--gradient-checkpointing", "true")))
+    net = changed.accelerator.unwrap_model(changed.net)
+    assert net.unet.conv_in.weight.is_contiguous() and net.controlnet.conv_in.weight.is_contiguous()
+    assert net.unet.is_gradient_checkpointing and net.controlnet.is_gradient_checkpointing
+    assert net.unet._compiled_call_impl is not None and net.controlnet._compiled_call_impl is not None
+    assert "conv_in.weight" in dict(net.unet.named_parameters())  # compiled in place: checkpoint names unchanged
