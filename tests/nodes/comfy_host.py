@@ -297,16 +297,16 @@ class ComfyHost:
         return dict(getattr(ex, "outputs_ui", {}))
 
     # -- direct sampling and tiny models -------------------------------------------------------
-    def tiny_sd15_model(self, context_dim: int = 32, seed: int = 0, model_channels: int = 32):
-        """A tiny, randomly initialised SD1.5-family MODEL (ModelPatcher); see fixture pack."""
+    def tiny_sd15_model(self, context_dim: int = 32, seed: int = 0, model_channels: int = 32, family: str = "SD1.5"):
+        """A tiny, randomly initialised MODEL (ModelPatcher) of SD1.5's (or SDXL's) layout; see fixture pack."""
         return self.fixtures.tiny_model.tiny_sd15_model(context_dim=context_dim, seed=seed,
-                                                        model_channels=model_channels)
+                                                        model_channels=model_channels, family=family)
 
     def random_conditioning(self, context_dim: int = 32, seed: int = 0, batch: int = 1,
-                            tokens: int = 77):
-        """A CONDITIONING of random text embeddings (batch, tokens, context_dim)."""
+                            tokens: int = 77, pooled: int | None = None):
+        """A CONDITIONING of random text embeddings (batch, tokens, context_dim) [+ pooled]."""
         return self.fixtures.tiny_model.random_conditioning(context_dim=context_dim, seed=seed,
-                                                            batch=batch, tokens=tokens)
+                                                            batch=batch, tokens=tokens, pooled=pooled)
 
     def sample(self, model, positive, negative, latent, seed: int = 0, steps: int = 2,
                cfg: float = 2.0, sampler_name: str = "euler", scheduler: str = "normal",

@@ -1,4 +1,5 @@
-"""The Pose+Circle ControlNet on a real host: its cross-attention sees the faces, masked."""
+"""The Pose+Circle ControlNet on a real host: its cross-attention sees the faces, masked; for an
+SD1.5-shaped and an SDXL-shaped tiny model."""
 
 import numpy as np
 import pytest
@@ -8,15 +9,27 @@ CONTEXT = 32
 SMALL = dict(d_gf=16, d_lf=8, L=3, d_K=CONTEXT, projector_hidden=24)
 LATENT = (1, 4, 8, 12)
 IMAGE_SIZE = (64, 96)
+GRIDS = {"SD1.5": 4, "SDXL": 2}  # attention grids of LATENT in the ControlNet (the UNet's input side)
+
+
+@pytest.fixture(scope="module", params=["SD1.5", "SDXL"])
+def family(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def base(comfy_host):
-    return comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1)
+def base(comfy_host, family):
+    return comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1, family=family)
+
+
+def conditioning(comfy_host, pack, model, seed):
+    """Random text conditioning for ``model`` (SDXL also needs a pooled embedding)."""
+    pooled = 1280 if pack.engine.model_family(model) == "SDXL" else None
+    return comfy_host.random_conditioning(CONTEXT, seed=seed, pooled=pooled)
 
 
 @pytest.fixture(scope="module")
-def instantfamily(comfy_host, pack, base):
+def instantfamily(comfy_host, pack, base, family):
     """A checkpoint with a random (non-zero) ControlNet mirroring the tiny UNet."""
     import comfy.cldm.cldm
     import comfy.ops
@@ -24,12 +37,13 @@ def instantfamily(comfy_host, pack, base):
     config = dict(base.model.model_config.unet_config, hint_channels=3, operations=comfy.ops.disable_weight_init)
     config.pop("out_channels")
     control = comfy_host.fixtures.tiny_model.fill_weights(comfy.cldm.cldm.ControlNet(**config), seed=4)
-    ifconfig = pack.config.InstantFamilyConfig(**SMALL)
+    ifconfig = pack.config.InstantFamilyConfig(**SMALL, base_model=family)
     torch.manual_seed(0)
-    pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / "controlnet_test.safetensors", ifconfig,
+    name = f"controlnet_test_{family}.safetensors"
+    pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / name, ifconfig,
                                     pack.projector.Projector(ifconfig).state_dict(), control.state_dict())
     comfy_host.folder_paths.filename_list_cache.clear()
-    (model,) = comfy_host.node_class("InstantFamilyModelLoader")().load("controlnet_test.safetensors")
+    (model,) = comfy_host.node_class("InstantFamilyModelLoader")().load(name)
     return model
 
 
@@ -44,8 +58,9 @@ def stack_and_masks(comfy_host, pack, instantfamily, n=3, seed=0):
 
 
 def apply_controlnet(comfy_host, base, instantfamily, stack, masks, strength=1.0):
-    positive = comfy_host.random_conditioning(CONTEXT, seed=2)
-    negative = comfy_host.random_conditioning(CONTEXT, seed=3)
+    pooled = 1280 if comfy_host.pack_import("nodes.engine").model_family(base) == "SDXL" else None
+    positive = comfy_host.random_conditioning(CONTEXT, seed=2, pooled=pooled)
+    negative = comfy_host.random_conditioning(CONTEXT, seed=3, pooled=pooled)
     control_image = torch.rand(1, *IMAGE_SIZE, 3, generator=torch.Generator().manual_seed(0))
     node = comfy_host.node_class("InstantFamilyPoseCircleControlNet")()
     return node.apply(positive, negative, base, instantfamily, stack, masks, control_image, strength, 0.0, 1.0)
@@ -111,17 +126,20 @@ def test_controlnet_cross_attention_sees_the_faces_in_every_layer(comfy_host, pa
     recorded = record_control_calls(control, control.face_patch)
     sample(comfy_host, base, positive, negative)
     expected_keys = set(pack.unet_keys.cross_attention_keys(control.control_model))
-    assert len(expected_keys) == 7  # input 1,2,4,5,7,8 and middle 0, as in SD1.5's ControlNet
+    unet_keys = pack.unet_keys.cross_attention_keys(base.model.diffusion_model)
+    assert expected_keys == {k for k in unet_keys if k[0] != "output"}  # SD1.5: input 1,2,4,5,7,8 + middle 0
     called = {}
     for replace, q, k, v, options, out in recorded:
-        called[tuple(options["block"])] = called.get(tuple(options["block"]), 0) + 1
+        layer = (tuple(options["block"]), options.get("block_index", 0))
+        called[layer] = called.get(layer, 0) + 1
         assert k.shape[1] == 77  # the context; the faces' K/V come from the layer itself
         assert not torch.equal(out, pack.engine.host_attention(q, k, v, options["n_heads"], options))
-    assert set(called) == expected_keys
-    assert len(set(called.values())) == 1  # every layer called once per pass
+    layers = pack.unet_keys.cross_attention_layers(control.control_model)
+    assert set(called) == {(key, t) for key in expected_keys for t in range(len(layers[key]))}
+    assert len(set(called.values())) == 1  # every layer (SDXL: several per key) called once per pass
 
 
-def test_hard_mode_controlnet_attention_changes_only_inside_face_n(comfy_host, pack, base, instantfamily):
+def test_hard_mode_controlnet_attention_changes_only_inside_face_n(comfy_host, pack, base, instantfamily, family):
     stack, masks = stack_and_masks(comfy_host, pack, instantfamily)
     positive, negative = apply_controlnet(comfy_host, base, instantfamily, stack, masks)
     control = positive[0][1]["control"]
@@ -155,7 +173,7 @@ def test_hard_mode_controlnet_attention_changes_only_inside_face_n(comfy_host, p
             allowed = rows[:, None] & visibility[n][None]
             assert not (changed & ~allowed).any(), f"face {n} leaked at grid {grid}"
             assert changed[rows][:, visibility[n]].all()
-    assert len(grids) == 4  # 8x12, 4x6, 2x3 and the middle block's 1x2
+    assert len(grids) == GRIDS[family]  # SD1.5: 8x12, 4x6, 2x3 and the middle block's 1x2
 
 
 def test_applys_settings_reach_the_controlnet(comfy_host, pack, base, instantfamily):
@@ -219,7 +237,7 @@ def test_weight_zero_with_the_controlnet_equals_the_stock_controlnet(comfy_host,
     stock = comfy.controlnet.ControlNet(control_model, load_device=comfy.model_management.get_torch_device())
     image = torch.rand(1, *IMAGE_SIZE, 3, generator=torch.Generator().manual_seed(0))
     stock_positive, stock_negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
-        comfy_host.random_conditioning(CONTEXT, seed=2), comfy_host.random_conditioning(CONTEXT, seed=3),
+        conditioning(comfy_host, pack, base, 2), conditioning(comfy_host, pack, base, 3),
         stock, image, 1.0, 0.0, 1.0)[:2]
     assert torch.equal(ours, sample(comfy_host, base, stock_positive, stock_negative))
 
@@ -235,8 +253,8 @@ def test_controlnet_refuses_stack_or_masks_other_than_applys(comfy_host, pack, b
 
 def test_controlnet_changes_the_result_and_strength_zero_is_no_controlnet(comfy_host, pack, base, instantfamily):
     stack, masks = stack_and_masks(comfy_host, pack, instantfamily)
-    plain_positive = comfy_host.random_conditioning(CONTEXT, seed=2)
-    plain_negative = comfy_host.random_conditioning(CONTEXT, seed=3)
+    plain_positive = conditioning(comfy_host, pack, base, 2)
+    plain_negative = conditioning(comfy_host, pack, base, 3)
     without = sample(comfy_host, base, plain_positive, plain_negative)
     positive, negative = apply_controlnet(comfy_host, base, instantfamily, stack, masks, strength=0.0)
     assert torch.equal(sample(comfy_host, base, positive, negative), without)
@@ -254,8 +272,8 @@ def test_controlnet_chains_after_an_existing_controlnet(comfy_host, pack, base, 
     assert chained.previous_controlnet is first_positive[0][1]["control"]
 
 
-def test_checkpoint_without_controlnet_is_explained(comfy_host, pack, base):
-    ifconfig = pack.config.InstantFamilyConfig(**SMALL)
+def test_checkpoint_without_controlnet_is_explained(comfy_host, pack, base, family):
+    ifconfig = pack.config.InstantFamilyConfig(**SMALL, base_model=family)
     pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / "no_cn.safetensors", ifconfig,
                                     pack.projector.Projector(ifconfig).state_dict())
     comfy_host.folder_paths.filename_list_cache.clear()

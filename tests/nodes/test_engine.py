@@ -1,5 +1,6 @@
 """The engine on a real ComfyUI host: equivalences, locality at every layer, keys, clone isolation,
-the host's attention, cached face K/V, the model check and the aspect rule."""
+the host's attention, cached face K/V, the model check and the aspect rule -- for an SD1.5-shaped
+and an SDXL-shaped tiny model (SDXL: several transformer blocks per key, an ADM input)."""
 
 import logging
 
@@ -11,10 +12,18 @@ CONTEXT = 32  # the tiny model's cross-attention width
 SMALL = dict(d_gf=16, d_lf=8, L=3, d_K=CONTEXT, projector_hidden=24)
 LATENT = (1, 4, 8, 12)  # a non-square latent: grids 8x12, 4x6, 2x3, 1x2
 IMAGE_SIZE = (64, 96)  # the template the masks are drawn on (same aspect as the latent)
+# The attention grids of LATENT per family (SDXL has no attention at the full-size level).
+GRIDS = {"SD1.5": {(8, 12), (4, 6), (2, 3), (1, 2)}, "SDXL": {(4, 6), (2, 3)}}
+POOLED = {"SD1.5": None, "SDXL": 1280}
 
 
-def save_and_load(comfy_host, pack, name, unet_deltas=None):
-    config = pack.config.InstantFamilyConfig(**SMALL)
+@pytest.fixture(scope="module", params=["SD1.5", "SDXL"])
+def family(request):
+    return request.param
+
+
+def save_and_load(comfy_host, pack, name, family, unet_deltas=None):
+    config = pack.config.InstantFamilyConfig(**SMALL, base_model=family)
     torch.manual_seed(0)
     projector = pack.projector.Projector(config)
     pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / name, config, projector.state_dict(),
@@ -25,19 +34,20 @@ def save_and_load(comfy_host, pack, name, unet_deltas=None):
 
 
 @pytest.fixture(scope="module")
-def instantfamily(comfy_host, pack):
+def instantfamily(comfy_host, pack, family):
     """A checkpoint written to models/instantfamily and loaded through the loader node."""
-    return save_and_load(comfy_host, pack, "engine_test.safetensors")
+    return save_and_load(comfy_host, pack, f"engine_test_{family}.safetensors", family)
 
 
 @pytest.fixture(scope="module")
-def with_deltas(comfy_host, pack, base):
+def with_deltas(comfy_host, pack, base, family):
     """A checkpoint that also changes the UNet's attn2 K/V (as the trainer's export writes)."""
     g = torch.Generator().manual_seed(9)
     deltas = {name: torch.randn(tensor.shape, generator=g) * 0.05
               for name, tensor in base.model.state_dict().items() if "attn2.to_k" in name or "attn2.to_v" in name}
-    assert len(deltas) == 32  # 16 layers x (to_k, to_v)
-    return save_and_load(comfy_host, pack, "engine_deltas.safetensors", unet_deltas=deltas)
+    layers = sum(len(m) for m in pack.unet_keys.cross_attention_layers(base.model.diffusion_model).values())
+    assert len(deltas) == 2 * layers  # every attn2 layer x (to_k, to_v)
+    return save_and_load(comfy_host, pack, f"engine_deltas_{family}.safetensors", family, unet_deltas=deltas)
 
 
 def make_faces(pack, n, seed):
@@ -68,13 +78,14 @@ def apply(comfy_host, model, instantfamily, stack, masks, weight=1.0, **kw):
 
 
 @pytest.fixture(scope="module")
-def base(comfy_host):
-    return comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1)
+def base(comfy_host, family):
+    return comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1, family=family)
 
 
 @pytest.fixture(scope="module")
-def conds(comfy_host):
-    return comfy_host.random_conditioning(CONTEXT, seed=2), comfy_host.random_conditioning(CONTEXT, seed=3)
+def conds(comfy_host, family):
+    return (comfy_host.random_conditioning(CONTEXT, seed=2, pooled=POOLED[family]),
+            comfy_host.random_conditioning(CONTEXT, seed=3, pooled=POOLED[family]))
 
 
 def sample(comfy_host, model, conds, seed=5, latent=LATENT):
@@ -167,7 +178,7 @@ def full_context_attention(pack, patch, replace, q, k, v, options, face_k=None, 
                                 face_rows=rows, text_attention=lambda a, b, c, h: patch.host_attention(a, b, c, h, options))
 
 
-def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, instantfamily, base, conds):
+def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, instantfamily, base, conds, family):
     """Record every attn2 call of a real forward, then swap face n's keys/values: only positions
     inside face n's region (cond rows) may change; uncond rows never change."""
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
@@ -196,7 +207,7 @@ def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, i
             assert not (changed & ~allowed).any(), f"face {n} leaked outside its region at grid {grid}"
             if rows.any():
                 assert changed[rows][:, visibility[n]].all()
-    assert {g[0] * g[1] for g in grids} == {8 * 12, 4 * 6, 2 * 3, 1 * 2}
+    assert grids == GRIDS[family]
 
 
 def test_paper_mode_leak_is_measured(comfy_host, pack, instantfamily, base, conds):
@@ -332,20 +343,13 @@ def test_the_hosts_attention_function_and_its_options_are_used(comfy_host, pack,
         assert seen and all(options is None for options in seen)
 
 
-def test_another_family_or_width_is_refused_at_apply(comfy_host, pack, instantfamily):
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    config = dict(comfy_host.fixtures.tiny_model.tiny_unet_config(context_dim=64), adm_in_channels=2816,
-                  use_linear_in_transformer=True, transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_middle=2,
-                  transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2], num_res_blocks=[2, 2, 2],
-                  channel_mult=[1, 2, 4], num_head_channels=32, num_heads=-1)
-    sdxl = comfy.supported_models.SDXL(config)
-    model = comfy.model_patcher.ModelPatcher(sdxl.get_model({}), load_device="cpu", offload_device="cpu")
+def test_another_family_or_width_is_refused_at_apply(comfy_host, pack, instantfamily, family):
+    other = {"SD1.5": "SDXL", "SDXL": "SD1.5"}[family]
+    model = comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1, family=other)
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=0))
-    with pytest.raises(ValueError, match="SDXL model, SD1.5 checkpoint"):
+    with pytest.raises(ValueError, match=f"{other} model, {family} checkpoint"):
         apply(comfy_host, model, instantfamily, stack, make_masks(pack, 2))
-    wide = comfy_host.tiny_sd15_model(context_dim=64, seed=1)
+    wide = comfy_host.tiny_sd15_model(context_dim=64, seed=1, family=family)
     with pytest.raises(ValueError, match="cross-attention is 64 wide but the checkpoint's face tokens are 32"):
         apply(comfy_host, wide, instantfamily, stack, make_masks(pack, 2))
 
