@@ -107,7 +107,7 @@ def write_webdataset_tar(path: Path, names: tuple[str, ...]) -> Path:
 
 def prepare_args(inputs: list[Path], output: Path, pack_root: str, pack: str, *extra: str) -> list[str]:
     return ["--input", *map(str, inputs), "--output", str(output), "--insightface-root", pack_root, "--pack", pack,
-            "--provider", "CPU", "--shard-size", "4", "--no-progress", *extra]
+            "--provider", "CPU", "--shard-size", "4", "--no-progress", "--allow-empty-captions", *extra]
 
 
 def train_args(data: Path, output: Path, *extra: str) -> list[str]:
