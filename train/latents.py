@@ -95,7 +95,8 @@ class LatentEncoder:
             by_size.setdefault(image.size, []).append(index)
         for size, indices in by_size.items():
             pixels = np.stack([np.asarray(resized[i], np.float32) for i in indices]) / 127.5 - 1.0  # (B, h, w, 3)
-            batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(self.device, self.dtype)  # (B, 3, h, w)
+            # (B, 3, h, w), contiguous like the trainer's batches (a channels-last view picks other conv kernels)
+            batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(self.device, self.dtype)
             posterior = self.vae.encode(batch).latent_dist
             mean, std = posterior.mean.float().cpu().numpy(), posterior.std.float().cpu().numpy()
             for j, index in enumerate(indices):

@@ -408,6 +408,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-config", default="sd15", help="configs for --pretrained (as train.train)")
     p.add_argument("--seed", type=int, default=0, help="seed of a random --pretrained '' (as train.train)")
     p.add_argument("--latent-resolution", type=int, default=0, help="cache VAE latents for this training resolution")
+    p.add_argument("--latent-dtype", choices=("float16", "float32"), default="float16", help="stored latent dtype")
     p.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="dtype of the VAE and captioner")
     p.add_argument("--references", default="", help="MultiID-2M reference folder (<name>/*.jpg + .json)")
@@ -453,7 +454,7 @@ def build_preparer(args: argparse.Namespace, device: str):
         from .latents import LatentEncoder, load_vae
 
         latents = LatentEncoder(load_vae(args.pretrained, args.model_config, args.seed), args.latent_resolution,
-                                device, args.precision)
+                                device, args.precision, args.latent_dtype)
     return Preparer(args, analyzer, PoseSource(estimator, args.allow_missing_pose), captions, captioner, latents)
 
 

@@ -199,7 +199,8 @@ class Trainer:
                 pixels = batch["pixel_values"].to(acc.device, dtype)
                 latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
             text = encode_text(self.text_encoder, self.tokenizer, batch["captions"], acc.device)
-        noise = torch.randn_like(latents)
+        # Drawn in the standard layout: the same noise whatever memory format the VAE (or a cache) gave latents.
+        noise = torch.randn_like(latents, memory_format=torch.contiguous_format)
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
