@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -79,19 +80,15 @@ class Stats:
         self.values["errors"][reason] = self.values["errors"].get(reason, 0) + 1
         logger.debug("%s: %s", reason, detail)
 
+    @contextmanager
     def timed(self, stage: str, count: int = 1):
-        stats = self
-
-        class Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                stats.values["seconds"][stage] += time.perf_counter() - self.start
-                stats.values["calls"][stage] += count
-                return False
-
-        return Timer()
+        """Add the block's seconds and ``count`` calls to ``stage``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.values["seconds"][stage] += time.perf_counter() - start
+            self.values["calls"][stage] += count
 
 
 class PoseSource:
@@ -110,6 +107,10 @@ class PoseSource:
         if self.allow_missing:
             return encode_pose([], width, height)
         return None
+
+
+class TooSmall(ValueError):
+    """An image below ``--min-side``."""
 
 
 def decode_image(data: bytes | None, max_side: int, min_side: int = 0) -> tuple[np.ndarray, bytes, str]:
@@ -136,10 +137,6 @@ def decode_image(data: bytes | None, max_side: int, min_side: int = 0) -> tuple[
         data, ext = buffer.getvalue(), "jpg"
         image = Image.open(io.BytesIO(data)).convert("RGB")  # the pixels training will read
     return np.asarray(image), data, ext
-
-
-class TooSmall(ValueError):
-    pass
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -239,11 +236,12 @@ class Preparer:
                 stats.skip("no_reference" if item.people is not None else "no_face", item.source)
                 return None
             with stats.timed("pose"):
-                pose = self.pose(item, rgb)
-        except ValueError as error:
-            stats.skip("bad_pose" if "POSE_KEYPOINT" in str(error) else "error", item.source, str(error))
-            return None
-        except Exception as error:  # one bad sample never aborts the shard
+                try:
+                    pose = self.pose(item, rgb)
+                except ValueError as error:  # a sidecar that is no POSE_KEYPOINT
+                    stats.skip("bad_pose", item.source, str(error))
+                    return None
+        except Exception as error:  # one bad sample (a model's crash included) never aborts the shard
             logger.warning("%s: %s: %s", item.source, type(error).__name__, error)
             stats.skip("error", item.source, str(error))
             return None

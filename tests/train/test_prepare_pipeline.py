@@ -138,3 +138,17 @@ def test_missing_captions_are_skipped_unless_allowed(tmp_path, pack_root):
     with pytest.raises(ValueError, match="name column"):
         (tmp_path / "bad.csv").write_text("name,caption\nx,y\n")
         read_captions_file(tmp_path / "bad.csv")
+
+
+def test_img2dataset_shard_goes_through_prepare_and_training(tmp_path, pack_root, models):
+    from instantfamily_core.checkpoint import load_checkpoint
+    from train_fixtures import write_img2dataset
+
+    output = tmp_path / "prepared"
+    assert main(full_args([write_img2dataset(tmp_path / "laion")], output, pack_root, models)) == 0
+    totals = json.loads((output / "manifest.json").read_text())["totals"]
+    assert totals["samples"] == 4 and totals["captioned"] == 0  # img2dataset captions win over the captioner
+    assert totals["calls"]["pose"] == 4 and totals["calls"]["latents"] == 4
+    losses = train(parse(train_args(output, tmp_path / "run", "--max-steps", "1")))
+    assert len(losses) == 1 and np.isfinite(losses[0])
+    assert load_checkpoint(tmp_path / "run" / "instantfamily.safetensors").controlnet_state

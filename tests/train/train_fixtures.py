@@ -21,15 +21,24 @@ SIZE = 640
 PACK = "tinypack"
 
 
+def core_fixtures(name: str):
+    """tests/core/<name>.py (tiny ONNX model builders), imported by path."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, CORE_TESTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def face_fixtures():
-    """tests/core/face_fixtures.py (tiny ONNX detector/recognizer builders), imported by path."""
-    if "face_fixtures" in sys.modules:
-        return sys.modules["face_fixtures"]
-    spec = importlib.util.spec_from_file_location("face_fixtures", CORE_TESTS / "face_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["face_fixtures"] = module
-    spec.loader.exec_module(module)
-    return module
+    """Tiny insightface detector/recognizer builders and disc images."""
+    return core_fixtures("face_fixtures")
+
+
+def dwpose_fixtures():
+    """DWPose ONNX stand-ins."""
+    return core_fixtures("dwpose_fixtures")
 
 
 def person(cx: float, cy: float, size: float = 160.0) -> np.ndarray:
@@ -115,17 +124,6 @@ def train_args(data: Path, output: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--output-dir", str(output), "--model-config", "tiny", "--resolution", "64",
             "--batch-size", "2", "--num-workers", "0", "--learning-rate", "1e-3", "--projector-learning-rate", "1e-3",
             "--projector-hidden", "32", "--tensorboard", "false", "--checkpoint-every", "3", *extra]
-
-
-def dwpose_fixtures():
-    """tests/core/dwpose_fixtures.py (DWPose ONNX stand-ins), imported by path."""
-    if "dwpose_fixtures" in sys.modules:
-        return sys.modules["dwpose_fixtures"]
-    spec = importlib.util.spec_from_file_location("dwpose_fixtures", CORE_TESTS / "dwpose_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dwpose_fixtures"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def image_bytes(centres, fmt: str = "PNG", size=(SIZE, SIZE)) -> bytes:
