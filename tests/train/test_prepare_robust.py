@@ -85,3 +85,20 @@ def test_a_failing_sample_is_counted_and_the_shard_finishes(tmp_path, pack_root,
     totals = json.loads((output / "manifest.json").read_text())["totals"]
     assert totals["skipped"] == {"error": 1, "too_small": 1} and totals["samples"] == 2
     assert totals["calls"]["detect"] == 3  # the small image never reached the detector
+
+
+def test_face_less_images_cost_one_detector_pass(pack_root):
+    from instantfamily_core.faces import load_face_analyzer
+
+    analyzer = load_face_analyzer(pack_root, PACK, provider="CPU")
+    calls = []
+    detect = analyzer.detector.detect
+    analyzer.detector.detect = lambda *a, **k: calls.append(1) or detect(*a, **k)
+    empty = np.full((640, 640, 3), 30, np.uint8)
+    assert len(analyzer.detect(empty, retry=False)[0]) == 0 and len(calls) == 1
+    calls.clear()
+    assert len(analyzer.detect(empty)[0]) == 0 and len(calls) == 8  # the node's retries, for bulk data: off
+    with_face = face_fixtures().disc_image(centres=((320, 320),))
+    boxes, keypoints, scores = analyzer.detect(with_face, retry=False)
+    faces = analyzer.recognize(with_face, boxes, keypoints, scores)
+    np.testing.assert_allclose(faces[0].global_feature, analyzer.analyze(with_face)[0].global_feature, rtol=1e-5)
