@@ -108,6 +108,13 @@ class TrainDataset(torch.utils.data.Dataset):
             logger.warning("skipping sample %s: %s", key, error)
             return None
 
+    def cached_latent(self, members: dict[str, bytes]) -> dict | None:
+        """The sample's latent.npz when it was made for this resolution (else training encodes pixels)."""
+        if not self.cached_latents or LATENT_MEMBER not in members:
+            return None
+        cached = decode_latent_member(members[LATENT_MEMBER])
+        return cached if int(cached["resolution"]) == self.resolution else None
+
     def example(self, key: str, members: dict[str, bytes], rng: np.random.Generator) -> dict:
         found = image_member(members)
         if found is None:
@@ -115,16 +122,15 @@ class TrainDataset(torch.utils.data.Dataset):
         image = Image.open(io.BytesIO(found[1])).convert("RGB")
         res, config = self.resolution, self.config
         width, height = image.size
-        latent = decode_latent_member(members[LATENT_MEMBER]) if self.cached_latents and LATENT_MEMBER in members \
-            else None
-        if latent is not None and int(latent["resolution"]) == res:  # crop the cached latents in whole cells
-            resized = (int(latent["size"][0]), int(latent["size"][1]))
+        cached = self.cached_latent(members)
+        latent = None
+        if cached is not None:  # crop the cached latents in whole cells; pixels, boxes and pose follow
+            resized = (int(cached["size"][0]), int(cached["size"][1]))
             ox, oy = latent_crop_offset(resized, res, rng if self.random_crop else None)
             scale = np.array([resized[0] / width, resized[1] / height] * 2, np.float32)
-            cell = slice(oy // FACTOR, (oy + res) // FACTOR), slice(ox // FACTOR, (ox + res) // FACTOR)
-            latent = {name: torch.from_numpy(latent[name][:, cell[0], cell[1]]) for name in ("mean", "std")}
+            rows, cols = slice(oy // FACTOR, (oy + res) // FACTOR), slice(ox // FACTOR, (ox + res) // FACTOR)
+            latent = {name: torch.from_numpy(cached[name][:, rows, cols]) for name in ("mean", "std")}  # (4, h, w)
         else:
-            latent = None
             scale, resized, (ox, oy) = crop_geometry(width, height, res, rng if self.random_crop else None)
         image = image.resize(resized, Image.Resampling.BICUBIC).crop((ox, oy, ox + res, oy + res))
         pixels = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1.0).permute(2, 0, 1)  # (3, res, res)
@@ -170,7 +176,8 @@ def collate(examples: list[dict | None]) -> dict:
     latents = {}
     if all("latent_mean" in e for e in examples):  # else the trainer encodes every pixel crop
         latents = {name: torch.stack([e[name] for e in examples]) for name in ("latent_mean", "latent_std")}
-    return {**latents, 
+    return {
+        **latents,
         "keys": [e["key"] for e in examples],
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
         "control": torch.stack([e["control"] for e in examples]),
