@@ -8,7 +8,7 @@
 Input (train/ingest.py): image folders, WebDataset tars (paths, globs, brace patterns), img2dataset
 output (tar + parquet) and MultiID-2M (``--references``). Per image, in this order, each stage
 only for images the earlier ones kept: decode (``--min-side``), face detection (one pass), the
-score/size filter, pose (sidecar or DWPose on ONNX Runtime), recognition of the kept faces,
+score/size filter, recognition of the kept faces, pose (sidecar or DWPose on ONNX Runtime),
 caption (sidecar, ``--captions-file`` or ``--captioner``, batched) and latents (``--latent-resolution``,
 batched). A sample that fails any stage is skipped and counted; nothing aborts a shard.
 Output: ``shard-NNNNNN.tar`` (+ index and stats sidecars) and ``manifest.json``.
@@ -96,6 +96,10 @@ class PoseSource:
 
     def __init__(self, estimator=None, allow_missing: bool = False):
         self.estimator, self.allow_missing = estimator, allow_missing
+
+    def can_pose(self, item: Item) -> bool:
+        """Whether this item will get a pose (checked before any face work)."""
+        return item.pose is not None or self.estimator is not None or self.allow_missing
 
     def __call__(self, item: Item, rgb: np.ndarray) -> bytes | None:
         if item.pose is not None:
@@ -201,10 +205,12 @@ class Preparer:
             return [], {}
         iou = box_iou(np.stack([p.box for p in item.people]), boxes)  # (people, detections)
         salt = sum(item.source.encode()) if self.args.reference_rotation else 0
+        used = set()
         for index, person in enumerate(item.people):
             best = int(iou[index].argmax())
-            if iou[index, best] < MATCH_IOU:
+            if iou[index, best] < MATCH_IOU or best in used:
                 continue
+            used.add(best)
             reference, path = self.reference_face(person, stats, salt)
             if reference is None:
                 continue
@@ -220,7 +226,7 @@ class Preparer:
         return next((self.captions[n] for n in item.names if n in self.captions), None)
 
     def analyse(self, item: Item, stats: Stats) -> Sample | None:
-        """decode -> detect -> filter -> pose -> recognize; None (counted) when the image is skipped."""
+        """decode -> detect -> filter -> recognize -> pose; None (counted) when the image is skipped."""
         try:
             with stats.timed("decode"):
                 rgb, data, ext = decode_image(item.image, self.args.max_side, self.args.min_side)
@@ -229,6 +235,9 @@ class Preparer:
             return None
         except Exception as error:  # PIL raises many types for damaged files
             stats.skip("corrupt", item.source, str(error))
+            return None
+        if not self.pose.can_pose(item):
+            stats.skip("no_pose", item.source)
             return None
         try:
             faces, meta = self.faces(item, rgb, stats)
