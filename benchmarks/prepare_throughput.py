@@ -52,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--provider", default="auto")
     p.add_argument("--dwpose", default="", help="folder with yolox_l.onnx + dw-ll_ucoco_384.onnx")
     p.add_argument("--captioner", default="", help="local transformers captioning model folder")
-    p.add_argument("--pretrained", default=None, help="SD1.5 weights for latents ('' = random tiny, with --model-config)")
+    p.add_argument("--pretrained", default=None,
+                   help="SD1.5 weights for latents ('' = random, with --model-config tiny)")
     p.add_argument("--model-config", default="sd15")
     p.add_argument("--resolution", type=int, default=512, help="latent resolution (with --pretrained)")
     p.add_argument("--input", default="", help="a folder of real photos (default: synthetic ones)")
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
     for stage in STAGES:
         calls, seconds = totals["calls"].get(stage, 0), totals["seconds"].get(stage, 0.0)
         if calls:
-            stages[stage] = {"calls": calls, "seconds": round(seconds, 4), "per_s": round(calls / max(seconds, 1e-9), 2)}
+            rate = round(calls / max(seconds, 1e-9), 2)
+            stages[stage] = {"calls": calls, "seconds": round(seconds, 4), "per_s": rate}
     figures = {"images": totals["images"], "samples": totals["samples"], "wall_s": round(wall, 2),
                "images_per_s": round(totals["images"] / wall, 3), "stages": stages,
                "note": "per_s counts images (faces for recognize) per second of that stage alone; wall_s includes "

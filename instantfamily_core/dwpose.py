@@ -183,7 +183,7 @@ class DWPoseEstimator:
                     *self.det_size[::-1], Path(pose).name, *self.pose_size[::-1])
 
     @classmethod
-    def from_folder(cls, folder: str | Path, provider: str = "auto", device_id: int = 0) -> "DWPoseEstimator":
+    def from_folder(cls, folder: str | Path, provider: str = "auto", device_id: int = 0) -> DWPoseEstimator:
         """A folder holding yolox_l.onnx and dw-ll_ucoco_384.onnx (as comfyui_controlnet_aux stores them)."""
         folder = Path(folder)
         if not folder.is_dir():

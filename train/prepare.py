@@ -403,7 +403,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-faces", type=int, default=1, help="skip images with fewer faces left")
     p.add_argument("--min-side", type=int, default=256, help="skip images whose shorter side is smaller (px)")
     p.add_argument("--max-side", type=int, default=1024, help="downscale larger images before analysis and storage")
-    p.add_argument("--dwpose", default="", help="folder with yolox_l.onnx + dw-ll_ucoco_384.onnx (images without .pose.json)")
+    p.add_argument("--dwpose", default="",
+                   help="folder with yolox_l.onnx + dw-ll_ucoco_384.onnx (for images without .pose.json)")
     p.add_argument("--allow-missing-pose", action="store_true", help="keep images without pose (no skeletons drawn)")
     p.add_argument("--captions-file", default="", help=".jsonl or .csv of file/key -> caption")
     p.add_argument("--captioner", default="", help="local transformers image-to-text model folder (BLIP-2, Florence-2)")

@@ -23,7 +23,8 @@ def test_jobs_from_globs_and_braces(tmp_path):
     for n in range(3):
         (tmp_path / f"{n:05d}.tar").write_bytes(b"")
     jobs = plan_jobs([str(tmp_path / "{00000..00001}.tar"), str(tmp_path / "0000[2].tar")], 10)
-    assert [j.tar.name for j in jobs] == ["00000.tar", "00001.tar", "00002.tar"] and [j.number for j in jobs] == [0, 1, 2]
+    assert [j.tar.name for j in jobs] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert [j.number for j in jobs] == [0, 1, 2]
     with pytest.raises(ValueError, match="brace patterns"):
         plan_jobs([str(tmp_path / "{7..8}.tar")], 10)
 
@@ -60,7 +61,8 @@ def test_img2dataset_shard_and_a_truncated_copy(tmp_path, pack_root):
     totals = manifest["totals"]
     assert totals["errors"] == {"download_failed": 1, "truncated_tar": 1} and manifest["complete"]
     reader = ShardReader(find_shards([str(output)])[0])
-    captions = {json.loads(m["meta.json"])["source"]: m["txt"].decode() for m in (reader.read(i)[1] for i in range(len(reader)))}
+    samples = [reader.read(i)[1] for i in range(len(reader))]
+    captions = {json.loads(m["meta.json"])["source"]: m["txt"].decode() for m in samples}
     # the last sample has no .txt in the tar: its caption comes from the parquet
     assert captions["00000.tar:000000003"] == "photo f_two" and captions["00000.tar:000000000"] == "photo a_two"
     from_broken = [k for k in captions if k.startswith("00001.tar:")]

@@ -16,7 +16,7 @@ from train.options import parse
 from train.prepare import main
 from train.shards import ShardReader
 from train.train import Trainer, train
-from train_fixtures import (IMAGES, PACK, SIZE, build_tiny_captioner, dwpose_fixtures, face_fixtures, prepare_args,
+from train_fixtures import (PACK, SIZE, build_tiny_captioner, dwpose_fixtures, face_fixtures, prepare_args,
                             train_args, write_photo_folder)
 
 RES = 64
@@ -32,7 +32,8 @@ def models(tmp_path_factory):
 def full_args(inputs, output, pack_root, models, *extra):
     return prepare_args(inputs, output, pack_root, PACK, "--dwpose", models["dwpose"], "--captioner",
                         str(models["captioner"]), "--caption-max-tokens", "6", "--pretrained", "",
-                        "--model-config", "tiny", "--latent-resolution", str(RES), "--latent-dtype", "float32", "--batch-size", "2", *extra)
+                        "--model-config", "tiny", "--latent-resolution", str(RES), "--latent-dtype", "float32",
+                        "--batch-size", "2", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def photos_prepared(tmp_path_factory, pack_root, models):
 
 
 def test_photos_get_pose_captions_faces_and_latents(photos_prepared, models):
-    photos, output = photos_prepared
+    _, output = photos_prepared
     manifest = json.loads((output / "manifest.json").read_text())
     totals = manifest["totals"]
     assert totals["samples"] == 4 and totals["skipped"] == {"no_face": 1}  # g_none has no face
@@ -84,7 +85,8 @@ def test_cached_latents_give_the_loss_of_pixels(photos_prepared, tmp_path):
     cached = TrainDataset(trainer.reader, trainer.config, RES, random_crop=False, text_dropout=0, face_dropout=0)
     pixels = TrainDataset(trainer.reader, trainer.config, RES, random_crop=False, text_dropout=0, face_dropout=0,
                           cached_latents=False)
-    square = [i for i in range(len(trainer.reader)) if "w_wide" not in json.loads(trainer.reader.read(i)[1]["meta.json"])["source"]]
+    sources = [json.loads(trainer.reader.read(i)[1]["meta.json"])["source"] for i in range(len(trainer.reader))]
+    square = [i for i, source in enumerate(sources) if "w_wide" not in source]
     items = [(0, i) for i in square[:2]]
     with_latents, without = collate([cached[i] for i in items]), collate([pixels[i] for i in items])
     assert "latent_mean" in with_latents and "latent_mean" not in without
