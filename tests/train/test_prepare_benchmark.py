@@ -4,17 +4,16 @@ import importlib.util
 import json
 from pathlib import Path
 
-from train_fixtures import PACK, build_tiny_captioner, dwpose_fixtures
+from train_fixtures import PACK
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "prepare_throughput.py"
 
 
-def test_prepare_benchmark_reports_each_stage(tmp_path, pack_root):
+def test_prepare_benchmark_reports_each_stage(tmp_path, pack_root, prepare_models):
     spec = importlib.util.spec_from_file_location("prepare_throughput", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    dwpose = dwpose_fixtures().build_dwpose_folder(str(tmp_path / "dwpose"))
-    captioner = build_tiny_captioner(tmp_path / "blip")
+    dwpose, captioner = prepare_models["dwpose"], prepare_models["captioner"]
     out = tmp_path / "figures.json"
     assert module.main(["--insightface-root", pack_root, "--pack", PACK, "--provider", "CPU", "--dwpose", dwpose,
                         "--captioner", str(captioner), "--pretrained", "", "--model-config", "tiny",

@@ -16,17 +16,14 @@ from train.options import parse
 from train.prepare import main
 from train.shards import ShardReader
 from train.train import Trainer, train
-from train_fixtures import (PACK, SIZE, build_tiny_captioner, dwpose_fixtures, face_fixtures, prepare_args,
-                            train_args, write_photo_folder)
+from train_fixtures import PACK, SIZE, face_fixtures, prepare_args, train_args, write_photo_folder
 
 RES = 64
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {"dwpose": dwpose_fixtures().build_dwpose_folder(str(root / "dwpose")),
-            "captioner": build_tiny_captioner(root / "blip")}
+def models(prepare_models):
+    return prepare_models
 
 
 def full_args(inputs, output, pack_root, models, *extra):
