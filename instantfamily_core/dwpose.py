@@ -133,6 +133,26 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.concatenate([boxes[kept], scores[kept, None]], 1).reshape(-1, 5).astype(np.float32)
 
 
+BODY_WIDTH_FACES = 3.5  # a person box from a face box: 3.5 face widths wide,
+BODY_HEIGHT_FACES = 7.8  # from 0.3 face heights above the face to 7.5 below its top (an adult's proportions)
+
+
+def person_boxes_from_faces(face_boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, 4) face boxes (px) -> (N, 4) standing-person boxes clipped to the image: DWPose without its detector.
+
+    The person detector is most of DWPose's cost; when every person of interest has a detected face,
+    these boxes feed the pose model directly (people without a visible face then get no skeleton).
+    """
+    boxes = np.asarray(face_boxes, np.float32).reshape(-1, 4)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    top = boxes[:, 1] - 0.3 * h
+    out = np.stack([cx - BODY_WIDTH_FACES / 2 * w, top, cx + BODY_WIDTH_FACES / 2 * w, top + BODY_HEIGHT_FACES * h], 1)
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
+    return out
+
+
 def box_to_centre_scale(box: np.ndarray, aspect: float) -> tuple[np.ndarray, np.ndarray]:
     """Person box -> (centre (2,), scale (2,) w, h): enlarged by BOX_PADDING, widened to ``aspect`` (w / h)."""
     x1, y1, x2, y2 = (float(v) for v in box[:4])

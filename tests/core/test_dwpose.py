@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dwpose_fixtures import POSE_SIZE, build_dwpose_folder, export_standin_pose, standin_layout
-from instantfamily_core.dwpose import DWPoseEstimator, box_to_centre_scale, decode_yolox, to_openpose
+from instantfamily_core.dwpose import (DWPoseEstimator, box_to_centre_scale, decode_yolox, person_boxes_from_faces,
+                                      to_openpose)
 from instantfamily_core.pose import parse_pose_keypoint
 
 
@@ -80,3 +81,11 @@ def test_bad_files_are_named(tmp_path):
         DWPoseEstimator.from_folder(tmp_path / "missing")
     with pytest.raises(ValueError, match="anchors"):
         decode_yolox(np.zeros((1, 10, 85), np.float32), (640, 640), 1.0)
+
+
+def test_person_boxes_from_faces_stand_below_the_face_and_stay_in_the_image():
+    boxes = person_boxes_from_faces(np.array([[100, 50, 140, 100], [0, 0, 20, 20]]), 400, 300)
+    x1, y1, x2, y2 = boxes[0]
+    assert (x1 + x2) / 2 == pytest.approx(120) and x2 - x1 == pytest.approx(3.5 * 40)
+    assert y1 == pytest.approx(50 - 0.3 * 50) and y2 == pytest.approx(300)  # the body runs out of the image
+    assert boxes[1].tolist() == pytest.approx([0, 0, 45, 150])

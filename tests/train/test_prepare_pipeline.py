@@ -151,3 +151,15 @@ def test_img2dataset_shard_goes_through_prepare_and_training(tmp_path, pack_root
     losses = train(parse(train_args(output, tmp_path / "run", "--max-steps", "1")))
     assert len(losses) == 1 and np.isfinite(losses[0])
     assert load_checkpoint(tmp_path / "run" / "instantfamily.safetensors").controlnet_state
+
+
+def test_pose_boxes_from_faces_skip_the_person_detector(tmp_path, pack_root, models):
+    photos = write_photo_folder(tmp_path / "p", names=("b_three",))
+    people = {}
+    for mode in ("detector", "faces"):
+        output = tmp_path / mode
+        assert main(prepare_args([photos], output, pack_root, PACK, "--dwpose", models["dwpose"],
+                                 "--pose-boxes", mode)) == 0
+        _, members = ShardReader(find_shards([str(output)])[0]).read(0)
+        people[mode] = len(json.loads(members["pose.json"])[0]["people"])
+    assert people == {"detector": 1, "faces": 3}  # the stand-in detector knows one person; three faces

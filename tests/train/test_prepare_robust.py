@@ -64,7 +64,7 @@ def test_multiid_faces_come_from_references_and_positions_from_the_group(tmp_pat
 class Exploding:
     """A pose estimator that fails on images with many bright pixels (stands for any per-image crash)."""
 
-    def __call__(self, rgb):
+    def __call__(self, rgb, boxes=None):
         if (rgb > 150).mean() > 0.01:
             raise RuntimeError("onnxruntime: out of memory")
         from instantfamily_core.dwpose import WholeBody
@@ -78,8 +78,8 @@ def test_a_failing_sample_is_counted_and_the_shard_finishes(tmp_path, pack_root,
     photos = write_photo_folder(tmp_path / "p", names=("a_two", "d_five", "c_one"))
     Image.fromarray(np.zeros((100, 300, 3), np.uint8)).save(photos / "small.png")
     original = prepare.PoseSource.__init__
-    monkeypatch.setattr(prepare.PoseSource, "__init__", lambda self, estimator=None, allow_missing=False:
-                        original(self, Exploding(), allow_missing))
+    monkeypatch.setattr(prepare.PoseSource, "__init__", lambda self, estimator=None, allow_missing=False, **kw:
+                        original(self, Exploding(), allow_missing, **kw))
     output = tmp_path / "out"
     assert main(prepare_args([photos], output, pack_root, PACK, "--min-side", "200", "--shard-size", "10")) == 0
     totals = json.loads((output / "manifest.json").read_text())["totals"]
