@@ -197,6 +197,7 @@ class DWPoseEstimator:
         self.pose_input = self.pose.get_inputs()[0]
         self.det_size = _static_hw(self.det_input, "detector")
         self.pose_size = _static_hw(self.pose_input, "pose model")
+        self.det_dtype, self.pose_dtype = _input_dtype(self.det_input), _input_dtype(self.pose_input)  # fp16 exports
         batch = self.pose_input.shape[0]
         self.pose_batch = batch if isinstance(batch, int) and batch > 0 else None  # None: any batch size
         logger.info("DWPose on %s: detector %s (%dx%d), pose %s (%dx%d)", self.providers[0], Path(detector).name,
@@ -214,7 +215,7 @@ class DWPoseEstimator:
     def people(self, rgb: np.ndarray) -> np.ndarray:
         """(N, 5) person boxes (source px) and scores."""
         canvas, ratio = letterbox(rgb, self.det_size)
-        batch = canvas.transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, H, W) 0-255
+        batch = canvas.transpose(2, 0, 1)[None].astype(self.det_dtype)  # (1, 3, H, W) 0-255
         raw = self.detector.run(None, {self.det_input.name: batch})[0]
         return decode_yolox(raw, self.det_size, ratio)
 
@@ -227,11 +228,11 @@ class DWPoseEstimator:
         aspect = self.pose_size[1] / self.pose_size[0]
         geometry = [box_to_centre_scale(box, aspect) for box in boxes]
         crops = np.stack([(crop_person(rgb, c, s, self.pose_size) - MEAN) / STD for c, s in geometry])
-        crops = crops.transpose(0, 3, 1, 2).astype(np.float32)  # (N, 3, h, w)
+        crops = crops.transpose(0, 3, 1, 2).astype(self.pose_dtype)  # (N, 3, h, w)
         step = self.pose_batch or len(crops)
         outputs = [self.pose.run(None, {self.pose_input.name: crops[i:i + step]}) for i in range(0, len(crops), step)]
-        simcc_x = np.concatenate([o[0] for o in outputs])  # (N, 133, Wx)
-        simcc_y = np.concatenate([o[1] for o in outputs])  # (N, 133, Wy)
+        simcc_x = np.concatenate([o[0] for o in outputs]).astype(np.float32)  # (N, 133, Wx)
+        simcc_y = np.concatenate([o[1] for o in outputs]).astype(np.float32)  # (N, 133, Wy)
         decoded = [decode_simcc(simcc_x[i], simcc_y[i], *geometry[i], self.pose_size) for i in range(len(boxes))]
         points = np.stack([d[0] for d in decoded])
         scores = np.stack([d[1] for d in decoded])
@@ -253,6 +254,10 @@ def _session(path, providers):
     from .faces.providers import session_options
 
     return onnxruntime.InferenceSession(str(path), sess_options=session_options(), providers=providers)
+
+
+def _input_dtype(node) -> type:
+    return np.float16 if node.type == "tensor(float16)" else np.float32
 
 
 def _static_hw(node, what: str) -> tuple[int, int]:

@@ -73,8 +73,11 @@ def standin_layout() -> np.ndarray:
     return points
 
 
-def export_standin_pose(path: str, layout: np.ndarray | None = None, peak: float = 0.9) -> str:
-    """SimCC outputs peaking at ``layout`` (133, 2) model-input pixels (two bins per pixel)."""
+def export_standin_pose(path: str, layout: np.ndarray | None = None, peak: float = 0.9, half: bool = False) -> str:
+    """SimCC outputs peaking at ``layout`` (133, 2) model-input pixels (two bins per pixel).
+
+    half: float16 input and outputs, as in fp16 exports of the pose model.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     layout = standin_layout() if layout is None else np.asarray(layout, np.float32)
@@ -83,16 +86,19 @@ def export_standin_pose(path: str, layout: np.ndarray | None = None, peak: float
     for k, (x, y) in enumerate(layout):
         simcc["x"][0, k, int(round(2 * x))] = peak
         simcc["y"][0, k, int(round(2 * y))] = peak
-    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+    kind = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    nodes = [helper.make_node("Cast", ["input"], ["input32"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["input32"], ["mean"], keepdims=0),
              helper.make_node("Mul", ["mean", "zero"], ["nothing"])]
     for axis in ("x", "y"):
-        nodes.append(helper.make_node("Add", [f"base_{axis}", "nothing"], [f"simcc_{axis}"]))
+        nodes.append(helper.make_node("Add", [f"base_{axis}", "nothing"], [f"sum_{axis}"]))
+        nodes.append(helper.make_node("Cast", [f"sum_{axis}"], [f"simcc_{axis}"], to=kind))
     inits = [numpy_helper.from_array(simcc["x"], "base_x"), numpy_helper.from_array(simcc["y"], "base_y"),
              numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
     graph = helper.make_graph(nodes, "rtmpose_standin",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, h, w])],
-                              [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 2 * w]),
-                               helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 2 * h])], inits)
+                              [helper.make_tensor_value_info("input", kind, [1, 3, h, w])],
+                              [helper.make_tensor_value_info("simcc_x", kind, [1, 133, 2 * w]),
+                               helper.make_tensor_value_info("simcc_y", kind, [1, 133, 2 * h])], inits)
     return _save(graph, path)
 
 
