@@ -27,7 +27,6 @@ import argparse
 import io
 import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -42,6 +41,7 @@ from .ingest import Item, Job, plan_jobs
 from .manifest import shard_name, stats_path, write_manifest
 from .sample_format import encode_faces, encode_pose
 from .shards import ShardWriter
+from .workers import pin_gpu, rank_and_world
 
 logger = logging.getLogger("prepare")
 STAGES = ("decode", "detect", "pose", "recognize", "caption", "latents", "write")
@@ -358,38 +358,6 @@ def _json_boxes(path: Path) -> np.ndarray:
         return np.asarray(json.loads(path.read_text()).get("bboxes") or [], np.float32).reshape(-1, 4)
     except (OSError, ValueError, AttributeError):
         return np.zeros((0, 4), np.float32)
-
-
-# --- processes ----------------------------------------------------------------------------------
-def rank_and_world(rank: int = -1, world: int = -1, env=None) -> tuple[int, int, int]:
-    """(rank, world size, local rank): the flags, else torchrun/accelerate, else SLURM (tasks and arrays)."""
-    env = os.environ if env is None else env
-    local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
-    if rank >= 0 or world > 0:
-        if not (0 <= rank < world):
-            raise ValueError(f"--rank {rank} --world-size {world}: need 0 <= rank < world size (give both)")
-        return rank, world, local
-    if "WORLD_SIZE" in env:
-        return int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), local
-    task, tasks = int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_NTASKS", 1))
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-        return index * tasks + task, int(env["SLURM_ARRAY_TASK_COUNT"]) * tasks, local
-    return task, tasks, local
-
-
-def pin_gpu(local_rank: int, env=None) -> str | None:
-    """Make this process see only its local rank's GPU (torch cuda:0 and ONNX Runtime device 0 are then it).
-
-    Must run before CUDA is initialised. A scheduler that already gives each process one GPU is left alone.
-    """
-    env = os.environ if env is None else env
-    visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if len(visible) == 1:
-        return visible[0]
-    chosen = visible[local_rank % len(visible)] if visible else str(local_rank)
-    env["CUDA_VISIBLE_DEVICES"] = chosen
-    return chosen
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,7 +8,8 @@ import pytest
 
 from train.ingest import expand_braces, plan_jobs
 from train.manifest import find_shards
-from train.prepare import main, pin_gpu, rank_and_world
+from train.prepare import main
+from train.workers import pin_gpu, rank_and_world
 from train.shards import ShardReader
 from train_fixtures import PACK, prepare_args, write_img2dataset
 
