@@ -1,6 +1,6 @@
 """The bundled InstantFamily trainer (standalone: never imports ComfyUI).
 
-    python -m train.prepare   images/shards -> WebDataset shards with faces, pose, captions
+    python -m train.prepare   images/shards -> WebDataset shards with faces, pose, captions, latents
     python -m train.train     ControlNet + projector (+ UNet attn2 K/V) under `accelerate launch`
     python -m train.export    training checkpoint -> models/instantfamily/<name>.safetensors
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from instantfamily_core.identity import DetectedFace
+from instantfamily_core.pose import encode_pose_keypoint
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -46,12 +47,7 @@ def decode_faces(data: bytes) -> dict[str, np.ndarray]:
 
 def encode_pose(people: Sequence[np.ndarray], width: int, height: int) -> bytes:
     """POSE_KEYPOINT json of people given as (18, 3) arrays of normalised x, y, confidence."""
-    frame = {
-        "people": [{"pose_keypoints_2d": [float(v) for v in np.asarray(p, np.float64).reshape(-1)]} for p in people],
-        "canvas_width": int(width),
-        "canvas_height": int(height),
-    }
-    return json.dumps([frame]).encode()
+    return json.dumps(encode_pose_keypoint([np.asarray(p) for p in people], width, height)).encode()
 
 
 def image_member(members: dict[str, bytes]) -> tuple[str, bytes] | None:

@@ -25,6 +25,7 @@ from instantfamily_core.projector import Projector
 from . import state as ckpt
 from .data import ResumableBatchSampler, TrainDataset, collate, sample_rng
 from .ema import EMA
+from .latents import sample_latents
 from .manifest import find_shards
 from .models import build_controlnet, encode_text, load_base
 from .net import FaceInputs, InstantFamilyNet
@@ -208,11 +209,16 @@ class Trainer:
     def sample_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) per-sample MSE of the noise prediction and the (B,) timesteps they were drawn at."""
         acc, dtype = self.accelerator, self.weight_dtype
-        pixels = batch["pixel_values"].to(acc.device, dtype)
         with torch.no_grad():
-            latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+            if "latent_mean" in batch:  # cached by train.prepare --latent-resolution: no VAE pass
+                latents = sample_latents(batch["latent_mean"].to(acc.device, dtype),
+                                         batch["latent_std"].to(acc.device, dtype), self.vae.config.scaling_factor)
+            else:
+                pixels = batch["pixel_values"].to(acc.device, dtype)
+                latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
             text = encode_text(self.text_encoder, self.tokenizer, batch["captions"], acc.device)
-        noise = torch.randn_like(latents)
+        # Drawn in the standard layout: the same noise whatever memory format the VAE (or a cache) gave latents.
+        noise = torch.randn_like(latents, memory_format=torch.contiguous_format)
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
