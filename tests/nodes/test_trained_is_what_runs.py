@@ -7,6 +7,7 @@ import inspect
 import torch
 
 from comfy_host import REPO_ROOT
+from trained_models import comfy_model_from
 
 BOXES = [[0.0, 0, 30, 30], [20, 20, 64, 64], [40, 0, 64, 20]]  # overlapping regions included
 TIMESTEP = 700
@@ -17,24 +18,6 @@ def _tiny_trainer_net():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.tiny_net(seed=0), module.inputs(batch=1, seed=2)
-
-
-def comfy_model_from(unet, host):
-    """The trainer's base UNet as a ComfyUI MODEL (ldm naming, SD1.5 family)."""
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
-    from train.convert import ldm_unet_config, unet_to_ldm
-
-    config = ldm_unet_config(unet.config)
-    heads = config["num_heads"]
-    model_config = comfy.supported_models.SD15(config)  # (ComfyUI of 2024 edits ``config`` in place)
-    model_config.unet_config["num_heads"] = heads  # SD15 forces SD1.5's 8 heads; the tiny net has fewer
-    model = model_config.get_model({})
-    model.diffusion_model.load_state_dict(unet_to_ldm(unet.state_dict(), unet.config))
-    model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
 
 
 def test_exported_checkpoint_through_the_nodes_predicts_what_the_trainer_predicts(comfy_host):
@@ -72,7 +55,7 @@ def test_exported_checkpoint_through_the_nodes_predicts_what_the_trainer_predict
                            recognizer=loaded.config.recognizer)
     (stack,) = comfy_host.node_class("InstantFamilyBuildEmbeddingStack")().build(loaded, faces)
     face_masks = masks_mod.masks_from_boxes(torch.tensor(BOXES), (64, 64))
-    base = comfy_model_from(net.unet, comfy_host)
+    base = comfy_model_from(net.unet)
     conditioning = [[text, {}]]
     positive, _ = comfy_host.node_class("InstantFamilyPoseCircleControlNet")().apply(
         conditioning, conditioning, base, loaded, stack, face_masks, control.permute(0, 2, 3, 1), 1.0, 0.0, 1.0)

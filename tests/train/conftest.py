@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_fixtures import PACK, build_tiny_captioner, dwpose_fixtures, face_fixtures, prepare_args, write_raw_folder
+from train_fixtures import PACK, build_prepare_models, face_fixtures, prepare_args, write_raw_folder
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +45,4 @@ def prepared(raw_folder, pack_root, tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepare_models(tmp_path_factory) -> dict:
     """DWPose ONNX stand-ins and a tiny random BLIP captioner, for the prepare pipeline tests."""
-    root = tmp_path_factory.mktemp("prepare_models")
-    return {"dwpose": dwpose_fixtures().build_dwpose_folder(str(root / "dwpose")),
-            "captioner": build_tiny_captioner(root / "blip")}
+    return build_prepare_models(tmp_path_factory.mktemp("prepare_models"))

@@ -16,21 +16,15 @@ from train.options import parse
 from train.prepare import main
 from train.shards import ShardReader
 from train.train import Trainer, train
-from train_fixtures import PACK, SIZE, face_fixtures, prepare_args, train_args, write_photo_folder
+from train_fixtures import (LATENT_RESOLUTION, PACK, SIZE, face_fixtures, full_prepare_args, prepare_args, train_args,
+                            write_photo_folder)
 
-RES = 64
+RES = LATENT_RESOLUTION
 
 
 @pytest.fixture(scope="module")
 def models(prepare_models):
     return prepare_models
-
-
-def full_args(inputs, output, pack_root, models, *extra):
-    return prepare_args(inputs, output, pack_root, PACK, "--dwpose", models["dwpose"], "--captioner",
-                        str(models["captioner"]), "--caption-max-tokens", "6", "--pretrained", "",
-                        "--model-config", "tiny", "--latent-resolution", str(RES), "--latent-dtype", "float32",
-                        "--batch-size", "2", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,8 @@ def photos_prepared(tmp_path_factory, pack_root, models):
     wide = face_fixtures().disc_image((480, SIZE), centres=((160, 224), (480, 224)))
     Image.fromarray(wide).save(photos / "w_wide.png")  # 640x480: latents of 88x64 px, cropped in cells
     output = tmp_path_factory.mktemp("prepared_photos")
-    assert main([a for a in full_args([photos], output, pack_root, models) if a != "--allow-empty-captions"]) == 0
+    args = full_prepare_args([photos], output, pack_root, models)
+    assert main([a for a in args if a != "--allow-empty-captions"]) == 0
     return photos, output
 
 
@@ -144,7 +139,7 @@ def test_img2dataset_shard_goes_through_prepare_and_training(tmp_path, pack_root
     from train_fixtures import write_img2dataset
 
     output = tmp_path / "prepared"
-    assert main(full_args([write_img2dataset(tmp_path / "laion")], output, pack_root, models)) == 0
+    assert main(full_prepare_args([write_img2dataset(tmp_path / "laion")], output, pack_root, models)) == 0
     totals = json.loads((output / "manifest.json").read_text())["totals"]
     assert totals["samples"] == 4 and totals["captioned"] == 0  # img2dataset captions win over the captioner
     assert totals["calls"]["pose"] == 4 and totals["calls"]["latents"] == 4

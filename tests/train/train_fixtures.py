@@ -7,28 +7,22 @@ plus optional extra people without a face, and a caption for most images.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-CORE_TESTS = Path(__file__).resolve().parent.parent / "core"
 SIZE = 640
 PACK = "tinypack"
+LATENT_RESOLUTION = 64  # px of the latents prepare caches
 
 
 def core_fixtures(name: str):
-    """tests/core/<name>.py (tiny ONNX model builders), imported by path."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CORE_TESTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """tests/core/<name>.py (tiny ONNX model builders); tests/core is on pytest's pythonpath."""
+    return importlib.import_module(name)
 
 
 def face_fixtures():
@@ -119,6 +113,16 @@ def prepare_args(inputs: list[Path], output: Path, pack_root: str, pack: str, *e
             "--provider", "CPU", "--shard-size", "4", "--no-progress", "--allow-empty-captions", *extra]
 
 
+def full_prepare_args(inputs: list[Path], output: Path, pack_root: str, models: dict, *extra: str,
+                      pack: str = PACK) -> list[str]:
+    """prepare_args with every stage on: DWPose stand-ins, the tiny captioner, float32 latents (``models``:
+    ``build_prepare_models``)."""
+    return prepare_args(inputs, output, pack_root, pack, "--dwpose", models["dwpose"], "--captioner",
+                        str(models["captioner"]), "--caption-max-tokens", "6", "--pretrained", "",
+                        "--model-config", "tiny", "--latent-resolution", str(LATENT_RESOLUTION),
+                        "--latent-dtype", "float32", "--batch-size", "2", *extra)
+
+
 def train_args(data: Path, output: Path, *extra: str) -> list[str]:
     """CLI arguments of a tiny CPU training run (random-init tiny SD, 64 px, batch 2)."""
     return ["--data", str(data), "--output-dir", str(output), "--model-config", "tiny", "--resolution", "64",
@@ -160,6 +164,12 @@ def build_tiny_captioner(folder: Path) -> Path:
     BlipForConditionalGeneration(config).save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
     return folder
+
+
+def build_prepare_models(root: Path) -> dict:
+    """DWPose ONNX stand-ins and a tiny random BLIP captioner under ``root``, for the prepare pipeline."""
+    return {"dwpose": dwpose_fixtures().build_dwpose_folder(str(root / "dwpose")),
+            "captioner": build_tiny_captioner(root / "blip")}
 
 
 def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
