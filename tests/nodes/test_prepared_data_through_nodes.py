@@ -52,7 +52,9 @@ def trained(comfy_host, tmp_path_factory, one_thread):
     losses = trainer.run()
     shutil.copy(root / "run" / "instantfamily.safetensors", comfy_host.models_dir / "instantfamily" / CHECKPOINT)
     comfy_host.folder_paths.filename_list_cache.clear()
-    return {"prepared": root / "prepared", "photos": photos, "losses": losses, "opts": trainer.opts}
+    unet = trainer.accelerator.unwrap_model(trainer.net).unet  # frozen: the base the checkpoint was trained on
+    return {"prepared": root / "prepared", "photos": photos, "losses": losses, "unet": unet,
+            "text_encoder": trainer.text_encoder, "tokenizer": trainer.tokenizer}
 
 
 def photo_sample(prepared, name):
@@ -77,11 +79,12 @@ def test_both_sources_are_prepared_and_trained(trained):
 
 
 def test_exported_checkpoint_samples_through_the_nodes(comfy_host, trained):
-    from train.models import encode_text, load_base
+    from train.models import encode_text
     from train.sample_format import decode_faces
 
     node = comfy_host.node_class
     (instantfamily,) = node("InstantFamilyModelLoader")().load(CHECKPOINT)
+    assert instantfamily.controlnet_state and not instantfamily.unet_deltas  # UNet frozen: the trainer's is the base
     (analyzer,) = node("InstantFamilyLoadFaceAnalyzer")().load(PACK, "CPU", 640, 0.5)
     rgb = np.asarray(Image.open(trained["photos"] / f"{PHOTO}.png").convert("RGB"))
     image = torch.from_numpy(rgb.astype(np.float32) / 255.0)[None]  # (1, H, W, 3) IMAGE
@@ -108,10 +111,9 @@ def test_exported_checkpoint_samples_through_the_nodes(comfy_host, trained):
     (control_image,) = node("InstantFamilyPoseCircleImage")().draw(pose_keypoint=pose, face_masks=face_masks,
                                                                   instantfamily=instantfamily)
 
-    base_models = load_base("", "tiny", seed=trained["opts"].seed)  # the trainer's base: random init, its seed
-    base = comfy_model_from(base_models.unet)
+    base = comfy_model_from(trained["unet"])
     with torch.no_grad():
-        text = encode_text(base_models.text_encoder, base_models.tokenizer, [members["txt"].decode(), ""], "cpu")
+        text = encode_text(trained["text_encoder"], trained["tokenizer"], [members["txt"].decode(), ""], "cpu")
     positive, negative = [[text[:1], {}]], [[text[1:], {}]]
     latent = torch.zeros(1, 4, 8, 8)  # 64 px, the training resolution
     results = {}
