@@ -92,7 +92,8 @@ def test_exported_checkpoint_samples_through_the_nodes(comfy_host, trained):
 
     # the checkpoint's recognizer is the one the nodes analyse with, and gives the features it trained on
     trained_with, used = instantfamily.config.recognizer, faces.recognizer
-    assert trained_with.sha256 and (trained_with.sha256, trained_with.file_name) == (used.sha256, used.file_name)
+    assert trained_with.sha256 and trained_with.pack == PACK
+    assert (trained_with.sha256, trained_with.file_name) == (used.sha256, used.file_name)
     members = photo_sample(trained["prepared"], PHOTO)
     stored = decode_faces(members["faces.npz"])
     assert len(faces) == len(stored["boxes"]) == 2
@@ -117,11 +118,12 @@ def test_exported_checkpoint_samples_through_the_nodes(comfy_host, trained):
     positive, negative = [[text[:1], {}]], [[text[1:], {}]]
     latent = torch.zeros(1, 4, 8, 8)  # 64 px, the training resolution
     results = {}
-    for weight in (1.0, 0.0):
+    for weight, strength in ((1.0, 1.0), (0.0, 1.0), (1.0, 0.0)):
         (patched,) = node("InstantFamilyApply")().apply(base, instantfamily, stack, face_masks, weight, 0.0, 1.0,
                                                         "as trained", "both")
         pos, neg = node("InstantFamilyPoseCircleControlNet")().apply(
-            positive, negative, patched, instantfamily, stack, face_masks, control_image, 1.0, 0.0, 1.0)
-        results[weight] = comfy_host.sample(patched, pos, neg, latent, seed=3, steps=2)
+            positive, negative, patched, instantfamily, stack, face_masks, control_image, strength, 0.0, 1.0)
+        results[weight, strength] = comfy_host.sample(patched, pos, neg, latent, seed=3, steps=2)
     assert all(torch.isfinite(r).all() for r in results.values())
-    assert (results[1.0] - results[0.0]).abs().max() > 1e-4  # the faces take part in the result
+    assert (results[1.0, 1.0] - results[0.0, 1.0]).abs().max() > 1e-4  # the faces take part in the result
+    assert (results[1.0, 1.0] - results[1.0, 0.0]).abs().max() > 1e-4  # and so does the trained ControlNet
