@@ -35,9 +35,12 @@ TextAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.
 
 MODES = ("hard", "paper")
 
-# Cost of one region group's fixed work, in query-key pairs (measured roughly on CPU: gathers and
-# a kernel launch cost about as much as attending ~20k pairs).
-GROUP_OVERHEAD_PAIRS = 20_000
+# The kernel choice's cost model, in query-key pairs of the host's fused attention (measured on a
+# 2-core CPU, torch 2.14, SD1.5 widths, 256 px): a boolean-masked SDPA runs the unfused math
+# kernel, about 2.5x the cost per pair; one region group's fixed work (gathers, a kernel launch)
+# costs about as much as 5k pairs.
+DENSE_PAIR_COST = 2.5
+GROUP_OVERHEAD_PAIRS = 5_000
 
 
 def sdpa_attention(
@@ -98,7 +101,7 @@ class RegionPlan:
         cache_key = ("cheaper", text_len, tokens_per_face)
         if cache_key not in self._cache:
             queries = self.visibility.shape[2]
-            dense = queries * (text_len + self.num_faces * tokens_per_face)
+            dense = DENSE_PAIR_COST * queries * (text_len + self.num_faces * tokens_per_face)
             region = queries * text_len + sum(
                 int(index.numel()) * (text_len + len(faces) * tokens_per_face) + GROUP_OVERHEAD_PAIRS
                 for index, faces in self.groups()
@@ -247,12 +250,19 @@ def _rows_key_mask(plan, tokens_per_face, text_len, rows, batch, device) -> torc
 
 
 def _dense_hard_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention):
-    """Per-row regions: one SDPA with a boolean (or -inf / log w) mask over the whole stack."""
-    mask = _rows_key_mask(plan, tokens_per_face, text_len, rows, q.shape[0], q.device)
+    """One SDPA with a boolean (or -inf / log w) mask over the whole stack, on the face rows; the
+    other rows (uncond under CFG) get the text attention, as in the unpatched model."""
+    mask = plan.key_mask(text_len, tokens_per_face, q.device)  # (R, 1, Q, K)
+    if plan.shared:
+        mask = mask.expand(rows.numel(), -1, -1, -1)
     bias = _face_bias(weight, text_len, k.shape[1], q)
     if bias is not None:
         mask = torch.where(mask, bias, torch.tensor(float("-inf"), dtype=q.dtype, device=q.device))
-    return sdpa_attention(q, k, v, heads, mask)
+    if rows.numel() == q.shape[0]:
+        return sdpa_attention(q, k, v, heads, mask)
+    out = text_attention(q, k[:, :text_len], v[:, :text_len], heads)  # (B, Q, C)
+    face_out = sdpa_attention(q[rows], k[rows], v[rows], heads, mask)  # (Bf, Q, C)
+    return out.index_put((rows,), face_out.to(out.dtype))
 
 
 def _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention):
