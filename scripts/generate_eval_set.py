@@ -9,7 +9,7 @@ then score it with ``python -m train.evaluate --generated eval/generated ...`` (
 Protocol and the choices made here (the paper follows FastComposer's evaluation, whose multi-subject
 generation code is not public):
 
-* prompts and identities: the manifest's (``instantfamily_core/evaluation.py`` describes it). To
+* prompts and identities: the manifest's (``instantfamily_core/evaluation/fastcomposer.py`` describes it). To
   reproduce the paper's tables use FastComposer's evaluation subjects and prompt lists (its
   ``evaluation/single_object/data.py`` and ``evaluation/multi_object/data.py``); they are not
   bundled here. The first image (sorted) of ``references/<identity>/`` is the reference, as
@@ -52,7 +52,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # a standalone script: make the pack's engine importable
     sys.path.insert(0, REPO)
 
-from instantfamily_core.evaluation import Manifest, reference_files  # noqa: E402
+from instantfamily_core.evaluation.fastcomposer import Manifest, reference_files  # noqa: E402
 
 SUBFOLDER = "instantfamily_eval"
 

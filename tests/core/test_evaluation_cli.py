@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantfamily_core.evaluation import Manifest, evaluate_folder, summary_table
-from instantfamily_core.face_encoders import DlibEncoder
+from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table
+from instantfamily_core.evaluation.encoders import DlibEncoder
 
 from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
 

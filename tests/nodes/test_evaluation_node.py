@@ -87,7 +87,7 @@ def test_identity_report_runs_in_a_real_prompt(comfy_host, tiny_pack):
     # the same numbers as the core computes from the analyzer's own features (the tiny random
     # recognizer cannot tell textures apart, so face discrimination is tested with dlib below)
     faces_mod = comfy_host.pack_import("instantfamily_core.faces")
-    metrics = comfy_host.pack_import("instantfamily_core.metrics")
+    metrics = comfy_host.pack_import("instantfamily_core.evaluation.metrics")
     analyzer = faces_mod.load_face_analyzer([str(comfy_host.models_dir / "insightface")], "tinypack_eval", "CPU")
     refs = [f.global_feature for f in sorted(analyzer.analyze(disc_scene([0, 1])), key=lambda f: f.box[0])]
     for (identity, multi), patterns in zip(reported, ([1, 0], [0, 2], [0, None])):
@@ -110,7 +110,7 @@ def photo_faces(comfy_host):
     identities whose sources carry tight face crops of the astronaut and of Grace Hopper."""
     photos = _load_test_module("eval_fixtures")
     identity = comfy_host.pack_import("instantfamily_core.identity")
-    encoders = comfy_host.pack_import("instantfamily_core.face_encoders")
+    encoders = comfy_host.pack_import("instantfamily_core.evaluation.encoders")
     dlib = encoders.DlibEncoder()
     regions, identities = [], []
     for label, image in (("astronaut", photos.astronaut()), ("hopper", photos.grace_hopper())):

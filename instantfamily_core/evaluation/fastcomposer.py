@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .face_encoders import FaceEncoder, TextSimilarity
+from .encoders import FaceEncoder, TextSimilarity
 from .metrics import score_identities
 
 log = logging.getLogger("InstantFamily")
@@ -245,68 +245,3 @@ def write_report(report: EvaluationReport, out_dir: str) -> dict[str, str]:
     with open(paths["summary"], "w", encoding="utf-8") as f:
         f.write(summary_table(report))
     return paths
-
-
-# -- the node's report: generated images scored against the identities of a FACES value ---------------
-def identity_labels(faces) -> list[str]:
-    return [ident.label or f"ID {n + 1}" for n, ident in enumerate(faces.identities)]
-
-
-def references_from_faces(faces, encoder: FaceEncoder) -> np.ndarray:
-    """(N, d) reference embeddings of a ``Faces`` value under ``encoder``.
-
-    The pack's own recognizer uses the identities' global features as they are (what the model
-    was conditioned on); any other encoder embeds the aligned crops the identities came from.
-    """
-    if len(faces) == 0:
-        raise ValueError("FACES holds no identity to evaluate against")
-    analyzer_info = getattr(getattr(encoder, "analyzer", None), "info", None)
-    if encoder.name == "insightface" and analyzer_info is not None:
-        same = not faces.recognizer.sha256 or not analyzer_info.sha256 or faces.recognizer.sha256 == analyzer_info.sha256
-        if same:
-            return faces.global_features()
-    refs = []
-    for n, ident in enumerate(faces.identities):
-        crops = [s.crop for s in ident.sources if getattr(s, "crop", None) is not None]
-        if not crops:
-            raise ValueError(f"identity {n + 1} ('{identity_labels(faces)[n]}') carries no face crop to embed with "
-                             f"the {encoder.name} encoder: build FACES with Load Faces, or use the insightface encoder")
-        e = np.stack([encoder.embed_crop(c) for c in crops])  # (K, d)
-        e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
-        refs.append(e.mean(0))
-    return np.stack(refs)
-
-
-def identity_report(encoder: FaceEncoder, faces, images: list[np.ndarray], clamp: bool = True):
-    """Score each generated image against ``faces``: (report text, one heatmap per image, scores)."""
-    from .heatmap import render_confusion
-
-    labels = identity_labels(faces)
-    refs = references_from_faces(faces, encoder)
-    n = len(labels)
-    lines = [f"InstantFamily identity report: encoder {encoder.name}, {n} identities, {len(images)} images"
-             + ("" if clamp else " (similarities not clamped)")]
-    all_scores, heatmaps = [], []
-    for b, image in enumerate(images):
-        found = encoder.encode(image)
-        gens = np.stack([f.embedding for f in found]) if found else np.zeros((0, refs.shape[1]))
-        s = score_identities(refs, gens, clamp=clamp)
-        all_scores.append(s)
-        head = f"image {b}: {len(found)} faces found, {s.num_missing} missing | identity {s.identity:.3f}"
-        if s.multi_sim is not None:
-            head += f" | mixing {s.mixing:.3f} | MultiSim {s.multi_sim:.3f}"
-        lines.append(head)
-        for i, label in enumerate(labels):
-            j = int(s.assignment[i])
-            where = "no face" if j < 0 else f"face at x={int(found[j].box[0])}..{int(found[j].box[2])}"
-            lines.append(f"  {label}: {s.matched[i]:.3f} ({where})")
-        title = f"image {b}: identity confusion ({encoder.name})"
-        heatmaps.append(render_confusion(s.confusion, [f"ref {x}" for x in labels], [f"gen {x}" for x in labels],
-                                         title=title))
-    if len(images) > 1:
-        ident = np.array([s.identity for s in all_scores])
-        lines.append(f"mean identity {ident.mean():.3f} ± {ident.std():.3f}")
-        if n > 1:
-            ms = np.array([s.multi_sim for s in all_scores])
-            lines.append(f"mean MultiSim {ms.mean():.3f} ± {ms.std():.3f}")
-    return "\n".join(lines), heatmaps, all_scores
