@@ -56,6 +56,7 @@ class ImageReport:
     identity: IdentityScores
     slots: SlotScores
     face_boxes: np.ndarray  # (M, 4) px
+    embeddings: np.ndarray  # (M, d) the generated faces
     by_position: bool  # slots come from the ID regions (False: from the Hungarian matching)
 
 
@@ -76,7 +77,7 @@ def score_image(encoder: FaceEncoder, refs: np.ndarray, image: np.ndarray, face_
         face_slots = np.full(len(found), -1, np.int64)
         present = identity.assignment >= 0
         face_slots[identity.assignment[present]] = np.flatnonzero(present)
-    return ImageReport(identity, score_slots(refs, gens, face_slots), boxes, face_masks is not None)
+    return ImageReport(identity, score_slots(refs, gens, face_slots), boxes, gens, face_masks is not None)
 
 
 def slot_boxes_px(report: ImageReport, image_size: tuple[int, int], region_boxes=None) -> list[np.ndarray | None]:
