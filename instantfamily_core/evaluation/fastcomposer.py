@@ -11,7 +11,9 @@ Layout (FastComposer's: identities x prompts x instances/seeds)::
 
 Case c of the manifest is ``subject_{c:04d}``; its prompt p is ``prompt_{p:04d}``. A case with one
 identity is scored with SingleSim (the paper's Table 1), several with MultiSim (Table 2, eq. 11
-generalised, see ``metrics``). TextSim needs a local CLIP folder and is skipped without one.
+generalised, see ``metrics``); count accuracy and ID-Conf as ``field_metrics`` defines them. TextSim
+needs a local CLIP folder and is skipped without one. Nothing here knows where each person was meant
+to stand; ``benchmark`` (FastComposer layout) generates and scores by position.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .encoders import FaceEncoder, TextSimilarity
+from .field_metrics import id_conf
 from .metrics import score_identities
 
 log = logging.getLogger("InstantFamily")
@@ -138,11 +141,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     for key in order:
         rs = groups[key]
         entry = {"num_ids": key, "images": len(rs)}
-        for metric in ("identity", "multi_sim", "mixing", "text_sim"):
+        for metric in ("identity", "multi_sim", "mixing", "text_sim", "id_conf"):
             mean, std, n = _mean_std(r[metric] for r in rs)
             entry[metric] = {"mean": mean, "std": std, "n": n}
         refs = sum(r["num_ids"] for r in rs)
         entry["missing_face_rate"] = sum(r["num_missing"] for r in rs) / refs if refs else None
+        entry["count_accuracy"] = sum(r["count_ok"] for r in rs) / len(rs) if rs else None
         out.append(entry)
     return out
 
@@ -187,6 +191,7 @@ def evaluate_folder(manifest: Manifest, references_dir: str, generated_dir: str,
             "identities": "|".join(case.identities), "prompt": case.prompts[p],
             "num_ids": len(case.identities), "num_faces": len(faces), "num_missing": scores.num_missing,
             "identity": scores.identity, "multi_sim": scores.multi_sim, "mixing": scores.mixing, "text_sim": text,
+            "count_ok": len(faces) == len(case.identities), "id_conf": float(id_conf(refs, gens).mean()),
             "matched": [float(v) for v in scores.matched],
         })
         confusions.setdefault(c, []).append(scores.confusion)
@@ -212,12 +217,14 @@ def _fmt(stat: dict) -> str:
 
 def summary_table(report: EvaluationReport) -> str:
     """A plain-text table in the paper's style (mean ± std)."""
-    header = ["IDs", "images", "SingleSim/identity", "MultiSim", "mixing", "missing faces", "TextSim"]
+    header = ["IDs", "images", "SingleSim/identity", "MultiSim", "mixing", "missing faces", "count accuracy",
+              "ID-Conf", "TextSim"]
     lines = []
     for s in report.summary:
         missing = "-" if s["missing_face_rate"] is None else f"{100 * s['missing_face_rate']:.1f}%"
+        count = "-" if s["count_accuracy"] is None else f"{100 * s['count_accuracy']:.1f}%"
         lines.append([s["num_ids"], str(s["images"]), _fmt(s["identity"]), _fmt(s["multi_sim"]), _fmt(s["mixing"]),
-                      missing, _fmt(s["text_sim"])])
+                      missing, count, _fmt(s["id_conf"]), _fmt(s["text_sim"])])
     widths = [max(len(h), *(len(r[k]) for r in lines)) for k, h in enumerate(header)]
     fmt = lambda row: "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
     title = f"encoder: {report.settings['encoder']}  (identity clamped at 0: {report.settings['clamp']})"
@@ -225,7 +232,7 @@ def summary_table(report: EvaluationReport) -> str:
 
 
 CSV_COLUMNS = ("case", "prompt_index", "instance", "file", "identities", "num_ids", "num_faces", "num_missing",
-               "identity", "multi_sim", "mixing", "text_sim", "matched", "prompt")
+               "identity", "multi_sim", "mixing", "text_sim", "count_ok", "id_conf", "matched", "prompt")
 
 
 def write_report(report: EvaluationReport, out_dir: str) -> dict[str, str]:
