@@ -53,7 +53,12 @@ from instantfamily_core.evaluation.comfy_client import (  # noqa: E402
     png_bytes,
 )
 from instantfamily_core.evaluation.fastcomposer import Manifest, reference_files  # noqa: E402
-from instantfamily_core.evaluation.graph import build_prompt, side_by_side_layout  # noqa: E402
+from instantfamily_core.evaluation.graph import (  # noqa: E402
+    add_generation_options,
+    build_prompt,
+    settings_from_args,
+    side_by_side_layout,
+)
 
 __all__ = ["SUBFOLDER", "build_prompt", "mask_frames_bytes", "side_by_side_layout"]  # used by the tests
 
@@ -64,19 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--manifest", required=True)
     p.add_argument("--references", required=True)
     p.add_argument("--out", required=True, help="folder for subject_XXXX_prompt_XXXX_instance_XXXX.png")
-    p.add_argument("--checkpoint", required=True, help="SD1.5 checkpoint name in ComfyUI's models/checkpoints")
-    p.add_argument("--instantfamily", required=True, help="file name in ComfyUI's models/instantfamily")
-    p.add_argument("--insightface-pack", default="antelopev2")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--scheduler", default="ddim_uniform")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--negative", default="")
-    p.add_argument("--weight", type=float, default=1.0)
-    p.add_argument("--controlnet-strength", type=float, default=1.0)
+    add_generation_options(p)
     p.add_argument("--skip-existing", action="store_true")
     return p.parse_args(argv)
 
@@ -87,6 +80,7 @@ def main(argv=None) -> int:
     from instantfamily_core.control_image import draw_skeletons
 
     args = parse_args(argv)
+    settings = settings_from_args(args)
     manifest = Manifest.load(args.manifest)
     manifest.seeds = [args.seed + i for i in range(manifest.instances)]
     os.makedirs(args.out, exist_ok=True)
@@ -112,7 +106,7 @@ def main(argv=None) -> int:
             pose = client.upload(f"pose_{n}.png", png_bytes(draw_skeletons(list(bodies), (args.height, args.width))))
             layouts[n] = (client.upload(f"masks_{n}.tiff", mask_frames_bytes(masks)), pose)
         mask_file, pose = layouts[n]
-        prompt = build_prompt(args, [uploaded_refs[x] for x in case.identities], mask_file, pose,
+        prompt = build_prompt(settings, [uploaded_refs[x] for x in case.identities], mask_file, pose,
                               case.prompts[p], manifest.seeds[i], stem)
         images = client.wait_for_images(client.queue(prompt), "save")
         if len(images) != 1:

@@ -21,7 +21,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from .fastcomposer import IMAGE_EXTENSIONS, Manifest, reference_files
+from .fastcomposer import Manifest, reference_files
+from .fastcomposer import find_generated as find_image
 
 log = logging.getLogger("InstantFamily")
 
@@ -49,14 +50,6 @@ class BenchSet:
     root: str
     samples: list[BenchSample]
     skipped: list[dict]  # {"sample": key, "reason": ...}
-
-
-def find_image(folder: str, stem: str) -> str | None:
-    for ext in IMAGE_EXTENSIONS:
-        path = os.path.join(folder, stem + ext)
-        if os.path.isfile(path):
-            return path
-    return None
 
 
 def read_multiid(root: str) -> BenchSet:

@@ -35,7 +35,7 @@ from .comfy_client import ComfyClient, mask_frames_bytes, png_bytes
 from .encoders import ENCODERS, FaceEncoder, make_encoder
 from .fastcomposer import load_image
 from .field_metrics import field_scores, plain_mean, their_mean
-from .graph import GenerationSettings, build_prompt, side_by_side_layout
+from .graph import GenerationSettings, add_generation_options, build_prompt, settings_from_args, side_by_side_layout
 from .metrics import cosine_matrix, match_faces
 from .report import draw_verdicts, score_image
 
@@ -271,20 +271,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for the outputs (resumable)")
     p.add_argument("--evaluate-only", action="store_true", help="score <data>/<sample>/out.* instead of generating")
     p.add_argument("--server", default="http://127.0.0.1:8188", help="a running ComfyUI with this pack")
-    p.add_argument("--checkpoint", help="SD1.5 checkpoint in ComfyUI's models/checkpoints")
-    p.add_argument("--toy-base", help="the built-in demo's toy base model instead of --checkpoint")
-    p.add_argument("--instantfamily", help="InstantFamily file in ComfyUI's models/instantfamily")
-    p.add_argument("--insightface-pack", default="antelopev2", help="the pack Load Faces uses in ComfyUI")
+    add_generation_options(p)
     p.add_argument("--encoder", choices=ENCODERS, default="dlib", help="the face encoder that scores the outputs")
     p.add_argument("--insightface-root", help="--encoder insightface: the folder holding models/<pack>/")
     p.add_argument("--facenet-weights", help="--encoder facenet: InceptionResnetV1 VGGFace2 .safetensors")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--scheduler", default="ddim_uniform")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
     p.add_argument("--limit", type=int, help="only the first N samples")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one image")
     p.add_argument("--no-progress", action="store_true")
@@ -318,11 +308,7 @@ def main(argv=None) -> int:
         bench = read_multiid(args.data)
     settings = client = None
     if not args.evaluate_only:
-        if not args.instantfamily:
-            raise SystemExit("generation needs --instantfamily (a file in ComfyUI's models/instantfamily)")
-        settings = GenerationSettings(args.instantfamily, args.checkpoint, args.toy_base, args.insightface_pack,
-                                      steps=args.steps, cfg=args.cfg, sampler=args.sampler, scheduler=args.scheduler,
-                                      width=args.width, height=args.height)
+        settings = settings_from_args(args)
         client = ComfyClient(args.server, timeout=args.timeout)
     result = run(bench, build_encoder(args), args.out, client, settings, seed=args.seed,
                  evaluate_only=args.evaluate_only, limit=args.limit, progress=not args.no_progress)

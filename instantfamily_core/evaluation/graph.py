@@ -46,6 +46,37 @@ class GenerationSettings:
                              "base (--toy-base)")
 
 
+def add_generation_options(parser) -> None:
+    """The generation graph's command-line options (one definition for every CLI that generates)."""
+    p = parser
+    p.add_argument("--checkpoint", help="SD1.5 checkpoint in ComfyUI's models/checkpoints")
+    p.add_argument("--toy-base", help="the built-in demo's toy base model instead of --checkpoint")
+    p.add_argument("--instantfamily", help="InstantFamily file in ComfyUI's models/instantfamily")
+    p.add_argument("--insightface-pack", default="antelopev2", help="the pack Load Faces uses in ComfyUI")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--scheduler", default="ddim_uniform")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--negative", default="")
+    p.add_argument("--weight", type=float, default=1.0)
+    p.add_argument("--controlnet-strength", type=float, default=1.0)
+
+
+def settings_from_args(args) -> GenerationSettings:
+    """``GenerationSettings`` from ``add_generation_options``' parsed options; SystemExit naming what is missing."""
+    if not args.instantfamily:
+        raise SystemExit("generation needs --instantfamily (a file in ComfyUI's models/instantfamily)")
+    try:
+        return GenerationSettings(args.instantfamily, args.checkpoint, args.toy_base, args.insightface_pack,
+                                  args.negative, args.steps, args.cfg, args.sampler, args.scheduler, args.width,
+                                  args.height, args.weight, args.controlnet_strength)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
 def side_by_side_layout(n: int, width: int = 512, height: int = 512, margin: float = 0.25):
     """N standing people: (bodies (N, 18, 3) normalised, face masks (N, H, W) uint8 0/255)."""
     head = min(0.55 / n, 0.12)  # head height as a fraction of the image width
