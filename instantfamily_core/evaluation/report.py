@@ -106,7 +106,8 @@ def verdict_labels(slots: SlotScores, labels: list[str]) -> list[str]:
 
 
 def draw_verdicts(image: np.ndarray, report: ImageReport, labels: list[str], region_boxes=None) -> np.ndarray:
-    """The image with each slot's box in its slot colour and its verdict (the pack's one preview drawing)."""
+    """The image with each slot's box in its slot colour and its verdict, extra faces in grey (the
+    pack's one preview drawing)."""
     from ..faces.preview import draw_preview
 
     boxes = slot_boxes_px(report, image.shape[:2], region_boxes)
@@ -114,7 +115,9 @@ def draw_verdicts(image: np.ndarray, report: ImageReport, labels: list[str], reg
     marks = [_Box(b) for b in boxes if b is not None]
     slot_of = {id(m): n for m, n in zip(marks, [n for n, b in enumerate(boxes) if b is not None])}
     text_of = {id(m): texts[slot_of[id(m)]] for m in marks}
-    return draw_preview(image, marks, slot_of, labels=text_of)
+    in_slots = set(report.slots.face_of_slot.tolist())
+    extras = [_Box(b) for f, b in enumerate(report.face_boxes) if f not in in_slots]
+    return draw_preview(image, marks + extras, slot_of, labels=text_of)
 
 
 class _Box:
