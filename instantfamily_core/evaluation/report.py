@@ -71,13 +71,19 @@ def score_image(encoder: FaceEncoder, refs: np.ndarray, image: np.ndarray, face_
         if len(face_masks) != len(refs):
             raise ValueError(f"face_masks hold {len(face_masks)} regions but FACES has {len(refs)} identities: "
                              "connect the Face Mask node that was built for these faces")
-        face_slots = faces_in_slots(boxes, image.shape[:2], np.asarray(face_masks.masks, np.float64),
-                                    np.asarray(face_masks.centres, np.float64))
+        face_slots = faces_in_slots(boxes, image.shape[:2], _numpy(face_masks.masks), _numpy(face_masks.centres))
     else:  # slot n = the face the Hungarian matching gave to identity n
         face_slots = np.full(len(found), -1, np.int64)
         present = identity.assignment >= 0
         face_slots[identity.assignment[present]] = np.flatnonzero(present)
     return ImageReport(identity, score_slots(refs, gens, face_slots), boxes, gens, face_masks is not None)
+
+
+def _numpy(values) -> np.ndarray:
+    """A torch tensor (any device) or array as float64 numpy."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, np.float64)
 
 
 def slot_boxes_px(report: ImageReport, image_size: tuple[int, int], region_boxes=None) -> list[np.ndarray | None]:
