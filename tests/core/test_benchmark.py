@@ -129,7 +129,8 @@ def test_a_ground_truth_with_too_few_faces_skips_the_sample_with_its_reason(tmp_
                            progress=False)
     assert [r["sample"] for r in result["samples"]] == ["fine"]
     (skip,) = result["skipped"]
-    assert skip["sample"] == "short" and "shows 1 faces to the colour-squares encoder for 2 references" in skip["reason"]
+    assert skip["sample"] == "short"
+    assert "shows 1 faces to the colour-squares encoder for 2 references" in skip["reason"]
 
 
 def test_generation_needs_a_client_and_settings(bench_dir, tmp_path):
