@@ -138,3 +138,25 @@ def test_generation_needs_a_client_and_settings(bench_dir, tmp_path):
         benchmark.run(read_multiid(str(bench_dir)), ColourEncoder(), str(tmp_path), progress=False)
     with pytest.raises(ValueError, match="exactly one base model"):
         benchmark.GenerationSettings("x.safetensors")
+
+
+def test_fastcomposer_layout_reads_the_manifest_and_places_people_side_by_side(tmp_path):
+    from instantfamily_core.evaluation.bench_data import read_fastcomposer
+
+    for who in ("R", "G"):
+        (tmp_path / "refs" / who).mkdir(parents=True)
+        Image.fromarray(scene([who], 40, 40)).save(tmp_path / "refs" / who / "0.png")
+    manifest = {"instances": 2, "cases": [{"identities": ["R", "G"], "prompts": ["two people", "a painting"]},
+                                          {"identities": ["G"], "prompts": ["one person"]}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    bench = read_fastcomposer(str(tmp_path / "manifest.json"), str(tmp_path / "refs"))
+    assert [s.key for s in bench.samples][:2] == ["subject_0000_prompt_0000_instance_0000",
+                                                  "subject_0000_prompt_0000_instance_0001"]
+    assert len(bench.samples) == 6 and [s.seed_offset for s in bench.samples[:2]] == [0, 1]
+    assert bench.samples[0].labels == ["R", "G"] and bench.samples[-1].num_ids == 1
+    refs, targets, face_masks, bodies = benchmark.place(ColourEncoder(), bench.samples[0], (64, 128))
+    assert targets is None and bodies.shape == (2, 18, 3)
+    centres = face_masks.centres.numpy()
+    assert centres[0, 0] < 0.5 < centres[1, 0]  # slot 0 on the left, slot 1 on the right
+    nose = (bodies[:, 0, :2] * [128, 64]).astype(int)  # each region holds its person's nose
+    assert all(face_masks.masks[k, y, x] == 1 for k, (x, y) in enumerate(nose))
