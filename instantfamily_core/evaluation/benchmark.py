@@ -247,6 +247,9 @@ def run(bench: BenchSet, encoder: FaceEncoder, out: str, client=None, settings: 
             report = report or score_image(encoder, refs, image, face_masks)
             drawn = draw_verdicts(image, report, sample.labels, slot_boxes(face_masks))
             tiles.append((f"{sample.key} N={sample.num_ids} slots {record['slot_accuracy']:.2f}", drawn))
+    if not records:
+        raise ValueError(f"no sample of {bench.root} could be scored; the first reasons: "
+                         + "; ".join(f"{s['sample']}: {s['reason']}" for s in skipped[:3]))
     summary = summarise(records)
     result = {"settings": {"layout": bench.layout, "data": bench.root, "encoder": encoder.name, "seed": seed,
                            "evaluate_only": evaluate_only, "samples": len(records), "skipped": len(skipped),
@@ -293,7 +296,13 @@ def build_encoder(args) -> FaceEncoder:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        return _main(parse_args(argv))
+    except (ValueError, RuntimeError) as e:  # bad input or an unreachable server: the message says what to do
+        raise SystemExit(f"error: {e}") from None
+
+
+def _main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.layout == "fastcomposer":
         if not (args.manifest and args.references):

@@ -29,8 +29,14 @@ class ComfyClient:
 
     def _request(self, path: str, data: bytes | None = None, headers: dict | None = None):
         req = urllib.request.Request(self.server + path, data=data, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return resp.read()
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.read()
+        except urllib.error.HTTPError:
+            raise
+        except (urllib.error.URLError, ConnectionError) as e:
+            raise RuntimeError(f"cannot reach ComfyUI at {self.server} ({e}): start it with this pack installed, "
+                               "or pass its address with --server") from e
 
     def upload(self, name: str, data: bytes) -> str:
         boundary = uuid.uuid4().hex

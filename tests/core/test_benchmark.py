@@ -160,3 +160,16 @@ def test_fastcomposer_layout_reads_the_manifest_and_places_people_side_by_side(t
     assert centres[0, 0] < 0.5 < centres[1, 0]  # slot 0 on the left, slot 1 on the right
     nose = (bodies[:, 0, :2] * [128, 64]).astype(int)  # each region holds its person's nose
     assert all(face_masks.masks[k, y, x] == 1 for k, (x, y) in enumerate(nose))
+
+
+def test_unusable_sets_and_unreachable_servers_say_what_to_do(tmp_path):
+    from instantfamily_core.evaluation.comfy_client import ComfyClient
+
+    root = tmp_path / "bench"
+    root.mkdir()
+    write_sample(root, "short", ["G", "R"], ["R", None], ["R", "G"])
+    with pytest.raises(ValueError, match="no sample .* could be scored; the first reasons: short: .*shows 1 faces"):
+        benchmark.run(read_multiid(str(root)), ColourEncoder(), str(tmp_path / "out"), evaluate_only=True,
+                      progress=False)
+    with pytest.raises(RuntimeError, match="cannot reach ComfyUI at http://127.0.0.1:9 .*--server"):
+        ComfyClient("http://127.0.0.1:9").queue({})
