@@ -134,7 +134,7 @@ def time_interleaved(args) -> dict:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
-    return {str(name): statistics.median(t) for name, t in times.items()}
+    return {str(name): t for name, t in times.items()}
 
 
 def _vm_hwm_mb() -> float:
@@ -184,16 +184,24 @@ def main() -> None:
 
     print(f"SD1.5-shaped UNet, random init, CPU x{args.threads}, {args.size} px, batch 2 (cond+uncond), "
           f"mode={args.mode}, kernel={args.kernel}, median of {args.repeats} interleaved rounds")
-    medians = time_interleaved(args)
-    base = medians["0"]
-    print(f"{'IDs':>4} {'s/forward':>10} {'ratio':>7}")
-    for n in [0, *args.ids]:
-        print(f"{n:>4} {medians[str(n)]:>10.3f} {medians[str(n)] / base:>7.3f}")
-    results = {"seconds": medians, "ratios": {str(n): medians[str(n)] / base for n in args.ids}}
+    times = time_interleaved(args)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+
+    def round_ratios(name, baseline):  # per round: drift within a round hits both alike
+        return [a / b for a, b in zip(times[name], times[baseline])]
+
+    print(f"{'IDs':>4} {'s/forward':>10} {'ratio (median of rounds, min-max)':>36}")
+    print(f"{0:>4} {medians['0']:>10.3f} {1.0:>10.3f}")
+    ratios = {}
+    for n in args.ids:
+        r = ratios[str(n)] = round_ratios(str(n), "0")
+        print(f"{n:>4} {medians[str(n)]:>10.3f} {statistics.median(r):>10.3f} ({min(r):.3f}-{max(r):.3f})")
+    results = {"seconds": times, "ratios": {n: statistics.median(r) for n, r in ratios.items()}, "round_ratios": ratios}
     if args.controlnet:
-        ratio = medians["cn4"] / medians["cn0"]
-        print(f"ControlNet+UNet: plain {medians['cn0']:.3f} s, 4 IDs {medians['cn4']:.3f} s, ratio {ratio:.3f}")
-        results["controlnet_ratio"] = ratio
+        r = round_ratios("cn4", "cn0")
+        print(f"ControlNet+UNet: plain {medians['cn0']:.3f} s, 4 IDs {medians['cn4']:.3f} s, ratio "
+              f"{statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})")
+        results["controlnet_ratio"] = statistics.median(r)
 
     def memory(ids: int) -> float:
         config = {"ids": ids, "controlnet": False}

@@ -9,7 +9,6 @@ holds the InstantFamilyConfig as JSON. Only safetensors is ever read: no unpickl
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -143,21 +142,3 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         unet_deltas=groups["unet."],
         path=str(path),
     )
-
-
-def read_config(path: str | os.PathLike) -> InstantFamilyConfig:
-    """Only the config, without loading tensors (for listings and quick checks)."""
-    from safetensors import safe_open
-
-    _reject_non_safetensors(Path(path))
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if METADATA_KEY not in metadata:
-        raise CheckpointError(f"{path}: metadata has no '{METADATA_KEY}' entry")
-    return InstantFamilyConfig.from_json(metadata[METADATA_KEY])
-
-
-def config_summary(config: InstantFamilyConfig) -> str:
-    """One line for logs: what the checkpoint expects."""
-    return json.dumps({"d_K": config.d_K, "L": config.L, "mask_mode": config.mask_mode,
-                       "recognizer": config.recognizer.file_name or "?", "steps": config.training_steps})

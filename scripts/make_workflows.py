@@ -213,8 +213,10 @@ def evaluation_identity_report():
     g = Graph()
     analyzer, instantfamily = common_top(g, (
         "Generate a batch, then measure identity with InstantFamily Identity Report.\n\nThe report (shown on the "
-        "node) gives each ID's similarity to its best-matching generated face, mixing between IDs and MultiSim; "
-        "the heatmap is the references x generated faces similarity matrix. encoder: 'insightface (analyzer)' "
+        "node) judges each ID in the place Face Mask gave it: similarity and a verdict (OK / swapped / duplicate / "
+        "wrong / missing, also drawn on the images), slot accuracy, swaps, mixing and MultiSim; the heatmap is "
+        "the references x slots similarity matrix. Re-roll the seed when a face is wrong. "
+        "encoder: 'insightface (analyzer)' "
         "works with this pack's requirements; 'dlib' (pip install dlib-bin face_recognition_models) is an "
         "independent judge; 'facenet' is the paper's metric."))
     a = load_image(g, (C[0], 0), "person_a.png", "ID photo: person A")
@@ -229,8 +231,10 @@ def evaluation_identity_report():
     g.link(decode["IMAGE"], report, "images")
     g.link(faces["faces"], report, "faces")
     g.link(analyzer["analyzer"], report, "analyzer")
+    g.link(mask["face_masks"], report, "face_masks")
     heatmap = preview(g, (C[5] + 380, 340), report["confusion_matrix"], "Identity confusion matrix")
-    g.group("4 · Evaluate", [report, heatmap], "#b58b2a")
+    verdicts = preview(g, (C[5] + 380, 640), report["verdicts"], "Verdict per ID, drawn on the images")
+    g.group("4 · Evaluate", [report, heatmap, verdicts], "#b58b2a")
     return g
 
 
@@ -243,7 +247,7 @@ WORKFLOWS = {
     "seven_people": (seven_people, "Seven people (paper Fig. 8)", "beyond the trained four"),
     "several_photos_per_person": (several_photos_per_person, "Several photos per person", "averaged IDs"),
     "evaluation_identity_report": (evaluation_identity_report, "Generate + Identity Report",
-                                   "SingleSim / mixing / MultiSim"),
+                                   "right person, right place?"),
 }
 
 

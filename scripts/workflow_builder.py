@@ -53,8 +53,9 @@ SOCKETS = {
          ("face_masks", "INSTANTFAMILY_FACE_MASKS")],
         [("MODEL", "MODEL")]),
     "InstantFamilyIdentityReport": (
-        [("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES"), ("analyzer", "INSTANTFAMILY_ANALYZER")],
-        [("report", "STRING"), ("confusion_matrix", "IMAGE")]),
+        [("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES"), ("analyzer", "INSTANTFAMILY_ANALYZER"),
+         ("face_masks", "INSTANTFAMILY_FACE_MASKS")],
+        [("report", "STRING"), ("confusion_matrix", "IMAGE"), ("verdicts", "IMAGE")]),
 }
 
 NODE_WIDTH = 320

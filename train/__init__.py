@@ -5,9 +5,6 @@
     python -m train.export    training checkpoint -> models/instantfamily/<name>.safetensors
 
 Everything runs offline: base weights come from a local SD1.5 folder or single file, configs from
-train/configs/.
+train/configs/, and every Hugging Face load passes ``local_files_only=True``. Importing ``train``
+changes no environment variable (the demo nodes import the toy world inside ComfyUI's process).
 """
-
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"

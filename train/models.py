@@ -7,13 +7,10 @@ Configs come from ``train/configs/<name>/`` (shipped with the pack: ``sd15`` for
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ identity score of its images.
 
 The conditional row gets the caption and the faces; the unconditional row gets the empty caption
 and no faces (text-only attention), both with the same control image -- as ComfyUI samples it.
-The score is the pack's identity similarity (``instantfamily_core.metrics.score_identities``, the
+The score is the pack's identity similarity (``instantfamily_core.evaluation.metrics.score_identities``, the
 metric of the Identity Report node) of the faces the pack's analyzer finds in each image against
 the global features the image was conditioned on.
 """
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from instantfamily_core.config import InstantFamilyConfig
-from instantfamily_core.metrics import IdentityScores, score_identities
+from instantfamily_core.evaluation.metrics import IdentityScores, score_identities
 
 from .models import encode_text
 from .net import FaceInputs, InstantFamilyNet
@@ -64,7 +64,7 @@ def to_uint8(tensor: torch.Tensor, low: float) -> np.ndarray:
 
 def load_identity_encoder(root: str, pack: str, config: InstantFamilyConfig):
     """The pack's face analyzer as an encoder; it must be the recognizer the training features came from."""
-    from instantfamily_core.face_encoders import InsightfaceEncoder
+    from instantfamily_core.evaluation.encoders import InsightfaceEncoder
     from instantfamily_core.faces import load_face_analyzer
 
     pack = pack or config.recognizer.pack

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantfamily_core.face_encoders import (
+from instantfamily_core.evaluation.encoders import (
     FACENET_WEIGHTS,
     DlibEncoder,
     FacenetEncoder,
@@ -14,7 +14,7 @@ from instantfamily_core.face_encoders import (
     as_rgb_uint8,
     make_encoder,
 )
-from instantfamily_core.metrics import score_identities, single_sim
+from instantfamily_core.evaluation.metrics import score_identities, single_sim
 
 from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
 

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from instantfamily_core import metrics
-from instantfamily_core.metrics import (
+from instantfamily_core.evaluation import metrics
+from instantfamily_core.evaluation.metrics import (
     cosine_matrix,
     match_faces,
     multi_sim,
@@ -203,7 +203,7 @@ def test_as_dict_is_json_ready():
 
 
 def test_confusion_heatmap_draws_values_missing_cells_and_labels():
-    from instantfamily_core.heatmap import _MISSING, colour, render_confusion
+    from instantfamily_core.evaluation.heatmap import _MISSING, colour, render_confusion
 
     m = np.array([[1.0, 0.2], [np.nan, 0.6]])
     img = render_confusion(m, ["ref A", "ref B"], ["gen A", "gen B"], title="t")

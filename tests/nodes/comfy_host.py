@@ -138,7 +138,9 @@ class ComfyHost:
         self._isolate_folders()
         custom_nodes = session_dir / "custom_nodes"
         custom_nodes.mkdir(exist_ok=True)
+        self.environ_before_pack = dict(os.environ)  # the pack must leave the process environment alone
         self.pack = self._load_pack(REPO_ROOT, custom_nodes / PACK_DIR_NAME)
+        self.environ_after_pack = dict(os.environ)
         self.fixtures = self._load_pack(FIXTURE_PACK, custom_nodes / FIXTURE_DIR_NAME)
 
     # -- start-up -------------------------------------------------------------------------

@@ -36,7 +36,9 @@ DOCUMENTED = {
     "InstantFamilyPoseCircleControlNet": (["positive", "negative", "model", "instantfamily", "stack", "face_masks",
                                            "control_image", "strength", "start_percent", "end_percent"], [],
                                           ["CONDITIONING", "CONDITIONING"]),
-    "InstantFamilyIdentityReport": (["images", "faces", "encoder", "clamp"], ["analyzer"], ["STRING", "IMAGE"]),
+    # new inputs/outputs only at the end: saved workflows keep loading
+    "InstantFamilyIdentityReport": (["images", "faces", "encoder", "clamp"], ["analyzer", "face_masks"],
+                                    ["STRING", "IMAGE", "IMAGE"]),
 }
 BATCH = {"evaluation_identity_report": 2}  # images per prompt after use_test_models (max_batch=2)
 
@@ -137,6 +139,7 @@ def test_example_workflow_runs_through_the_server(server, object_info, name):
     if name == "evaluation_identity_report":
         (report,) = outputs[node_id(prompt, "InstantFamilyIdentityReport")]["text"]
         assert report.startswith("InstantFamily identity report") and "2 identities, 2 images" in report
+        assert "slots by position (face_masks)" in report and "slots: accuracy" in report
 
 
 CROSS_TALK_FACES = 6

@@ -192,3 +192,4 @@ def test_workflow_runs_on_this_host(world, name):
     if name == "evaluation_identity_report":
         report = outputs[node_id(prompt, "InstantFamilyIdentityReport")][0]
         assert report.startswith("InstantFamily identity report") and "2 identities, 1 images" in report
+        assert "slots by position (face_masks)" in report and "slots: accuracy" in report
