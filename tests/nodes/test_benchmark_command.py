@@ -3,7 +3,6 @@ generation through the pack's real graph on the built-in toy model (nodes@2025: 
 server over HTTP, the command's own ``main``; nodes@2024: the same run through the in-process
 executor), scoring with the pack's analyzer, the outputs, and a resumed second run."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -45,10 +44,8 @@ def write_bench(root):
 
 def build_pack(models_dir):
     """The toy detector beside the toy model's own recognizer (so the toy checkpoint accepts the faces)."""
-    path = REPO_ROOT / "tests" / "core" / "face_fixtures.py"  # (issue 19 turns this into a named import)
-    spec = importlib.util.spec_from_file_location("bench_face_fixtures", path)
-    fixtures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fixtures)
+    import face_fixtures as fixtures  # tests/core is on pytest's pythonpath (pyproject.toml)
+
     folder = models_dir / "insightface" / "models" / PACK
     folder.mkdir(parents=True, exist_ok=True)
     fixtures.export_toy_detector(str(folder / "det_toy.onnx"))

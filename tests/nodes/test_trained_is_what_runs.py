@@ -1,12 +1,9 @@
 """What is trained is what runs: the trainer's UNet + ControlNet (diffusers) and its exported
 checkpoint loaded through the pack's nodes on a real ComfyUI give the same noise prediction."""
 
-import importlib.util
 import inspect
 
 import torch
-
-from comfy_host import REPO_ROOT
 from trained_models import comfy_model_from
 
 BOXES = [[0.0, 0, 30, 30], [20, 20, 64, 64], [40, 0, 64, 20]]  # overlapping regions included
@@ -14,10 +11,9 @@ TIMESTEP = 700
 
 
 def _tiny_trainer_net():
-    spec = importlib.util.spec_from_file_location("if_train_test_net", REPO_ROOT / "tests" / "train" / "test_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tiny_net(seed=0), module.inputs(batch=1, seed=2)
+    from net_fixtures import inputs, tiny_net  # tests/train is on pytest's pythonpath (pyproject.toml)
+
+    return tiny_net(seed=0), inputs(batch=1, seed=2)
 
 
 def test_exported_checkpoint_through_the_nodes_predicts_what_the_trainer_predicts(comfy_host):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_fixtures import train_args
 
 from instantfamily_core.checkpoint import load_checkpoint
 from train.convert import UNET_PREFIX, controlnet_from_ldm, ldm_controlnet_kwargs, unet_from_ldm
@@ -21,7 +22,6 @@ from train.models import load_base
 from train.net import FaceInputs
 from train.options import parse
 from train.train import Trainer, train
-from train_fixtures import train_args
 
 REPO = Path(__file__).resolve().parents[2]
 # EMA, UNet K/V training and gradient accumulation on: all of their state must survive a resume.
@@ -93,7 +93,7 @@ def test_resume_continues_exactly_and_export_runs_what_was_trained(prepared, tmp
 
     trainer_net = Trainer(parse(train_args(prepared, straight, "--max-steps", "6", *FULL, "--resume", "latest"))).net
     rebuilt = net_from_export(tmp_path / "raw.safetensors", base)
-    from test_net import faces_for, inputs  # noqa: E402
+    from net_fixtures import faces_for, inputs
 
     latents, t, text, control = inputs()
     faces = faces_for([[[0, 0, 30, 30], [20, 20, 64, 64], [40, 0, 64, 20]], [[10, 10, 50, 50]]], exported.config)
