@@ -208,7 +208,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--size", str(args.size), "--threads", str(args.threads),
                "--mode", args.mode, "--kernel", args.kernel, "--one", json.dumps(config)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(f"memory run {config} failed:\n{out.stderr[-3000:]}")
         return json.loads(line[len("RESULT "):])

@@ -232,7 +232,8 @@ def install_patch(model, patch) -> list[tuple[str, int]]:
     layers = cross_attention_layers(model.model.diffusion_model)
     for (block, index), modules in layers.items():
         _install_at(model, "attn2", block, index, len(modules),
-                    lambda indices, previous: CrossAttentionReplace(patch, {t: modules[t] for t in indices}, previous))
+                    lambda indices, previous, modules=modules: CrossAttentionReplace(
+                        patch, {t: modules[t] for t in indices}, previous))
         if patch.settings.isolate_self_attention:
             _install_at(model, "attn1", block, index, len(modules),
                         lambda indices, previous: SelfAttentionReplace(patch, previous))

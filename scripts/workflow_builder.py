@@ -135,7 +135,7 @@ class Graph:
 
     def execution_order(self) -> dict[int, int]:
         """Node id -> position in a topological order (what the frontend stores as ``order``)."""
-        parents = {n.id: {self.links[l - 1][1] for l in n.in_links.values()} for n in self.nodes}
+        parents = {n.id: {self.links[link - 1][1] for link in n.in_links.values()} for n in self.nodes}
         order, done = {}, set()
         while len(done) < len(self.nodes):
             ready = [n.id for n in self.nodes if n.id not in done and parents[n.id] <= done]

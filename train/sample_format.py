@@ -21,14 +21,14 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 def encode_faces(faces: Sequence[DetectedFace], image_size: tuple[int, int], dtype=np.float16) -> bytes:
     n = len(faces)
-    g = np.stack([f.global_feature for f in faces]) if n else np.zeros((0, 512), np.float32)
-    l = np.stack([f.local_feature for f in faces]) if n else np.zeros((0, 512, 7, 7), np.float32)
+    globals_ = np.stack([f.global_feature for f in faces]) if n else np.zeros((0, 512), np.float32)
+    locals_ = np.stack([f.local_feature for f in faces]) if n else np.zeros((0, 512, 7, 7), np.float32)
     arrays = {
         "boxes": np.array([f.box for f in faces], np.float32).reshape(n, 4),
         "keypoints": np.array([f.keypoints for f in faces], np.float32).reshape(n, 5, 2),
         "scores": np.array([f.score for f in faces], np.float32).reshape(n),
-        "global_features": g.astype(dtype),
-        "local_features": l.astype(dtype),
+        "global_features": globals_.astype(dtype),
+        "local_features": locals_.astype(dtype),
         "image_size": np.array(image_size, np.int64),
     }
     buffer = io.BytesIO()

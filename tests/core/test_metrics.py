@@ -91,7 +91,7 @@ def test_hungarian_beats_greedy_and_equals_brute_force():
         sim = rng.normal(size=(n, m))
         a = match_faces(sim)
         b = metrics._match_brute_force(sim)
-        total = lambda x: sum(sim[i, j] for i, j in enumerate(x) if j >= 0)  # noqa: E731
+        total = lambda x, sim=sim: sum(sim[i, j] for i, j in enumerate(x) if j >= 0)  # noqa: E731
         assert total(a) == pytest.approx(total(b))
         assert (a >= 0).sum() == min(n, m)
         assert len(set(a[a >= 0])) == (a >= 0).sum()  # one-to-one

@@ -164,7 +164,7 @@ class ComfyHost:
         new_models = str(self.models_dir)
         for sub in MODEL_SUBDIRS:
             (self.models_dir / sub).mkdir(parents=True, exist_ok=True)
-        for name, entry in fp.folder_names_and_paths.items():
+        for entry in fp.folder_names_and_paths.values():
             paths = entry[0]
             for i, p in enumerate(paths):
                 if os.path.normpath(p).startswith(old_models + os.sep):

@@ -129,7 +129,7 @@ def test_controlnet_cross_attention_sees_the_faces_in_every_layer(comfy_host, pa
     unet_keys = pack.unet_keys.cross_attention_keys(base.model.diffusion_model)
     assert expected_keys == {k for k in unet_keys if k[0] != "output"}  # SD1.5: input 1,2,4,5,7,8 + middle 0
     called = {}
-    for replace, q, k, v, options, out in recorded:
+    for _, q, k, v, options, out in recorded:
         layer = (tuple(options["block"]), options.get("block_index", 0))
         called[layer] = called.get(layer, 0) + 1
         assert k.shape[1] == 77  # the context; the faces' K/V come from the layer itself
@@ -158,7 +158,7 @@ def test_hard_mode_controlnet_attention_changes_only_inside_face_n(comfy_host, p
         rows = pack.comfy_patch.face_rows_from_options(options, q.shape[0])
         rows = torch.ones(q.shape[0], dtype=torch.bool) if rows is None else rows
 
-        def attend(fk, fv):
+        def attend(fk, fv, q=q, k=k, v=v, options=options, latent=latent, rows=rows):
             k_all = torch.cat([k, fk.expand(q.shape[0], -1, -1)], dim=1)
             v_all = torch.cat([v, fv.expand(q.shape[0], -1, -1)], dim=1)
             return patch.face_attention(q, k_all, v_all, options["n_heads"], latent_size=latent, face_rows=rows,

@@ -226,7 +226,7 @@ def test_paper_mode_leak_is_measured(comfy_host, pack, instantfamily, base, cond
         outside_all = ~visibility.any(dim=0)
         text_only = pack.engine.host_attention(q, k[:, :77], v[:, :77], 1, options)
         out = patch.face_attention(q, k, v, 1, latent_size=(8, 12),
-                                   text_attention=lambda a, b, c, h: pack.engine.host_attention(a, b, c, h, options))
+                                   text_attention=lambda a, b, c, h, o=options: pack.engine.host_attention(a, b, c, h, o))
         leaks[mode] = (out - text_only)[:, outside_all].abs().mean().item()
     print(f"\nmean |output - text-only| outside every face region: hard {leaks['hard']:.2e}, paper {leaks['paper']:.2e}")
     assert leaks["hard"] < 1e-6 < leaks["paper"]

@@ -155,7 +155,7 @@ def test_the_pack_leaves_the_process_environment_alone(comfy_host):
 
     assert comfy_host.environ_after_pack == comfy_host.environ_before_pack
     before = dict(os.environ)
-    for name, cls in comfy_host.pack.NODE_CLASS_MAPPINGS.items():
+    for cls in comfy_host.pack.NODE_CLASS_MAPPINGS.values():
         cls.INPUT_TYPES()
     changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
     assert not changed, f"listing the nodes' inputs changed {sorted(changed)}"

@@ -106,7 +106,7 @@ def test_widgets_sockets_and_links_match_the_node_definitions(comfy_host, name):
     for link_id, origin, slot, target, tslot, type_ in workflow["links"]:
         assert nodes[origin]["outputs"][slot]["type"] == type_ == nodes[target]["inputs"][tslot]["type"]
         assert link_id in nodes[origin]["outputs"][slot]["links"] and nodes[target]["inputs"][tslot]["link"] == link_id
-    assert workflow["last_link_id"] == max(l[0] for l in workflow["links"])
+    assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
     assert workflow["last_node_id"] == max(nodes)
 
 
