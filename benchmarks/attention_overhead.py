@@ -58,7 +58,7 @@ def _patched_step(host, base, n, args, control_state=None):
     if n > 0:
         stack = stack_mod.EmbeddingStack(torch.randn(n, 50, 768, generator=gen))
         masks = masks_mod.masks_from_boxes(torch.tensor(face_boxes(n, args.size)), (args.size, args.size))
-        patch = patch_mod.InstantFamilyAttentionPatch(stack, masks, engine.host_attention, mode=args.mode)
+        patch = patch_mod.FacePatch(patch_mod.FaceSettings(stack, masks, mode=args.mode), engine.host_attention)
         patch.face_attention.kernel = args.kernel
         model = base.clone()
         engine.install_patch(model, patch)
@@ -91,17 +91,22 @@ def _patched_step(host, base, n, args, control_state=None):
     return step
 
 
-def _start(args):
+def start_host(threads: int):
+    """A real ComfyUI host (the test harness's driver) and a full-size SD1.5-shaped UNet, random init."""
     sys.path.insert(0, str(REPO / "tests" / "nodes"))
     import comfy_host
     import torch
 
     host = comfy_host.start_host(Path(tempfile.mkdtemp(prefix="if-bench-")))
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     return host, host.tiny_sd15_model(seed=0, **SD15)
 
 
-def _controlnet_state(host, base):
+def _start(args):
+    return start_host(args.threads)
+
+
+def controlnet_state(host, base):
     import comfy.cldm.cldm
     import comfy.ops
 
@@ -117,7 +122,7 @@ def time_interleaved(args) -> dict:
     for n in args.ids:
         steps[n] = _patched_step(host, base, n, args)
     if args.controlnet:
-        state = _controlnet_state(host, base)
+        state = controlnet_state(host, base)
         steps["cn0"] = _patched_step(host, base, 0, args, state)
         steps["cn4"] = _patched_step(host, base, 4, args, state)
     for step in steps.values():
@@ -129,7 +134,7 @@ def time_interleaved(args) -> dict:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
-    return {str(name): statistics.median(t) for name, t in times.items()}
+    return {str(name): t for name, t in times.items()}
 
 
 def _vm_hwm_mb() -> float:
@@ -146,7 +151,7 @@ def peak_memory(args) -> float:
     (Linux: write 5 to /proc/self/clear_refs) after the warm-up and read after two forwards.
     """
     host, base = _start(args)
-    state = _controlnet_state(host, base) if args.controlnet else None
+    state = controlnet_state(host, base) if args.controlnet else None
     step = _patched_step(host, base, args.ids, args, state)
     step()
     try:
@@ -179,23 +184,31 @@ def main() -> None:
 
     print(f"SD1.5-shaped UNet, random init, CPU x{args.threads}, {args.size} px, batch 2 (cond+uncond), "
           f"mode={args.mode}, kernel={args.kernel}, median of {args.repeats} interleaved rounds")
-    medians = time_interleaved(args)
-    base = medians["0"]
-    print(f"{'IDs':>4} {'s/forward':>10} {'ratio':>7}")
-    for n in [0, *args.ids]:
-        print(f"{n:>4} {medians[str(n)]:>10.3f} {medians[str(n)] / base:>7.3f}")
-    results = {"seconds": medians, "ratios": {str(n): medians[str(n)] / base for n in args.ids}}
+    times = time_interleaved(args)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+
+    def round_ratios(name, baseline):  # per round: drift within a round hits both alike
+        return [a / b for a, b in zip(times[name], times[baseline])]
+
+    print(f"{'IDs':>4} {'s/forward':>10} {'ratio (median of rounds, min-max)':>36}")
+    print(f"{0:>4} {medians['0']:>10.3f} {1.0:>10.3f}")
+    ratios = {}
+    for n in args.ids:
+        r = ratios[str(n)] = round_ratios(str(n), "0")
+        print(f"{n:>4} {medians[str(n)]:>10.3f} {statistics.median(r):>10.3f} ({min(r):.3f}-{max(r):.3f})")
+    results = {"seconds": times, "ratios": {n: statistics.median(r) for n, r in ratios.items()}, "round_ratios": ratios}
     if args.controlnet:
-        ratio = medians["cn4"] / medians["cn0"]
-        print(f"ControlNet+UNet: plain {medians['cn0']:.3f} s, 4 IDs {medians['cn4']:.3f} s, ratio {ratio:.3f}")
-        results["controlnet_ratio"] = ratio
+        r = round_ratios("cn4", "cn0")
+        print(f"ControlNet+UNet: plain {medians['cn0']:.3f} s, 4 IDs {medians['cn4']:.3f} s, ratio "
+              f"{statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})")
+        results["controlnet_ratio"] = statistics.median(r)
 
     def memory(ids: int) -> float:
         config = {"ids": ids, "controlnet": False}
         cmd = [sys.executable, __file__, "--size", str(args.size), "--threads", str(args.threads),
                "--mode", args.mode, "--kernel", args.kernel, "--one", json.dumps(config)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(f"memory run {config} failed:\n{out.stderr[-3000:]}")
         return json.loads(line[len("RESULT "):])

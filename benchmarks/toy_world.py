@@ -5,9 +5,11 @@
     python benchmarks/toy_world.py --variants hard paper nomask --seeds 0 1 --per-count 8
     python benchmarks/toy_world.py --merge a/toy_world.json b/toy_world.json --out c   # seeds run apart
 
-For N = 1..8 identities (trained with at most 4) on held-out identities (never seen by the encoder, the generator or the
-judge): per-region identity similarity (judge cosine, region n vs identity n), MultiSim (N-ID
-form), mixing rate (regions whose best match in the stack is another identity), background
+For N = 1..8 identities (trained with at most 4) on held-out identities (never seen by the encoder,
+the generator or the judge): per-region identity similarity (judge cosine, region n vs identity n), MultiSim (N-ID
+form), mixing rate (regions whose best match in the stack is another identity), slot accuracy
+(regions whose best match is their own identity) and swapped pairs per image (two regions that
+each look most like the other's identity; ``instantfamily_core.evaluation.positions``), background
 accuracy (generated background has the caption's colour). Ablations, each trained the same way
 by the real trainer: hard mask, paper-literal mask, no mask (every face visible everywhere), and
 attn1 isolation (inference-time switch on the hard model). Reference rows: the oracle (the real
@@ -40,7 +42,7 @@ if str(REPO) not in sys.path:
 
 logger = logging.getLogger("toy_world")
 COUNTS = (1, 2, 3, 4, 5, 6, 7, 8)  # trained with at most 4 IDs per image (toy_world.toml max_faces)
-METRICS = ("similarity", "multisim", "mixing", "background_ok")
+METRICS = ("similarity", "multisim", "mixing", "slot_accuracy", "swaps", "background_ok")
 
 
 def _mean(values) -> float | None:
@@ -57,7 +59,7 @@ def summarise(records: list[dict]) -> dict:
     for n in sorted({r["n"] for r in records}):
         out[n] = {}
         for metric in METRICS:
-            per_seed = [_mean(r[metric] for r in records if r["n"] == n and r["seed"] == s)
+            per_seed = [_mean(r.get(metric) for r in records if r["n"] == n and r["seed"] == s)
                         for s in sorted({r["seed"] for r in records})]
             per_seed = [v for v in per_seed if v is not None]
             out[n][metric] = None if not per_seed else (float(np.mean(per_seed)), float(np.std(per_seed)))
@@ -128,11 +130,13 @@ def format_table(summary: dict) -> str:
         mean, std = value
         return f"{mean:.{digits}f}±{std:.{digits}f}" if std else f"{mean:.{digits}f}"
 
-    lines = ["| row | N | similarity | MultiSim | mixing | background |", "|---|---|---|---|---|---|"]
+    lines = ["| row | N | similarity | MultiSim | mixing | slot accuracy | swapped pairs per image | background |",
+             "|---|---|---|---|---|---|---|---|"]
     for row, per_n in summary.items():
         for n, metrics in per_n.items():
             lines.append(f"| {row} | {n} | {cell(metrics['similarity'])} | {cell(metrics['multisim'])} | "
-                         f"{cell(metrics['mixing'], 2)} | {cell(metrics['background_ok'], 2)} |")
+                         f"{cell(metrics['mixing'], 2)} | {cell(metrics.get('slot_accuracy'), 2)} | "
+                         f"{cell(metrics.get('swaps'), 2)} | {cell(metrics['background_ok'], 2)} |")
     return "\n".join(lines)
 
 

@@ -24,21 +24,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .masks import FaceMasks, latent_grid, masks_on_grid
+from .masks import FaceMasks, crop_to_latent, latent_grid, masks_on_grid
+from .region_plan import RegionPlan
 
 # (q, k, v, heads) -> out, all in the merged-head layout (B, L, heads * d).
 TextAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 MODES = ("hard", "paper")
-
-# Cost of one region group's fixed work, in query-key pairs (measured roughly on CPU: gathers and
-# a kernel launch cost about as much as attending ~20k pairs).
-GROUP_OVERHEAD_PAIRS = 20_000
-
 
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None = None
@@ -49,98 +46,6 @@ def sdpa_attention(
     q, k, v = (t.reshape(batch, -1, heads, d).transpose(1, 2) for t in (q, k, v))  # (B, H, L, d)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).reshape(batch, -1, inner)
-
-
-class RegionPlan:
-    """Which queries of one attention grid see which faces, precomputed once per grid.
-
-    visibility: (R, N, Q) bool. R == 1: shared by every face-seeing row; else one per row.
-    """
-
-    def __init__(self, visibility: torch.Tensor):
-        if visibility.dim() != 3:
-            raise ValueError(f"visibility must be (R, N, Q), got shape {tuple(visibility.shape)}")
-        self.visibility = visibility.bool()
-        self._groups: list[tuple[torch.Tensor, list[int]]] | None = None
-        self._cache: dict = {}
-
-    @property
-    def num_faces(self) -> int:
-        return int(self.visibility.shape[1])
-
-    @property
-    def shared(self) -> bool:
-        return self.visibility.shape[0] == 1
-
-    def groups(self) -> list[tuple[torch.Tensor, list[int]]]:
-        """Queries grouped by the set of faces they see: [(query_index (Qg,), face ids)].
-
-        The group of queries that see no face is left out: they attend to the text only.
-        """
-        if self._groups is None:
-            per_query = self.visibility[0].T  # (Q, N)
-            face_sets, inverse = torch.unique(per_query, dim=0, return_inverse=True)
-            self._groups = [
-                ((inverse == g).nonzero().squeeze(1), face_set.nonzero().squeeze(1).tolist())
-                for g, face_set in enumerate(face_sets)
-                if face_set.any()
-            ]
-        return self._groups
-
-    def region_is_cheaper(self, text_len: int, tokens_per_face: int) -> bool:
-        """Whether the region-sparse kernel beats one dense masked SDPA on this grid.
-
-        Both are exact; the choice is cost only. Counted in query-key pairs: dense attends every
-        query to the whole stack; region-sparse attends every query to the text, each group's
-        queries to [text ; its faces], plus a fixed per-group overhead (gathers, a kernel launch)
-        that dominates on coarse grids covered by many regions.
-        """
-        cache_key = ("cheaper", text_len, tokens_per_face)
-        if cache_key not in self._cache:
-            queries = self.visibility.shape[2]
-            dense = queries * (text_len + self.num_faces * tokens_per_face)
-            region = queries * text_len + sum(
-                int(index.numel()) * (text_len + len(faces) * tokens_per_face) + GROUP_OVERHEAD_PAIRS
-                for index, faces in self.groups()
-            )
-            self._cache[cache_key] = region < dense
-        return self._cache[cache_key]
-
-    def key_groups(self, text_len: int, tokens_per_face: int, device: torch.device):
-        """For each query group: (query_index, key_index) on ``device``; cached."""
-        cache_key = ("groups", text_len, tokens_per_face, str(device))
-        if cache_key not in self._cache:
-            text = torch.arange(text_len)
-            entries = []
-            for query_index, faces in self.groups():
-                face_keys = [text_len + n * tokens_per_face + torch.arange(tokens_per_face) for n in faces]
-                key_index = torch.cat([text, *face_keys])
-                entries.append((query_index.to(device), key_index.to(device), len(faces)))
-            self._cache[cache_key] = entries
-        return self._cache[cache_key]
-
-    def isolation_mask(self, device: torch.device) -> torch.Tensor:
-        """(R, 1, Q, Q) bool for self-attention: False where query i and key j lie in regions of
-        different faces and share none (attn1 isolation, DESIGN "Beyond the paper")."""
-        cache_key = ("isolation", str(device))
-        if cache_key not in self._cache:
-            member = self.visibility.float()  # (R, N, Q)
-            share_a_face = (member.transpose(1, 2) @ member) > 0  # (R, Q, Q)
-            in_a_region = self.visibility.any(dim=1)  # (R, Q)
-            blocked = in_a_region[:, :, None] & in_a_region[:, None, :] & ~share_a_face
-            self._cache[cache_key] = (~blocked)[:, None].to(device)
-        return self._cache[cache_key]
-
-    def key_mask(self, text_len: int, tokens_per_face: int, device: torch.device) -> torch.Tensor:
-        """(R, 1, Q, text_len + N*T) bool: True where a query may see a key."""
-        cache_key = ("mask", text_len, tokens_per_face, str(device))
-        if cache_key not in self._cache:
-            rows, _, queries = self.visibility.shape
-            visibility = self.visibility.to(device)  # build the large mask where it is used
-            faces = visibility.transpose(1, 2).repeat_interleave(tokens_per_face, dim=2)  # (R, Q, N*T)
-            text = torch.ones(rows, queries, text_len, dtype=torch.bool, device=device)
-            self._cache[cache_key] = torch.cat([text, faces], dim=2)[:, None]  # (R, 1, Q, K)
-        return self._cache[cache_key]
 
 
 def masked_cross_attention(
@@ -178,20 +83,41 @@ def masked_cross_attention(
             "after the text: the embedding stack and the masks disagree"
         )
     rows = _face_row_index(face_rows, q.shape[0], q.device)
-    if num_faces == 0 or weight == 0 or rows.numel() == 0:
+    if plan is None or num_faces == 0 or weight == 0 or rows.numel() == 0:
         return text_attention(q, k[:, :text_len], v[:, :text_len], heads)
     if plan.visibility.shape[2] != q.shape[1]:
         raise ValueError(f"region plan has {plan.visibility.shape[2]} positions but the layer has {q.shape[1]}")
     if not plan.shared and plan.visibility.shape[0] != rows.numel():
         raise ValueError(f"region plan has {plan.visibility.shape[0]} rows but {rows.numel()} rows see faces")
+    call = _Call(heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
     if mode == "paper":
-        return _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
+        return _paper_attention(q, k, v, call)
     if kernel not in ("auto", "dense", "region"):
         raise ValueError(f"kernel must be 'auto', 'dense' or 'region', got {kernel!r}")
     use_region = kernel == "region" or (kernel == "auto" and plan.region_is_cheaper(text_len, tokens_per_face))
     if plan.shared and use_region:
-        return _region_sparse_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
-    return _dense_hard_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
+        return _region_sparse_attention(q, k, v, call)
+    return _dense_hard_attention(q, k, v, call)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What every kernel needs besides q, k, v: one bundle instead of seven positional arguments.
+
+    rows: (Bf,) indices of the face-seeing rows; text_len: keys before the first face token.
+    """
+
+    heads: int
+    plan: RegionPlan
+    tokens_per_face: int
+    text_len: int
+    rows: torch.Tensor
+    weight: float
+    text_attention: TextAttention
+
+    def text(self, q, k, v) -> torch.Tensor:
+        """Text-only attention of every row (the host's, for bit-for-bit text rows)."""
+        return self.text_attention(q, k[:, : self.text_len], v[:, : self.text_len], self.heads)
 
 
 def _face_row_index(face_rows: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
@@ -211,21 +137,22 @@ def _face_bias(weight: float, text_len: int, key_len: int, like: torch.Tensor) -
     return bias
 
 
-def _region_sparse_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention):
+def _region_sparse_attention(q, k, v, call: _Call) -> torch.Tensor:
     """Shared regions: text attention for all queries, then each region group re-attends to
     [text ; its faces] and overwrites its queries. Exact for overlapping regions too."""
-    out = text_attention(q, k[:, :text_len], v[:, :text_len], heads)  # (B, Q, C)
+    out = call.text(q, k, v)  # (B, Q, C)
+    rows = call.rows
     all_rows = rows.numel() == q.shape[0]
     outputs, queries = [], []
-    for query_index, key_index, _ in plan.key_groups(text_len, tokens_per_face, q.device):
+    for query_index, key_index, _ in call.plan.key_groups(call.text_len, call.tokens_per_face, q.device):
         if all_rows:
             qg = q.index_select(1, query_index)  # (B, Qg, C)
             kg, vg = k.index_select(1, key_index), v.index_select(1, key_index)  # (B, Kg, C)
         else:
             qg = q[rows[:, None], query_index[None]]  # (Bf, Qg, C)
             kg, vg = k[rows[:, None], key_index[None]], v[rows[:, None], key_index[None]]
-        bias = _face_bias(weight, text_len, key_index.numel(), q)
-        outputs.append(sdpa_attention(qg, kg, vg, heads, None if bias is None else bias.view(1, 1, 1, -1)))
+        bias = _face_bias(call.weight, call.text_len, key_index.numel(), q)
+        outputs.append(sdpa_attention(qg, kg, vg, call.heads, None if bias is None else bias.view(1, 1, 1, -1)))
         queries.append(query_index)
     if not outputs:
         return out
@@ -234,40 +161,49 @@ def _region_sparse_attention(q, k, v, heads, plan, tokens_per_face, text_len, ro
     return out.index_put((rows[:, None], face_queries[None]), face_out.to(out.dtype))
 
 
-def _rows_key_mask(plan, tokens_per_face, text_len, rows, batch, device) -> torch.Tensor:
+def _rows_key_mask(call: _Call, batch: int, device: torch.device) -> torch.Tensor:
     """(B, 1, Q, K) bool: the plan's mask on face rows, text-only elsewhere."""
-    face_mask = plan.key_mask(text_len, tokens_per_face, device)  # (R, 1, Q, K)
-    if rows.numel() == batch and not plan.shared:
+    face_mask = call.plan.key_mask(call.text_len, call.tokens_per_face, device)  # (R, 1, Q, K)
+    if call.rows.numel() == batch and not call.plan.shared:
         return face_mask
     _, _, queries, keys = face_mask.shape
     mask = torch.zeros(batch, 1, queries, keys, dtype=torch.bool, device=device)
-    mask[:, :, :, :text_len] = True
-    mask[rows] = face_mask.expand(rows.numel(), -1, -1, -1)
+    mask[:, :, :, : call.text_len] = True
+    mask[call.rows] = face_mask.expand(call.rows.numel(), -1, -1, -1)
     return mask
 
 
-def _dense_hard_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention):
-    """Per-row regions: one SDPA with a boolean (or -inf / log w) mask over the whole stack."""
-    mask = _rows_key_mask(plan, tokens_per_face, text_len, rows, q.shape[0], q.device)
-    bias = _face_bias(weight, text_len, k.shape[1], q)
+def _dense_hard_attention(q, k, v, call: _Call) -> torch.Tensor:
+    """One SDPA with a boolean (or -inf / log w) mask over the whole stack, on the face rows; the
+    other rows (uncond under CFG) get the text attention, as in the unpatched model."""
+    mask = call.plan.key_mask(call.text_len, call.tokens_per_face, q.device)  # (R, 1, Q, K)
+    rows = call.rows
+    if call.plan.shared:
+        mask = mask.expand(rows.numel(), -1, -1, -1)
+    bias = _face_bias(call.weight, call.text_len, k.shape[1], q)
     if bias is not None:
         mask = torch.where(mask, bias, torch.tensor(float("-inf"), dtype=q.dtype, device=q.device))
-    return sdpa_attention(q, k, v, heads, mask)
+    if rows.numel() == q.shape[0]:
+        return sdpa_attention(q, k, v, call.heads, mask)
+    out = call.text(q, k, v)  # (B, Q, C)
+    face_out = sdpa_attention(q[rows], k[rows], v[rows], call.heads, mask)  # (Bf, Q, C)
+    return out.index_put((rows,), face_out.to(out.dtype))
 
 
-def _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weight, text_attention):
+def _paper_attention(q, k, v, call: _Call) -> torch.Tensor:
     """softmax(M ⊙ QKᵀ/√d)V with M = 1 on text and visible faces, 0 on hidden faces.
 
     Rows without faces (uncond rows, rows whose faces were all dropped) stay text-only, so the
     negative branch of CFG is the text model in both modes.
     """
     batch, queries, inner = q.shape
+    heads, text_len = call.heads, call.text_len
     d = inner // heads
-    out = text_attention(q, k[:, :text_len], v[:, :text_len], heads)  # (B, Q, C)
-    visible = _rows_key_mask(plan, tokens_per_face, text_len, rows, batch, q.device)  # (B, 1, Q, K)
-    bias = _face_bias(weight, text_len, k.shape[1], q)
+    out = call.text(q, k, v)  # (B, Q, C)
+    visible = _rows_key_mask(call, batch, q.device)  # (B, 1, Q, K)
+    bias = _face_bias(call.weight, text_len, k.shape[1], q)
     results = []
-    for row in rows.tolist():
+    for row in call.rows.tolist():
         if not visible[row, :, :, text_len:].any():
             results.append(out[row])
             continue
@@ -280,7 +216,7 @@ def _paper_attention(q, k, v, heads, plan, tokens_per_face, text_len, rows, weig
             logits = logits + bias * visible[row]
         attended = logits.softmax(dim=-1) @ vr  # (H, Q, d)
         results.append(attended.transpose(0, 1).reshape(queries, inner).to(out.dtype))
-    return out.index_put((rows,), torch.stack(results))
+    return out.index_put((call.rows,), torch.stack(results))
 
 
 def isolated_self_attention(
@@ -330,25 +266,29 @@ class FaceAttention:
         if mode not in MODES:
             raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
         self.per_row = not isinstance(face_masks, FaceMasks)
-        self.face_masks = list(face_masks) if self.per_row else [face_masks]
+        self.face_masks: list[FaceMasks | None] = [face_masks] if isinstance(face_masks, FaceMasks) else list(face_masks)
         self.num_faces = max((len(m) for m in self.face_masks if m is not None), default=0)
         self.tokens_per_face = tokens_per_face
         self.mode = mode
         self.weight = float(weight)
         self.overlap = overlap
         self.kernel = kernel
-        self._plans: dict[tuple[int, int], RegionPlan] = {}
+        self._plans: dict[tuple[tuple[int, int], tuple[int, int]], RegionPlan] = {}
 
-    def plan(self, grid: tuple[int, int]) -> RegionPlan:
-        """The RegionPlan of an (h, w) attention grid (cached)."""
-        if grid not in self._plans:
+    def plan(self, grid: tuple[int, int], latent_size: tuple[int, int] | None = None) -> RegionPlan:
+        """The RegionPlan of an (h, w) attention grid of a UNet whose input latent is
+        ``latent_size`` (default: the grid itself), cached. Masks of another aspect than the
+        latent are centre-cropped to it first, as ComfyUI crops the control image."""
+        latent: tuple[int, int] = (int(latent_size[0]), int(latent_size[1])) if latent_size else (grid[0], grid[1])
+        cache_key = ((grid[0], grid[1]), latent)
+        if cache_key not in self._plans:
             h, w = grid
             visibility = torch.zeros(len(self.face_masks), self.num_faces, h * w, dtype=torch.bool)
             for row, masks in enumerate(self.face_masks):
                 if masks is not None and len(masks) > 0:
-                    visibility[row, : len(masks)] = masks_on_grid(masks, grid, self.overlap)
-            self._plans[grid] = RegionPlan(visibility)  # (R, N, h*w)
-        return self._plans[grid]
+                    visibility[row, : len(masks)] = masks_on_grid(crop_to_latent(masks, latent), grid, self.overlap)
+            self._plans[cache_key] = RegionPlan(visibility)  # (R, N, h*w)
+        return self._plans[cache_key]
 
     def __call__(
         self,
@@ -361,7 +301,7 @@ class FaceAttention:
         text_attention: TextAttention = sdpa_attention,
     ) -> torch.Tensor:
         """q (B, Q, H*d) at a layer of a UNet whose input latent is ``latent_size`` (h, w)."""
-        plan = self.plan(latent_grid(q.shape[1], latent_size)) if self.num_faces else None
+        plan = self.plan(latent_grid(q.shape[1], latent_size), latent_size) if self.num_faces else None
         return masked_cross_attention(
             q, k, v, heads, plan, self.tokens_per_face,
             face_rows=face_rows, mode=self.mode, weight=self.weight, text_attention=text_attention,
@@ -379,5 +319,5 @@ class FaceAttention:
         text_attention: TextAttention = sdpa_attention,
     ) -> torch.Tensor:
         """attn1 with face regions isolated from each other (see isolated_self_attention)."""
-        plan = self.plan(latent_grid(q.shape[1], latent_size)) if self.num_faces else None
+        plan = self.plan(latent_grid(q.shape[1], latent_size), latent_size) if self.num_faces else None
         return isolated_self_attention(q, k, v, heads, plan, face_rows=face_rows, text_attention=text_attention)

@@ -9,7 +9,6 @@ holds the InstantFamilyConfig as JSON. Only safetensors is ever read: no unpickl
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -83,7 +82,8 @@ def _reject_non_safetensors(path: Path) -> None:
             "because unpickling can run arbitrary code. Export the checkpoint with the bundled trainer "
             "(python -m train.export) to a .safetensors file."
         )
-    raise CheckpointError(f"{path}: not a safetensors file (unknown header); the file is corrupt or of another format")
+    raise CheckpointError(f"{path}: not a safetensors file (unknown header); the file is damaged or of another "
+                          "format: download or export it again (python -m train.export)")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> InstantFamilyModel:
@@ -99,7 +99,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             metadata = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as error:  # safetensors raises several types for damaged headers/data
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error}); the file is corrupt or incomplete") from error
+        raise CheckpointError(
+            f"{path}: the file is damaged or incomplete (safetensors says: {error}), e.g. an interrupted download "
+            "or copy; download or export it again (python -m train.export)"
+        ) from error
     if METADATA_KEY not in metadata:
         raise CheckpointError(
             f"{path}: metadata has no '{METADATA_KEY}' entry, so this is not an InstantFamily checkpoint "
@@ -139,21 +142,3 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         unet_deltas=groups["unet."],
         path=str(path),
     )
-
-
-def read_config(path: str | os.PathLike) -> InstantFamilyConfig:
-    """Only the config, without loading tensors (for listings and quick checks)."""
-    from safetensors import safe_open
-
-    _reject_non_safetensors(Path(path))
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if METADATA_KEY not in metadata:
-        raise CheckpointError(f"{path}: metadata has no '{METADATA_KEY}' entry")
-    return InstantFamilyConfig.from_json(metadata[METADATA_KEY])
-
-
-def config_summary(config: InstantFamilyConfig) -> str:
-    """One line for logs: what the checkpoint expects."""
-    return json.dumps({"d_K": config.d_K, "L": config.L, "mask_mode": config.mask_mode,
-                       "recognizer": config.recognizer.file_name or "?", "steps": config.training_steps})

@@ -105,6 +105,43 @@ def masks_from_images(masks: torch.Tensor, threshold: float = 0.5) -> FaceMasks:
     return FaceMasks(masks=masks, centres=torch.stack([cx, cy], dim=1), boxes=None)
 
 
+def centre_crop_box(image_size: tuple[int, int], target_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the centre crop that gives ``image_size`` (H, W) the aspect of
+    ``target_size`` (h, w): the crop ComfyUI applies to a control image before resizing it to the
+    latent (``comfy.utils.common_upscale(..., "center")``), with the same rounding."""
+    height, width = image_size
+    old_aspect, new_aspect = width / height, target_size[1] / target_size[0]
+    x = y = 0
+    if old_aspect > new_aspect:
+        x = round((width - width * (new_aspect / old_aspect)) / 2)
+    elif old_aspect < new_aspect:
+        y = round((height - height * (old_aspect / new_aspect)) / 2)
+    return y, x, height - 2 * y, width - 2 * x
+
+
+def crop_to_latent(face_masks: FaceMasks, latent_size: tuple[int, int]) -> FaceMasks:
+    """The part of the template a latent of ``latent_size`` (h, w) shows, as ComfyUI shows it.
+
+    Masks and circles are drawn in the template's space; ComfyUI fits the control image to the
+    latent by a centre crop to the latent's aspect, then a resize. The masks take the same crop,
+    so mask cells and circles stay on the same pixels. Same aspect: the masks unchanged.
+    """
+    top, left, height, width = centre_crop_box(face_masks.image_size, latent_size)
+    if (height, width) == face_masks.image_size:
+        return face_masks
+    full_h, full_w = face_masks.image_size
+    offset = torch.tensor([left / full_w, top / full_h])
+    scale = torch.tensor([full_w / width, full_h / height])
+    boxes = None
+    if face_masks.boxes is not None:
+        boxes = ((face_masks.boxes.view(-1, 2, 2) - offset) * scale).view(-1, 4)
+    return FaceMasks(
+        masks=face_masks.masks[:, top : top + height, left : left + width],
+        centres=(face_masks.centres - offset) * scale,
+        boxes=boxes,
+    )
+
+
 def latent_grid(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
     """The (h, w) grid of an attention layer with ``tokens`` queries.
 
@@ -134,7 +171,8 @@ def masks_on_grid(face_masks: FaceMasks, grid: tuple[int, int], overlap: str = "
     on = coverage >= 0.5
     col = (face_masks.centres[:, 0] * w).long().clamp(0, w - 1)
     row = (face_masks.centres[:, 1] * h).long().clamp(0, h - 1)
-    present = face_masks.masks.flatten(1).amax(dim=1) > 0  # an all-off mask stays off
+    inside = ((face_masks.centres >= 0) & (face_masks.centres <= 1)).all(dim=1)  # a cropped-off centre forces nothing
+    present = (face_masks.masks.flatten(1).amax(dim=1) > 0) & inside  # an all-off mask stays off
     on[torch.arange(n), row, col] |= present
     if overlap == "nearest" and n > 1:
         ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h

@@ -15,7 +15,7 @@ def facenet_weights_path() -> str:
     """models/facenet/<FACENET_WEIGHTS> of this ComfyUI."""
     import folder_paths
 
-    from ..instantfamily_core.face_encoders import FACENET_WEIGHTS
+    from ..instantfamily_core.evaluation.encoders import FACENET_WEIGHTS
 
     return os.path.join(folder_paths.models_dir, "facenet", FACENET_WEIGHTS)
 
@@ -25,7 +25,7 @@ _ENCODERS: dict = {}
 
 def get_encoder(choice: str, analyzer=None):
     """Build (and keep, except the analyzer-backed one) the chosen face encoder."""
-    from ..instantfamily_core.face_encoders import make_encoder
+    from ..instantfamily_core.evaluation.encoders import make_encoder
 
     if choice not in ENCODER_CHOICES:
         raise ValueError(f"encoder must be one of {ENCODER_CHOICES}, got {choice!r}")
@@ -43,8 +43,9 @@ def get_encoder(choice: str, analyzer=None):
 
 
 class InstantFamilyIdentityReport:
-    """Identity preservation (SingleSim), mixing and MultiSim of generated images vs the FACES they were
-    made from, as text, and the references x generated-faces confusion matrix as a heatmap IMAGE."""
+    """Is the right person in the right place? Per ID slot of the generated images: similarity and a
+    verdict (OK / swapped / duplicate / wrong / missing) drawn on the image, slot accuracy, swaps,
+    identity (SingleSim), mixing and MultiSim as text, and the references x slots confusion matrix."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -61,28 +62,35 @@ class InstantFamilyIdentityReport:
                 "clamp": ("BOOLEAN", {"default": True,
                                       "tooltip": "clamp identity similarities at 0 as FastComposer's evaluation does"}),
             },
-            "optional": {"analyzer": ("INSTANTFAMILY_ANALYZER",)},
+            "optional": {
+                "analyzer": ("INSTANTFAMILY_ANALYZER",),
+                "face_masks": ("INSTANTFAMILY_FACE_MASKS", {
+                    "tooltip": "the ID regions the images were generated with (Face Mask): each face is judged "
+                               "in the slot whose region holds it, so a swap shows; without it faces are "
+                               "matched to IDs by similarity"}),
+            },
         }
 
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("report", "confusion_matrix")
+    RETURN_TYPES = ("STRING", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("report", "confusion_matrix", "verdicts")
     FUNCTION = "report"
     OUTPUT_NODE = True
     CATEGORY = f"{CATEGORY}/evaluation"
 
-    def report(self, images, faces, encoder="dlib", clamp=True, analyzer=None):
+    def report(self, images, faces, encoder="dlib", clamp=True, analyzer=None, face_masks=None):
         import numpy as np
         import torch
 
-        from ..instantfamily_core.evaluation import identity_report
-        from ..instantfamily_core.face_encoders import as_rgb_uint8
+        from ..instantfamily_core.evaluation.encoders import as_rgb_uint8
+        from ..instantfamily_core.evaluation.report import identity_report
 
         enc = get_encoder(encoder, analyzer)
         frames = [as_rgb_uint8(images[b].cpu().numpy()) for b in range(images.shape[0])]
-        text, heatmaps, _ = identity_report(enc, faces, frames, clamp=bool(clamp))
+        text, heatmaps, drawn, _ = identity_report(enc, faces, frames, clamp=bool(clamp), face_masks=face_masks)
         log.info("%s", text)
         heatmap = torch.from_numpy(np.stack(heatmaps)).float() / 255.0  # (B, H, W, 3)
-        return {"ui": {"text": [text]}, "result": (text, heatmap)}
+        verdicts = torch.from_numpy(np.stack(drawn)).float() / 255.0  # (B, H, W, 3)
+        return {"ui": {"text": [text]}, "result": (text, heatmap, verdicts)}
 
 
 NODE_CLASS_MAPPINGS = {"InstantFamilyIdentityReport": InstantFamilyIdentityReport}

@@ -18,6 +18,9 @@ COMBINE_TOOLTIP = (
     "(e.g. several photos of them) and become one ID"
 )
 INDICES_TOOLTIP = "optional: which faces to keep, counted from 0 as numbered in the preview, e.g. 0,2,3"
+EXTRA_IMAGE_INPUTS = 3  # images_2 .. images_4
+MORE_IMAGES_TOOLTIP = ("more photos, of any size, analysed after 'images' as if in the same batch (e.g. several "
+                       "photos of one person with combine = average); no Image Batch node, no resizing needed")
 
 
 def insightface_roots() -> list[str]:
@@ -46,6 +49,9 @@ def to_image_batch(arrays):
 class InstantFamilyLoadFaceAnalyzer:
     """insightface face detector + the recognizer's global and local features in one pass."""
 
+    DESCRIPTION = ("Loads an insightface model pack (detector + ArcFace recognizer) from models/insightface/models; "
+                   "each face gives the global embedding and the last feature map InstantFamily uses.")
+
     @classmethod
     def INPUT_TYPES(cls):
         from ..instantfamily_core.faces.model_pack import list_model_packs
@@ -55,10 +61,12 @@ class InstantFamilyLoadFaceAnalyzer:
             "required": {
                 "pack": (list_model_packs(insightface_roots()), {"default": "antelopev2",
                          "tooltip": "folder under models/insightface/models/ (antelopev2, buffalo_l, ...)"}),
-                "provider": (list(CHOICES), {"default": "auto"}),
+                "provider": (list(CHOICES), {"default": "auto",
+                             "tooltip": "where ONNX Runtime runs face analysis; auto = the GPU when it offers one"}),
                 "det_size": ("INT", {"default": 640, "min": 128, "max": 1280, "step": 32,
                                      "tooltip": "detection size; smaller sizes are tried when no face is found"}),
-                "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.95, "step": 0.05}),
+                "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.95, "step": 0.05,
+                                         "tooltip": "detector confidence a face needs; lower it when faces are missed"}),
             }
         }
 
@@ -76,6 +84,9 @@ class InstantFamilyLoadFaceAnalyzer:
 class InstantFamilyLoadFaces:
     """Detect faces in a batch of photos and make identity slots (global + local features)."""
 
+    DESCRIPTION = ("Finds the faces in the photos and makes one identity (ID) per face or per photo; IDs keep the "
+                   "order shown in the preview. Chain nodes through 'faces' to add more people.")
+
     @classmethod
     def INPUT_TYPES(cls):
         from ..instantfamily_core.faces.grouping import COMBINE, MODES, ORDERS
@@ -91,6 +102,7 @@ class InstantFamilyLoadFaces:
             },
             "optional": {
                 "faces": ("INSTANTFAMILY_FACES", {"tooltip": "identities to keep first; the new ones are appended"}),
+                **{f"images_{n}": ("IMAGE", {"tooltip": MORE_IMAGES_TOOLTIP}) for n in range(2, 2 + EXTRA_IMAGE_INPUTS)},
             },
         }
 
@@ -99,16 +111,20 @@ class InstantFamilyLoadFaces:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, analyzer, images, mode, order, combine, face_indices, faces=None):
+    def load(self, analyzer, images, mode, order, combine, face_indices, faces=None, **more_images):
         import comfy.utils
 
         from ..instantfamily_core.faces.grouping import append_faces
         from ..instantfamily_core.faces.pipeline import load_faces
 
-        progress = comfy.utils.ProgressBar(len(images))
+        photos = to_numpy_images(images)
+        for n in range(2, 2 + EXTRA_IMAGE_INPUTS):  # photos of any size, no batching (and resizing) needed
+            if more_images.get(f"images_{n}") is not None:
+                photos += to_numpy_images(more_images[f"images_{n}"])
+        progress = comfy.utils.ProgressBar(len(photos))
         loaded = load_faces(
             analyzer,
-            to_numpy_images(images),
+            photos,
             mode=mode,
             order=order,
             indices=face_indices,
@@ -116,7 +132,7 @@ class InstantFamilyLoadFaces:
             progress=lambda done, total: progress.update_absolute(done, total),
         )
         result = append_faces(faces, loaded.faces)
-        log.info("InstantFamily Load Faces: %d identity slot(s) from %d image(s)", len(result), len(images))
+        log.info("InstantFamily Load Faces: %d identity slot(s) from %d image(s)", len(result), len(photos))
         return (result, to_image_batch(loaded.previews), to_image_batch(list(loaded.crops)))
 
 

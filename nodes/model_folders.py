@@ -30,9 +30,3 @@ def register_model_folders() -> None:
         if extensions:
             folder_paths.folder_names_and_paths[name] = (paths, set(known_extensions) | set(extensions))
     log.debug("InstantFamily model folders: %s", {n: folder_paths.folder_names_and_paths[n][0] for n in MODEL_FOLDERS})
-
-
-def model_folder_paths(name: str) -> list[str]:
-    import folder_paths
-
-    return list(folder_paths.get_folder_paths(name))

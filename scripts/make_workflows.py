@@ -33,12 +33,16 @@ def analyzer_node(g, pos):
 
 
 def load_faces(g, pos, analyzer, images, mode="largest face per image", combine="separate", indices="",
-               previous=None, title=None):
-    node = g.add("InstantFamilyLoadFaces", pos, [mode, "left to right", combine, indices], title=title)
+               previous=None, more=(), title=None):
+    """more: further photos (any size) into images_2, images_3, ... of the same node."""
+    node = g.add("InstantFamilyLoadFaces", pos, [mode, "left to right", combine, indices], title=title,
+                 height=230 if more else None)
     g.link(analyzer["analyzer"], node, "analyzer")
     g.link(images, node, "images")
     if previous is not None:
         g.link(previous["faces"], node, "faces")
+    for n, photo in enumerate(more, start=2):
+        g.link(photo, node, f"images_{n}")
     return node
 
 
@@ -100,7 +104,7 @@ def generate_section(g, faces, instantfamily, mask, circle, prompt, size, seed, 
         g.link(stack["stack"], target, "stack")
         g.link(mask["face_masks"], target, "face_masks")
     g.link(ckpt["MODEL"], apply, "model")
-    g.link(ckpt["MODEL"], control, "model")
+    g.link(apply["MODEL"], control, "model")  # the ControlNet runs Apply's settings
     g.link(positive["CONDITIONING"], control, "positive")
     g.link(negative["CONDITIONING"], control, "negative")
     g.link(circle["control_image"], control, "control_image")
@@ -173,16 +177,11 @@ def seven_people():
     group = load_image(g, (C[0], 0), "family_photo.png", "Group photo (four people)")
     singles = [load_image(g, (C[0], 360 * (k + 1)), f"person_{k + 5}.png", f"ID photo: person {k + 5}")
                for k in range(3)]
-    batch1 = g.add("ImageBatch", (C[1], 420))
-    batch2 = g.add("ImageBatch", (C[1], 540))
-    g.link(singles[0]["IMAGE"], batch1, "image1")
-    g.link(singles[1]["IMAGE"], batch1, "image2")
-    g.link(batch1["IMAGE"], batch2, "image1")
-    g.link(singles[2]["IMAGE"], batch2, "image2")
     first = load_faces(g, (C[1], 170), analyzer, group["IMAGE"], mode="every face", title="Load Faces (group: IDs 0-3)")
-    faces = load_faces(g, (C[1], 660), analyzer, batch2["IMAGE"], previous=first, title="Load Faces (+ IDs 4-6)")
+    faces = load_faces(g, (C[1], 660), analyzer, singles[0]["IMAGE"], previous=first, more=[s["IMAGE"] for s in singles[1:]],
+                       title="Load Faces (+ IDs 4-6, one per photo)")
     crops = preview(g, (C[2], 380), faces["crops"], "Faces found (ID order)")
-    g.group("1 · Who: seven people", [group, *singles, analyzer, batch1, batch2, first, faces, crops], WHO)
+    g.group("1 · Who: seven people", [group, *singles, analyzer, first, faces, crops], WHO)
     mask, circle = where_section(g, 1500, faces, analyzer, instantfamily, "7people")
     prompt = "a big family photo of seven people on a sofa in a bright living room, everyone smiling, detailed faces"
     generate_section(g, faces, instantfamily, mask, circle, prompt, (768, 512), 1234, "seven_people", y=800)
@@ -193,28 +192,17 @@ def several_photos_per_person():
     g = Graph()
     analyzer, instantfamily = common_top(g, (
         "Several photos per person, averaged into one ID each.\n\nPhotos of one person go into one Load Faces "
-        "node with combine = 'normalized average' (the largest face of each photo). ImageBatch resizes later "
-        "photos to the first one's size, so use photos of similar shape.\nPerson B's node appends to person A's: "
-        "A is ID 0, B is ID 1."))
+        "node (images, images_2, ...) with combine = 'normalized average' (the largest face of each photo); the "
+        "photos may differ in size.\nPerson B's node appends to person A's: A is ID 0, B is ID 1."))
     a_photos = [load_image(g, (C[0], 360 * k), f"person_a_{k + 1}.png", f"Person A, photo {k + 1}") for k in range(3)]
     b_photos = [load_image(g, (C[0], 360 * (k + 3)), f"person_b_{k + 1}.png", f"Person B, photo {k + 1}")
                 for k in range(2)]
-    a12 = g.add("ImageBatch", (C[1], 420))
-    a123 = g.add("ImageBatch", (C[1], 540))
-    b12 = g.add("ImageBatch", (C[1], 1100))
-    g.link(a_photos[0]["IMAGE"], a12, "image1")
-    g.link(a_photos[1]["IMAGE"], a12, "image2")
-    g.link(a12["IMAGE"], a123, "image1")
-    g.link(a_photos[2]["IMAGE"], a123, "image2")
-    g.link(b_photos[0]["IMAGE"], b12, "image1")
-    g.link(b_photos[1]["IMAGE"], b12, "image2")
-    faces_a = load_faces(g, (C[1], 660), analyzer, a123["IMAGE"], combine="normalized average",
-                         title="Load Faces (person A, averaged)")
-    faces = load_faces(g, (C[1], 1220), analyzer, b12["IMAGE"], combine="normalized average", previous=faces_a,
-                       title="Load Faces (+ person B, averaged)")
+    faces_a = load_faces(g, (C[1], 660), analyzer, a_photos[0]["IMAGE"], combine="normalized average",
+                         more=[p["IMAGE"] for p in a_photos[1:]], title="Load Faces (person A, averaged)")
+    faces = load_faces(g, (C[1], 1220), analyzer, b_photos[0]["IMAGE"], combine="normalized average", previous=faces_a,
+                       more=[p["IMAGE"] for p in b_photos[1:]], title="Load Faces (+ person B, averaged)")
     crops = preview(g, (C[2], 380), faces["crops"], "Every photo's face")
-    g.group("1 · Who: several photos per person", [*a_photos, *b_photos, analyzer, a12, a123, b12, faces_a, faces,
-                                                   crops], WHO)
+    g.group("1 · Who: several photos per person", [*a_photos, *b_photos, analyzer, faces_a, faces, crops], WHO)
     mask, circle = where_section(g, 1900, faces, analyzer, instantfamily, "2people")
     prompt = "a photo of two people walking together on a beach at sunset, detailed faces"
     generate_section(g, faces, instantfamily, mask, circle, prompt, (512, 512), 2024, "several_photos", y=800)
@@ -225,8 +213,10 @@ def evaluation_identity_report():
     g = Graph()
     analyzer, instantfamily = common_top(g, (
         "Generate a batch, then measure identity with InstantFamily Identity Report.\n\nThe report (shown on the "
-        "node) gives each ID's similarity to its best-matching generated face, mixing between IDs and MultiSim; "
-        "the heatmap is the references x generated faces similarity matrix. encoder: 'insightface (analyzer)' "
+        "node) judges each ID in the place Face Mask gave it: similarity and a verdict (OK / swapped / duplicate / "
+        "wrong / missing, also drawn on the images), slot accuracy, swaps, mixing and MultiSim; the heatmap is "
+        "the references x slots similarity matrix. Re-roll the seed when a face is wrong. "
+        "encoder: 'insightface (analyzer)' "
         "works with this pack's requirements; 'dlib' (pip install dlib-bin face_recognition_models) is an "
         "independent judge; 'facenet' is the paper's metric."))
     a = load_image(g, (C[0], 0), "person_a.png", "ID photo: person A")
@@ -241,8 +231,10 @@ def evaluation_identity_report():
     g.link(decode["IMAGE"], report, "images")
     g.link(faces["faces"], report, "faces")
     g.link(analyzer["analyzer"], report, "analyzer")
+    g.link(mask["face_masks"], report, "face_masks")
     heatmap = preview(g, (C[5] + 380, 340), report["confusion_matrix"], "Identity confusion matrix")
-    g.group("4 · Evaluate", [report, heatmap], "#b58b2a")
+    verdicts = preview(g, (C[5] + 380, 640), report["verdicts"], "Verdict per ID, drawn on the images")
+    g.group("4 · Evaluate", [report, heatmap, verdicts], "#b58b2a")
     return g
 
 
@@ -255,7 +247,7 @@ WORKFLOWS = {
     "seven_people": (seven_people, "Seven people (paper Fig. 8)", "beyond the trained four"),
     "several_photos_per_person": (several_photos_per_person, "Several photos per person", "averaged IDs"),
     "evaluation_identity_report": (evaluation_identity_report, "Generate + Identity Report",
-                                   "SingleSim / mixing / MultiSim"),
+                                   "right person, right place?"),
 }
 
 

@@ -76,7 +76,7 @@ def _branch(suffix: str, faces: str, pose: list, seed: int, steps: int, cfg: flo
                                  "face_masks": [f"mask{n}", 0], "weight": 1.0, "start_at": 0.0, "end_at": 1.0,
                                  "mask_mode": "as trained", "overlap": "both"}},
         f"controlnet{n}": {"class_type": "InstantFamilyPoseCircleControlNet",
-                           "inputs": {"positive": ["base", 1], "negative": ["base", 2], "model": ["base", 0],
+                           "inputs": {"positive": ["base", 1], "negative": ["base", 2], "model": [f"apply{n}", 0],
                                       "instantfamily": ["instantfamily", 0], "stack": [f"stack{n}", 0],
                                       "face_masks": [f"mask{n}", 0], "control_image": [f"control{n}", 0],
                                       "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},

@@ -22,7 +22,6 @@ SOCKETS = {
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
     "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
-    "ImageBatch": ([("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")]),
     "Note": ([], []),
     # comfyui_controlnet_aux (optional variant only)
     "DWPreprocessor": ([("image", "IMAGE")], [("IMAGE", "IMAGE"), ("POSE_KEYPOINT", "POSE_KEYPOINT")]),
@@ -30,7 +29,8 @@ SOCKETS = {
     "InstantFamilyModelLoader": ([], [("instantfamily", "INSTANTFAMILY_MODEL")]),
     "InstantFamilyLoadFaceAnalyzer": ([], [("analyzer", "INSTANTFAMILY_ANALYZER")]),
     "InstantFamilyLoadFaces": (
-        [("analyzer", "INSTANTFAMILY_ANALYZER"), ("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES")],
+        [("analyzer", "INSTANTFAMILY_ANALYZER"), ("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES"),
+         ("images_2", "IMAGE"), ("images_3", "IMAGE"), ("images_4", "IMAGE")],
         [("faces", "INSTANTFAMILY_FACES"), ("preview", "IMAGE"), ("crops", "IMAGE")]),
     "InstantFamilyBuildEmbeddingStack": (
         [("instantfamily", "INSTANTFAMILY_MODEL"), ("faces", "INSTANTFAMILY_FACES")],
@@ -53,8 +53,9 @@ SOCKETS = {
          ("face_masks", "INSTANTFAMILY_FACE_MASKS")],
         [("MODEL", "MODEL")]),
     "InstantFamilyIdentityReport": (
-        [("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES"), ("analyzer", "INSTANTFAMILY_ANALYZER")],
-        [("report", "STRING"), ("confusion_matrix", "IMAGE")]),
+        [("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES"), ("analyzer", "INSTANTFAMILY_ANALYZER"),
+         ("face_masks", "INSTANTFAMILY_FACE_MASKS")],
+        [("report", "STRING"), ("confusion_matrix", "IMAGE"), ("verdicts", "IMAGE")]),
 }
 
 NODE_WIDTH = 320
@@ -134,7 +135,7 @@ class Graph:
 
     def execution_order(self) -> dict[int, int]:
         """Node id -> position in a topological order (what the frontend stores as ``order``)."""
-        parents = {n.id: {self.links[l - 1][1] for l in n.in_links.values()} for n in self.nodes}
+        parents = {n.id: {self.links[link - 1][1] for link in n.in_links.values()} for n in self.nodes}
         order, done = {}, set()
         while len(done) < len(self.nodes):
             ready = [n.id for n in self.nodes if n.id not in done and parents[n.id] <= done]
@@ -183,7 +184,7 @@ KIND_COLOURS = {"pack": (46, 139, 122), "image": (70, 110, 170), "stock": (95, 9
 def node_kind(type_: str) -> str:
     if type_.startswith("InstantFamily"):
         return "pack"
-    if type_ in ("LoadImage", "ImageBatch", "PreviewImage", "SaveImage"):
+    if type_ in ("LoadImage", "PreviewImage", "SaveImage"):
         return "image"
     if type_ == "Note":
         return "note"

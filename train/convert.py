@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import torch
 
 UNET_PREFIX = "diffusion_model."  # ComfyUI's add_patches keys: diffusion_model.<ldm key>
+CONTROLNET_PREFIX = "control_model."  # lllyasviel's ControlNet files (control_v11p_sd15_openpose, ...)
 HINT_CHANNELS = (16, 32, 96, 256)  # ComfyUI's cldm hard-codes its hint encoder widths
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -165,6 +166,23 @@ def controlnet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dic
 def controlnet_from_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
     """ComfyUI ControlNet state names -> diffusers ``ControlNetModel`` names."""
     return _convert(state, _inverse(controlnet_table(config)), "ControlNet ldm->diffusers")
+
+
+def controlnet_from_any(state: Mapping[str, torch.Tensor], config: Mapping, what: str) -> dict[str, torch.Tensor]:
+    """A ControlNet state in any naming people have -> diffusers ``ControlNetModel`` names.
+
+    ldm naming as ComfyUI's ``load_controlnet`` reads it: ``control_model.zero_convs.0.0.weight``
+    (lllyasviel's files; other top-level keys such as a full SD model are ignored) or the same
+    without the prefix; or diffusers naming (``controlnet_cond_embedding.conv_in.weight``).
+    """
+    if any(k.startswith(CONTROLNET_PREFIX) for k in state):
+        state = {k[len(CONTROLNET_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROLNET_PREFIX)}
+    if "controlnet_cond_embedding.conv_in.weight" in state:
+        return dict(state)
+    if "zero_convs.0.0.weight" in state:
+        return controlnet_from_ldm(state, config)
+    raise ValueError(f"{what}: not a ControlNet (neither {CONTROLNET_PREFIX}zero_convs.0.0.weight, "
+                     "zero_convs.0.0.weight nor controlnet_cond_embedding.conv_in.weight is in it)")
 
 
 def _heads(config: Mapping) -> tuple[int, int]:

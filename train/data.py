@@ -32,6 +32,7 @@ from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.masks import FaceMasks
 from instantfamily_core.pose import PoseFrame, crop_pose, encode_pose_keypoint, parse_pose_keypoint
 
+from .latents import FACTOR, MEMBER as LATENT_MEMBER, decode_latent_member
 from .sample_format import decode_faces, image_member
 from .shards import ShardReader
 
@@ -56,6 +57,14 @@ def crop_geometry(width: int, height: int, resolution: int, rng: np.random.Gener
     else:
         ox, oy = int(rng.integers(0, new_w - resolution + 1)), int(rng.integers(0, new_h - resolution + 1))
     return scale, (new_w, new_h), (ox, oy)
+
+
+def latent_crop_offset(resized: tuple[int, int], resolution: int, rng: np.random.Generator | None):
+    """(x, y) pixel offset of a square crop of cached latents: whole latent cells (multiples of 8)."""
+    cells_x, cells_y = (resized[0] - resolution) // FACTOR, (resized[1] - resolution) // FACTOR
+    if rng is None:
+        return cells_x // 2 * FACTOR, cells_y // 2 * FACTOR
+    return int(rng.integers(0, cells_x + 1)) * FACTOR, int(rng.integers(0, cells_y + 1)) * FACTOR
 
 
 def pooled_masks(full: FaceMasks, factor: int = 8) -> FaceMasks:
@@ -113,10 +122,11 @@ class TrainDataset(torch.utils.data.Dataset):
     """Items are addressed by (epoch, sample index) so that each epoch re-draws the random choices."""
 
     def __init__(self, reader: ShardReader, config: InstantFamilyConfig, resolution: int = 512, max_faces: int = 4,
-                 text_dropout: float = 0.05, face_dropout: float = 0.05, random_crop: bool = True, seed: int = 0):
+                 text_dropout: float = 0.05, face_dropout: float = 0.05, random_crop: bool = True, seed: int = 0,
+                 cached_latents: bool = True):
         self.reader, self.config, self.resolution = reader, config, int(resolution)
         self.max_faces, self.text_dropout, self.face_dropout = int(max_faces), float(text_dropout), float(face_dropout)
-        self.random_crop, self.seed = bool(random_crop), int(seed)
+        self.random_crop, self.seed, self.cached_latents = bool(random_crop), int(seed), bool(cached_latents)
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -130,6 +140,13 @@ class TrainDataset(torch.utils.data.Dataset):
             logger.warning("skipping sample %s: %s", key, error)
             return None
 
+    def cached_latent(self, members: dict[str, bytes]) -> dict | None:
+        """The sample's latent.npz when it was made for this resolution (else training encodes pixels)."""
+        if not self.cached_latents or LATENT_MEMBER not in members:
+            return None
+        cached = decode_latent_member(members[LATENT_MEMBER])
+        return cached if int(cached["resolution"]) == self.resolution else None
+
     def example(self, key: str, members: dict[str, bytes], rng: np.random.Generator) -> dict:
         found = image_member(members)
         if found is None:
@@ -137,7 +154,16 @@ class TrainDataset(torch.utils.data.Dataset):
         image = Image.open(io.BytesIO(found[1])).convert("RGB")
         res, config = self.resolution, self.config
         width, height = image.size
-        scale, resized, (ox, oy) = crop_geometry(width, height, res, rng if self.random_crop else None)
+        cached = self.cached_latent(members)
+        latent = None
+        if cached is not None:  # crop the cached latents in whole cells; pixels, boxes and pose follow
+            resized = (int(cached["size"][0]), int(cached["size"][1]))
+            ox, oy = latent_crop_offset(resized, res, rng if self.random_crop else None)
+            scale = np.array([resized[0] / width, resized[1] / height] * 2, np.float32)
+            rows, cols = slice(oy // FACTOR, (oy + res) // FACTOR), slice(ox // FACTOR, (ox + res) // FACTOR)
+            latent = {name: torch.from_numpy(cached[name][:, rows, cols]) for name in ("mean", "std")}  # (4, h, w)
+        else:
+            scale, resized, (ox, oy) = crop_geometry(width, height, res, rng if self.random_crop else None)
         image = image.resize(resized, Image.Resampling.BICUBIC).crop((ox, oy, ox + res, oy + res))
         pixels = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1.0).permute(2, 0, 1)  # (3, res, res)
 
@@ -161,17 +187,24 @@ class TrainDataset(torch.utils.data.Dataset):
             global_feature = torch.zeros(0, config.d_gf)
             local_feature = torch.zeros(0, config.d_lf, config.L, config.L)
             masks = None
-        return {"key": key, "pixel_values": pixels, "control": control, "caption": caption,
-                "global_features": global_feature, "local_features": local_feature, "masks": masks,
-                "face_order": chosen, "pose_keypoint": pose_keypoint, "order": ",".join(map(str, order)),
-                "colours": colours, "region_source": source}
+        example = {"key": key, "pixel_values": pixels, "control": control, "caption": caption,
+                   "global_features": global_feature, "local_features": local_feature, "masks": masks,
+                   "face_order": chosen, "pose_keypoint": pose_keypoint, "order": ",".join(map(str, order)),
+                   "colours": colours, "region_source": source}
+        if latent is not None:
+            example["latent_mean"], example["latent_std"] = latent["mean"], latent["std"]  # (4, res/8, res/8)
+        return example
 
 
 def collate(examples: list[dict | None]) -> dict:
     examples = [e for e in examples if e is not None]
     if not examples:
         return {}
+    latents = {}
+    if all("latent_mean" in e for e in examples):  # else the trainer encodes every pixel crop
+        latents = {name: torch.stack([e[name] for e in examples]) for name in ("latent_mean", "latent_std")}
     return {
+        **latents,
         "keys": [e["key"] for e in examples],
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
         "control": torch.stack([e["control"] for e in examples]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -27,3 +29,17 @@ class EMA:
             if key not in tensors:
                 raise ValueError(f"checkpoint has no EMA value for {name}; resume with the same ema_decay setting")
             self.shadow[name].copy_(tensors[key])
+
+    @contextlib.contextmanager
+    def applied(self, parameters: dict[str, torch.Tensor]):
+        """Inside the block ``parameters`` hold the averaged weights; their own values come back on exit."""
+        saved = {name: p.detach().clone() for name, p in parameters.items()}
+        with torch.no_grad():
+            for name, p in parameters.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in parameters.items():
+                    p.copy_(saved[name])

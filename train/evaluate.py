@@ -3,7 +3,7 @@
     python -m train.evaluate --manifest eval/manifest.json --references eval/references \\
         --generated eval/generated --out eval/report --encoder dlib [--clip models/clip-vit-large-patch14]
 
-Folder layout and metrics: ``instantfamily_core/evaluation.py`` and ``instantfamily_core/metrics.py``.
+Folder layout and metrics: ``instantfamily_core/evaluation/fastcomposer.py`` and ``instantfamily_core/evaluation/metrics.py``.
 The paper's numbers use ``--encoder facenet`` (MTCNN + InceptionResnetV1 VGGFace2, needs
 ``pip install facenet-pytorch --no-deps`` and ``--facenet-weights``) and CLIP ViT-L/14 for TextSim.
 Writes report.json, per_image.csv and summary.txt into --out and prints the summary table.
@@ -15,8 +15,8 @@ import argparse
 import logging
 import sys
 
-from instantfamily_core.evaluation import Manifest, evaluate_folder, summary_table, write_report
-from instantfamily_core.face_encoders import ENCODERS, TextSimilarity, make_encoder
+from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table, write_report
+from instantfamily_core.evaluation.encoders import ENCODERS, TextSimilarity, make_encoder
 
 
 def parse_args(argv=None) -> argparse.Namespace:

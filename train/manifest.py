@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 from pathlib import Path
 
 from instantfamily_core.config import RecognizerInfo
@@ -24,19 +25,22 @@ def stats_path(shard: Path) -> Path:
     return Path(str(shard) + ".stats.json")
 
 
-def write_manifest(folder: Path, recognizer: RecognizerInfo | None, settings: dict) -> dict:
-    """Merge every finished shard's stats into ``manifest.json`` (atomic write)."""
-    shards, totals = [], {"images": 0, "samples": 0, "faces": 0, "skipped": {}, "no_caption": 0}
+def write_manifest(folder: Path, recognizer: RecognizerInfo | None, settings: dict, planned: int | None = None) -> dict:
+    """Merge every finished shard's stats into ``manifest.json`` (atomic; safe while other workers write)."""
+    shards, totals = [], {"images": 0, "samples": 0, "faces": 0, "no_caption": 0, "captioned": 0,
+                          "skipped": {}, "errors": {}, "seconds": {}, "calls": {}}
     for stats_file in sorted(folder.glob("shard-*.tar.stats.json")):
         stats = json.loads(stats_file.read_text())
         shards.append(stats)
-        for name in ("images", "samples", "faces", "no_caption"):
-            totals[name] += stats[name]
-        for reason, count in stats["skipped"].items():
-            totals["skipped"][reason] = totals["skipped"].get(reason, 0) + count
+        for name in ("images", "samples", "faces", "no_caption", "captioned"):
+            totals[name] += stats.get(name, 0)
+        for group in ("skipped", "errors", "seconds", "calls"):
+            for reason, count in stats.get(group, {}).items():
+                totals[group][reason] = totals[group].get(reason, 0) + count
     manifest = {"format": FORMAT, "recognizer": recognizer.__dict__ if recognizer else None,
-                "settings": settings, "totals": totals, "shards": shards}
-    tmp = folder / (MANIFEST + ".tmp")
+                "settings": settings, "planned_shards": planned,
+                "complete": planned is not None and len(shards) == planned, "totals": totals, "shards": shards}
+    tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"  # one per writer: workers end at different times
     tmp.write_text(json.dumps(manifest, indent=2, default=list))
     tmp.replace(folder / MANIFEST)
     return manifest

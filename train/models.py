@@ -7,13 +7,10 @@ Configs come from ``train/configs/<name>/`` (shipped with the pack: ``sd15`` for
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 logger = logging.getLogger(__name__)
 
@@ -110,15 +107,63 @@ def load_base(pretrained: str, model_config: str = "sd15", tokenizer: str = "", 
 
 
 def build_controlnet(unet: torch.nn.Module, controlnet_weights: str = ""):
-    """ControlNet initialised from the UNet (paper §4.3), or loaded from a diffusers folder/file."""
+    """ControlNet initialised from the UNet (paper §4.3), or from an existing SD1.5 ControlNet.
+
+    controlnet_weights: "" (a copy of the UNet's encoder); a single-file ``.safetensors`` such as
+    ``control_v11p_sd15_openpose`` from ComfyUI's ``models/controlnet`` (ldm names, with or without
+    ``control_model.``, or diffusers names); or a diffusers ControlNet folder (safetensors weights).
+    The weights must fit a ControlNet of ``unet``'s shape; pickles (``.pth``, ``.bin``) are refused.
+    """
     from diffusers import ControlNetModel
 
-    if controlnet_weights:
-        path = Path(controlnet_weights)
-        if path.is_dir():
-            return ControlNetModel.from_pretrained(str(path), local_files_only=True)
-        raise ValueError(f"--controlnet {controlnet_weights!r}: expected a diffusers ControlNet folder")
-    return ControlNetModel.from_unet(unet, conditioning_channels=3)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3)
+    if not controlnet_weights:
+        return controlnet
+    files = controlnet_files(controlnet_weights)
+    from safetensors.torch import load_file
+
+    state = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    from .convert import controlnet_from_any
+
+    try:
+        state = controlnet_from_any(state, controlnet.config, f"--controlnet {controlnet_weights}")
+    except ValueError as error:
+        raise ValueError(f"{error}; pass an SD1.5 ControlNet (e.g. control_v11p_sd15_openpose.safetensors)") from None
+    load_matching(controlnet, state, f"--controlnet {controlnet_weights}")
+    logger.info("ControlNet initialised from %s (%d tensors)", controlnet_weights, len(state))
+    return controlnet
+
+
+def controlnet_files(controlnet_weights: str) -> list[Path]:
+    """The safetensors file(s) of a ControlNet file or diffusers folder; a clear error for anything else."""
+    path = Path(controlnet_weights)
+    if path.is_dir():
+        files = sorted(path.glob("diffusion_pytorch_model*.safetensors")) or sorted(path.glob("*.safetensors"))
+        if not files:
+            raise ValueError(f"--controlnet {controlnet_weights}: no .safetensors weights in this folder (pickled .bin "
+                             "weights are not loaded); save the ControlNet with safe_serialization=True")
+        return files
+    if path.is_file() and path.suffix == ".safetensors":
+        return [path]
+    if path.is_file():
+        raise ValueError(f"--controlnet {controlnet_weights}: only .safetensors files are loaded (no pickles); use "
+                         "the .safetensors release of this ControlNet (e.g. from comfyanonymous/"
+                         "ControlNet-v1-1_fp16_safetensors)")
+    raise ValueError(f"--controlnet {controlnet_weights}: no such file or folder")
+
+
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``state`` into ``model`` (float32), naming the first keys or shapes that do not fit."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own if k in state
+             and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{what} does not fit the base model's shape (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}, shapes {wrong[:3]}): is it a ControlNet for SD1.5 (not SDXL)?")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 @torch.no_grad()

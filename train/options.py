@@ -17,7 +17,9 @@ class TrainOptions:
     pretrained: str = ""  # diffusers SD1.5 folder or single-file .safetensors; "" = random init (tests)
     model_config: str = "sd15"  # shipped config set under train/configs, or a folder
     tokenizer: str = ""  # CLIP tokenizer folder (needed for single-file checkpoints)
-    controlnet: str = ""  # start from a diffusers ControlNet folder instead of the UNet copy
+    # start from an SD1.5 ControlNet instead of the UNet copy: a single-file .safetensors (ComfyUI's
+    # models/controlnet/control_v11p_sd15_openpose*.safetensors) or a diffusers ControlNet folder
+    controlnet: str = ""
     # InstantFamily method
     resolution: int = 512
     max_faces: int = 4
@@ -43,7 +45,10 @@ class TrainOptions:
     adam_8bit: bool = False
     ema_decay: float = 0.0  # 0 = no EMA
     mixed_precision: str = "no"  # no | fp16 | bf16
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute UNet/ControlNet activations: less memory, ~25% more FLOPs
+    tf32: bool = True  # TF32 matmuls and convolutions on CUDA (Ampere and newer); no effect on the CPU
+    channels_last: bool = True  # NHWC memory format for the UNet, ControlNet and VAE (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the UNet and ControlNet (slow first steps, then faster)
     seed: int = 0
     num_workers: int = 4
     # checkpoints, logging, validation
@@ -52,10 +57,18 @@ class TrainOptions:
     resume: str = ""  # "" | "latest" | a checkpoint folder
     log_every: int = 10
     tensorboard: bool = True
+    wandb_project: str = ""  # also log to this wandb project (needs `pip install wandb`); "" = off
+    loss_buckets: int = 4  # the loss is also logged per timestep bucket (this many equal ranges)
     validate_every: int = 0  # 0 = never
     validation_steps: int = 20
     guidance_scale: float = 5.0
     validation_samples: int = 2
+    # held-out identities: prepared folders/shards of people who are NOT in `data`; "" = training samples
+    validation_data: list[str] = field(default_factory=list)
+    # score validation images with the pack's face analyzer: the folder holding models/<pack>/ (ComfyUI's
+    # models/insightface); the pack is the one the data was prepared with unless validation_pack names another
+    validation_insightface_root: str = ""
+    validation_pack: str = ""
 
     def validate(self) -> None:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -67,6 +80,11 @@ class TrainOptions:
         for name in ("text_dropout", "face_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]")
+        if self.loss_buckets < 1:
+            raise ValueError(f"loss_buckets must be at least 1, got {self.loss_buckets}")
+        overlap = sorted(set(self.validation_data) & set(self.data))
+        if overlap:
+            raise ValueError(f"validation_data {overlap} is also training data: hold out other people's photos")
 
 
 def read_file(path: str) -> dict:

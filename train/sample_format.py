@@ -14,20 +14,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from instantfamily_core.identity import DetectedFace
+from instantfamily_core.pose import encode_pose_keypoint
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def encode_faces(faces: Sequence[DetectedFace], image_size: tuple[int, int], dtype=np.float16) -> bytes:
     n = len(faces)
-    g = np.stack([f.global_feature for f in faces]) if n else np.zeros((0, 512), np.float32)
-    l = np.stack([f.local_feature for f in faces]) if n else np.zeros((0, 512, 7, 7), np.float32)
+    globals_ = np.stack([f.global_feature for f in faces]) if n else np.zeros((0, 512), np.float32)
+    locals_ = np.stack([f.local_feature for f in faces]) if n else np.zeros((0, 512, 7, 7), np.float32)
     arrays = {
         "boxes": np.array([f.box for f in faces], np.float32).reshape(n, 4),
         "keypoints": np.array([f.keypoints for f in faces], np.float32).reshape(n, 5, 2),
         "scores": np.array([f.score for f in faces], np.float32).reshape(n),
-        "global_features": g.astype(dtype),
-        "local_features": l.astype(dtype),
+        "global_features": globals_.astype(dtype),
+        "local_features": locals_.astype(dtype),
         "image_size": np.array(image_size, np.int64),
     }
     buffer = io.BytesIO()
@@ -46,12 +47,7 @@ def decode_faces(data: bytes) -> dict[str, np.ndarray]:
 
 def encode_pose(people: Sequence[np.ndarray], width: int, height: int) -> bytes:
     """POSE_KEYPOINT json of people given as (18, 3) arrays of normalised x, y, confidence."""
-    frame = {
-        "people": [{"pose_keypoints_2d": [float(v) for v in np.asarray(p, np.float64).reshape(-1)]} for p in people],
-        "canvas_width": int(width),
-        "canvas_height": int(height),
-    }
-    return json.dumps([frame]).encode()
+    return json.dumps(encode_pose_keypoint([np.asarray(p) for p in people], width, height)).encode()
 
 
 def image_member(members: dict[str, bytes]) -> tuple[str, bytes] | None:

@@ -12,7 +12,10 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 
 def split_member(name: str) -> tuple[str, str]:
@@ -80,6 +83,64 @@ class ShardWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+class ShardIndex:
+    """Where each sample's members lie in its shard, as a few numpy arrays.
+
+    About 100 bytes per sample instead of ~1.2 KB of Python dicts, lists and ints (2.3M samples: ~0.2 GB
+    instead of ~2.8 GB per process), and forked DataLoader workers share the arrays' pages instead of
+    copying them (reference counts touch every Python object, never the inside of an array).
+
+    keys: (S,) bytes, the samples' keys; shard: (S,) int32 shard number; extensions: member names;
+    offsets: (S, E) int64 data offset of member e (-1 = the sample has no such member); sizes: (S, E) int64.
+    """
+
+    def __init__(self, keys: np.ndarray, shard: np.ndarray, extensions: list[str], offsets: np.ndarray,
+                 sizes: np.ndarray):
+        self.keys, self.shard, self.extensions, self.offsets, self.sizes = keys, shard, extensions, offsets, sizes
+
+    @classmethod
+    def from_entries(cls, shards_entries: Iterable[list[dict]]) -> "ShardIndex":
+        """From each shard's ``index_tar`` entries (one shard's Python objects alive at a time)."""
+        columns: dict[str, int] = {}
+        keys, numbers, offsets, sizes = [], [], [], []
+        for number, entries in enumerate(shards_entries):
+            for entry in entries:
+                for ext in entry["members"]:
+                    columns.setdefault(ext, len(columns))
+            where = np.full((len(entries), len(columns)), -1, np.int64)  # (S_shard, E so far)
+            size = np.zeros((len(entries), len(columns)), np.int64)
+            for row, entry in enumerate(entries):
+                for ext, (offset, length) in entry["members"].items():
+                    where[row, columns[ext]], size[row, columns[ext]] = offset, length
+            keys.append(np.array([entry["key"].encode() for entry in entries], dtype=bytes))
+            numbers.append(np.full(len(entries), number, np.int32))
+            offsets.append(where)
+            sizes.append(size)
+        width = len(columns)
+
+        def padded(parts: list[np.ndarray], fill: int) -> np.ndarray:
+            if not parts:
+                return np.zeros((0, width), np.int64)
+            return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) for p in parts])
+
+        return cls(np.concatenate(keys) if keys else np.zeros(0, bytes),
+                   np.concatenate(numbers) if numbers else np.zeros(0, np.int32),
+                   list(columns), padded(offsets, -1), padded(sizes, 0))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.shard.nbytes + self.offsets.nbytes + self.sizes.nbytes
+
+    def sample(self, index: int) -> tuple[int, str, dict[str, tuple[int, int]]]:
+        """(shard number, key, {ext: (offset, size)}) of sample ``index``."""
+        members = {ext: (int(self.offsets[index, e]), int(self.sizes[index, e]))
+                   for e, ext in enumerate(self.extensions) if self.offsets[index, e] >= 0}
+        return int(self.shard[index]), self.keys[index].decode(), members
+
+
 class ShardReader:
     """Random access to samples of several shards; file handles are opened lazily per process."""
 
@@ -87,14 +148,12 @@ class ShardReader:
         if not shards:
             raise ValueError("no training shards given; run `python -m train.prepare` first or pass --data")
         self.shards = [str(s) for s in shards]
-        self.entries: list[tuple[int, dict]] = []
-        for number, shard in enumerate(self.shards):
-            self.entries.extend((number, entry) for entry in load_or_build_index(shard))
+        self.index = ShardIndex.from_entries(load_or_build_index(shard) for shard in self.shards)
         self._files: dict[int, object] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.index)
 
     def _file(self, number: int):
         if self._pid != os.getpid():  # forked DataLoader worker: never share a file position
@@ -105,13 +164,13 @@ class ShardReader:
 
     def read(self, index: int) -> tuple[str, dict[str, bytes]]:
         """(key, {ext: bytes}) of sample ``index``."""
-        number, entry = self.entries[index]
+        number, key, where = self.index.sample(index)
         f = self._file(number)
         members = {}
-        for ext, (offset, size) in entry["members"].items():
+        for ext, (offset, size) in where.items():
             f.seek(offset)
             members[ext] = f.read(size)
-        return entry["key"], members
+        return key, members
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -9,9 +9,11 @@ are exported to <output-dir>/instantfamily.safetensors (the pack's format, see t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -23,12 +25,15 @@ from instantfamily_core.projector import Projector
 from . import state as ckpt
 from .data import ResumableBatchSampler, TrainDataset, collate, sample_rng
 from .ema import EMA
+from .latents import sample_latents
 from .manifest import find_shards
 from .models import build_controlnet, encode_text, load_base
 from .net import FaceInputs, InstantFamilyNet
 from .options import TrainOptions, parse, to_json
+from .run_log import LogWindow, RunLog, bucket_edges, bucket_sums
 from .sample_format import decode_faces
 from .shards import ShardReader
+from .speed import compile_modules, configure_tf32, to_channels_last
 
 logger = logging.getLogger("train")
 KV_BASE = "unet_kv_base.safetensors"
@@ -86,6 +91,13 @@ class Trainer:
 
         shards, recognizer = find_shards(opts.data)
         self.reader = ShardReader(shards)
+        self.validation_reader = None
+        if opts.validation_data:
+            held_out, held_out_recognizer = find_shards(opts.validation_data)
+            if recognizer and held_out_recognizer and held_out_recognizer.sha256 != recognizer.sha256:
+                raise ValueError("validation_data was prepared with another face recognizer than data: prepare "
+                                 "both with the same pack")
+            self.validation_reader = ShardReader(held_out)
         base = load_base(opts.pretrained, opts.model_config, opts.tokenizer, seed=opts.seed)
         self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler = (
             base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler)
@@ -115,7 +127,14 @@ class Trainer:
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
                                                   num_workers=opts.num_workers, persistent_workers=opts.num_workers > 0,
                                                   generator=torch.Generator().manual_seed(opts.seed))
-        self.writer = self._tensorboard()
+        self.log = RunLog(self.output, enabled=acc.is_main_process, tensorboard=opts.tensorboard,
+                          wandb_project=opts.wandb_project, options=json.loads(to_json(opts)))
+        self.identity_encoder = None
+        if opts.validation_insightface_root and opts.validate_every and acc.is_main_process:
+            from .validate import load_identity_encoder
+
+            self.identity_encoder = load_identity_encoder(opts.validation_insightface_root, opts.validation_pack,
+                                                          self.config)
         self.losses: list[float] = []
 
     # --- setup -----------------------------------------------------------------------------
@@ -142,6 +161,11 @@ class Trainer:
         if opts.gradient_checkpointing:
             net.unet.enable_gradient_checkpointing()
             net.controlnet.enable_gradient_checkpointing()
+        configure_tf32(opts.tf32, acc.device.type == "cuda")
+        if opts.channels_last:
+            to_channels_last(net.unet, net.controlnet, self.vae)
+        if opts.compile:
+            compile_modules(net.unet, net.controlnet)
 
     def _optimizer(self, net: InstantFamilyNet) -> torch.optim.Optimizer:
         opts = self.opts
@@ -177,24 +201,24 @@ class Trainer:
             kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step]
             log.write_text("".join(line + "\n" for line in kept))
 
-    def _tensorboard(self):
-        if not (self.opts.tensorboard and self.accelerator.is_main_process):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            logger.info("TensorBoard is not installed: logging to tqdm and losses.jsonl only")
-            return None
-        return SummaryWriter(str(self.output / "logs"))
-
     # --- one step ------------------------------------------------------------------------------
     def loss(self, batch: dict) -> torch.Tensor:
+        """The batch's mean noise-prediction loss."""
+        return self.sample_losses(batch)[0].mean()
+
+    def sample_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) per-sample MSE of the noise prediction and the (B,) timesteps they were drawn at."""
         acc, dtype = self.accelerator, self.weight_dtype
-        pixels = batch["pixel_values"].to(acc.device, dtype)
         with torch.no_grad():
-            latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+            if "latent_mean" in batch:  # cached by train.prepare --latent-resolution: no VAE pass
+                latents = sample_latents(batch["latent_mean"].to(acc.device, dtype),
+                                         batch["latent_std"].to(acc.device, dtype), self.vae.config.scaling_factor)
+            else:
+                pixels = batch["pixel_values"].to(acc.device, dtype)
+                latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
             text = encode_text(self.text_encoder, self.tokenizer, batch["captions"], acc.device)
-        noise = torch.randn_like(latents)
+        # Drawn in the standard layout: the same noise whatever memory format the VAE (or a cache) gave latents.
+        noise = torch.randn_like(latents, memory_format=torch.contiguous_format)
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -204,7 +228,7 @@ class Trainer:
             target = noise
         faces = FaceInputs(batch["global_features"], batch["local_features"], batch["masks"])
         prediction = self.net(noisy, timesteps, text, faces, batch["control"].to(acc.device, dtype))
-        return F.mse_loss(prediction.float(), target.float())
+        return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)), timesteps
 
     def run(self) -> list[float]:
         from tqdm.auto import tqdm
@@ -212,54 +236,70 @@ class Trainer:
         opts, acc = self.opts, self.accelerator
         progress = tqdm(total=opts.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train")
         batches = iter(self.loader)
-        window = []
+        edges = bucket_edges(self.noise_scheduler.config.num_train_timesteps, opts.loss_buckets)
+        window, log_window = [], LogWindow(edges)
+        buckets, images = torch.zeros(2 * opts.loss_buckets, device=acc.device), 0
+        trained = [p for p in self.net.parameters() if p.requires_grad]
+        max_norm = opts.max_grad_norm if opts.max_grad_norm > 0 else math.inf  # inf: measure the norm, never clip
+        started = time.perf_counter()
         while self.step < opts.max_steps:
             batch = next(batches)
             self.batches += 1
             if not batch:
                 continue
             with acc.accumulate(self.net):
-                loss = self.loss(batch)
+                losses, timesteps = self.sample_losses(batch)
+                loss = losses.mean()
                 acc.backward(loss)
-                if acc.sync_gradients and opts.max_grad_norm > 0:
-                    acc.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], opts.max_grad_norm)
+                grad_norm = acc.clip_grad_norm_(trained, max_norm) if acc.sync_gradients else None
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             window.append(loss.detach().float())
+            buckets += bucket_sums(losses, timesteps, edges)
+            images += len(batch["captions"])
             if not acc.sync_gradients:
                 continue
             self.lr_scheduler.step()
             self.step += 1
             if self.ema is not None:
                 self.ema.update(acc.unwrap_model(self.net).trainable_state())
-            value = float(acc.gather(torch.stack(window).mean()[None]).mean())
-            window = []
-            self._log(value)
+            # one all-gather per step: [mean loss, bucket sums, bucket counts, images] of every rank
+            mine = torch.cat([torch.stack(window).mean()[None], buckets, buckets.new_tensor([images])])
+            totals = acc.gather(mine[None]).sum(0).cpu().numpy()
+            value = float(totals[0]) / acc.num_processes
+            seconds = time.perf_counter() - started
+            norm = float(grad_norm) if grad_norm is not None else math.nan  # None: the backend clips elsewhere
+            log_window.add(value, norm, int(totals[-1]), seconds, totals[1:-1])
+            window, images = [], 0
+            buckets.zero_()
+            self._log(value, norm, float(totals[-1]) / max(seconds, 1e-9), log_window)
             progress.update(1)
             progress.set_postfix(loss=f"{value:.4f}")
             if self.step % opts.checkpoint_every == 0 or self.step == opts.max_steps:
                 self.save()
             if opts.validate_every and self.step % opts.validate_every == 0:
                 self.validate()
+            started = time.perf_counter()  # images/s counts training, not checkpoints or validation
         progress.close()
         if acc.is_main_process:
             from .export import export
 
             export(ckpt.list_checkpoints(self.checkpoints)[-1], self.output / "instantfamily.safetensors",
                    use_ema=self.ema is not None)
+        self.log.close()
         acc.wait_for_everyone()
         return self.losses
 
-    def _log(self, value: float) -> None:
+    def _log(self, value: float, grad_norm: float, images_per_s: float, window: LogWindow) -> None:
         self.losses.append(value)
         if not self.accelerator.is_main_process:
             return
         lr = self.lr_scheduler.get_last_lr()[0]
-        with open(self.output / "losses.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, "loss": value, "lr": lr}) + "\n")
-        if self.writer is not None and self.step % self.opts.log_every == 0:
-            self.writer.add_scalar("train/loss", value, self.step)
-            self.writer.add_scalar("train/lr", lr, self.step)
+        self.log.step({"step": self.step, "loss": value, "lr": lr, "grad_norm": grad_norm,
+                       "images_per_s": images_per_s})
+        if self.step % self.opts.log_every == 0:
+            self.log.scalars(self.step, {**window.scalars(), "train/lr": lr})
+            window.reset()
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {self.step}; lower the learning rate or use bf16")
 
@@ -285,32 +325,45 @@ class Trainer:
             keep=opts.keep_checkpoints,
         )
 
-    def validate(self) -> None:
+    def validate(self) -> dict | None:
+        """Sample ``validation_samples`` images (EMA weights when EMA is on) of the held-out identities
+        (``validation_data``; else training samples), save the grid, score identity when an analyzer is set."""
         if not self.accelerator.is_main_process:
-            return
-        from .validate import grid, sample, to_uint8
+            return None
+        from .validate import grid, identity_scores, sample, summarise_scores, to_uint8
 
         opts, net = self.opts, self.accelerator.unwrap_model(self.net)
-        plain = TrainDataset(self.reader, self.config, opts.resolution, opts.max_faces, 0.0, 0.0, False, opts.seed)
-        rows = []
+        reader = self.validation_reader or self.reader
+        plain = TrainDataset(reader, self.config, opts.resolution, opts.max_faces, 0.0, 0.0, False, opts.seed)
+        rows, scores = [], []
+        weights = self.ema.applied(net.trainable_state()) if self.ema is not None else contextlib.nullcontext()
         net.eval()
-        for index in range(min(opts.validation_samples, len(self.reader))):
-            key, members = self.reader.read(index)
-            example = plain.example(key, members, sample_rng(opts.seed, 0, index))
-            image = sample(net, self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler.config, example,
-                           steps=opts.validation_steps, guidance_scale=opts.guidance_scale, seed=opts.seed,
-                           dtype=self.weight_dtype)
-            rows.append([to_uint8(example["pixel_values"], -1.0), to_uint8(example["control"], 0.0), image])
+        with weights:
+            for index in range(min(opts.validation_samples, len(reader))):
+                key, members = reader.read(index)
+                example = plain.example(key, members, sample_rng(opts.seed, 0, index))
+                image = sample(net, self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler.config, example,
+                               steps=opts.validation_steps, guidance_scale=opts.guidance_scale, seed=opts.seed,
+                               dtype=self.weight_dtype)
+                rows.append([to_uint8(example["pixel_values"], -1.0), to_uint8(example["control"], 0.0), image])
+                if self.identity_encoder is not None and len(example["global_features"]):
+                    scores.append(identity_scores(self.identity_encoder, image, example["global_features"].numpy()))
         net.train()
         net.unet.eval()
         folder = self.output / "validation"
         folder.mkdir(exist_ok=True)
         picture = grid(rows)
         picture.save(folder / f"step-{self.step:08d}.png")
-        if self.writer is not None:
-            import numpy as np
-
-            self.writer.add_image("validation", np.asarray(picture), self.step, dataformats="HWC")
+        self.log.image(self.step, "validation", picture)
+        record = {"step": self.step, "held_out": self.validation_reader is not None, "ema": self.ema is not None,
+                  "samples": len(rows), **summarise_scores(scores)}
+        self.log.record("validation", record)
+        prefix = "validation_held_out" if record["held_out"] else "validation_train"
+        self.log.scalars(self.step, {f"{prefix}/{name}": record[name] for name in ("identity", "multi_sim",
+                                                                                   "missing_faces")
+                                     if record[name] is not None})
+        logger.info("validation at step %d: %s", self.step, record)
+        return record
 
 
 def _allow_new_precision(mixed_precision: str) -> None:

@@ -1,23 +1,33 @@
-"""Face detection and identity features (DESIGN §2 "Faces")."""
+"""Face detection and identity features (DESIGN §2 "Faces").
 
-from .align import align_crop
-from .analyzer import FaceAnalyzer, retry_sizes
-from .images import to_rgb_uint8
-from .loader import load_face_analyzer
-from .model_pack import ModelPack, find_model_pack, list_model_packs
-from .providers import CHOICES as PROVIDER_CHOICES
-from .recognizer import OnePassRecognizer, find_feature_map
+The names below load their submodule on first use: a node that only lists model packs for its
+dropdown must not import insightface and OpenCV (OpenCV also edits the process environment).
+"""
 
-__all__ = [
-    "PROVIDER_CHOICES",
-    "FaceAnalyzer",
-    "ModelPack",
-    "OnePassRecognizer",
-    "align_crop",
-    "find_feature_map",
-    "find_model_pack",
-    "list_model_packs",
-    "load_face_analyzer",
-    "retry_sizes",
-    "to_rgb_uint8",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "align_crop": "align",
+    "FaceAnalyzer": "analyzer",
+    "retry_sizes": "analyzer",
+    "to_rgb_uint8": "images",
+    "load_face_analyzer": "loader",
+    "ModelPack": "model_pack",
+    "find_model_pack": "model_pack",
+    "list_model_packs": "model_pack",
+    "PROVIDER_CHOICES": "providers",
+    "OnePassRecognizer": "recognizer",
+    "find_feature_map": "recognizer",
+}
+_RENAMED = {"PROVIDER_CHOICES": "CHOICES"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    return getattr(module, _RENAMED.get(name, name))

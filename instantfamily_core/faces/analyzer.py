@@ -56,16 +56,19 @@ class FaceAnalyzer:
             keypoints = np.zeros((0, 5, 2), np.float32)
         return boxes, np.asarray(keypoints, np.float32).reshape(-1, 5, 2)
 
-    def detect(self, image, image_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def detect(self, image, image_index: int = 0, retry: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(boxes (N, 4), keypoints (N, 5, 2), scores (N,)) in source pixels; empty when no face is found.
 
         Tries det_size, then smaller sizes, then the same with a padded border (faces that fill
-        or leave the frame). Boxes are clipped to the image; faces left without area are dropped.
+        or leave the frame); ``retry=False`` runs det_size only (bulk data preparation, where most
+        face-less images stay face-less). Boxes are clipped to the image; faces left without area
+        are dropped.
         """
         rgb = to_rgb_uint8(image, f"image {image_index}")
         height, width = rgb.shape[:2]
         prepared, placement = for_detection(rgb)
         attempts = [(False, s) for s in retry_sizes(self.det_size)] + [(True, s) for s in retry_sizes(self.det_size)]
+        attempts = attempts if retry else attempts[:1]
         for padded, size in attempts:
             candidate, where = prepared, placement
             if padded:
@@ -81,7 +84,12 @@ class FaceAnalyzer:
     def analyze(self, image, image_index: int = 0) -> list[DetectedFace]:
         """Every face of one image with both features, in detector order (may be empty)."""
         rgb = to_rgb_uint8(image, f"image {image_index}")
-        boxes, keypoints, scores = self.detect(rgb, image_index)
+        return self.recognize(rgb, *self.detect(rgb, image_index), image_index=image_index)
+
+    def recognize(self, image, boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
+                  image_index: int = 0) -> list[DetectedFace]:
+        """Both features of already detected faces (``detect``'s outputs, possibly filtered)."""
+        rgb = to_rgb_uint8(image, f"image {image_index}")
         if not len(boxes):
             return []
         size = self.recognizer.input_size

@@ -33,6 +33,9 @@ def parse_indices(text: str) -> list[int]:
             continue
         if not part.isdigit():
             raise ValueError(f"face indices: {part!r} is not a face number; write e.g. '0,2,3' (counting from 0)")
+        if int(part) in indices:
+            raise ValueError(f"face indices: face {part} is listed twice; each face can be one identity only "
+                             "(to weight a person more, give several photos and combine them)")
         indices.append(int(part))
     return indices
 
@@ -84,11 +87,11 @@ def combine_faces(faces: list[DetectedFace], how: str) -> Identity:
     globals_ = np.stack([f.global_feature for f in faces])  # (K, D)
     locals_ = np.stack([f.local_feature for f in faces])  # (K, C, L, L)
     if how == "average":
-        g, l = globals_.mean(0).astype(np.float32), locals_.mean(0).astype(np.float32)
+        global_feature, local_feature = globals_.mean(0).astype(np.float32), locals_.mean(0).astype(np.float32)
     else:
-        g, l = _normalised_mean(globals_), _normalised_mean(locals_)
+        global_feature, local_feature = _normalised_mean(globals_), _normalised_mean(locals_)
     images = sorted({f.image_index for f in faces})
-    return Identity(g, l, label=f"{how} of {len(faces)} face(s) from image(s) {images}", sources=list(faces))
+    return Identity(global_feature, local_feature, label=f"{how} of {len(faces)} face(s) from image(s) {images}", sources=list(faces))
 
 
 def build_faces(

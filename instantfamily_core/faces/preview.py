@@ -16,10 +16,13 @@ def draw_preview(
     faces: list[DetectedFace],
     slots: dict[int, int],
     config: InstantFamilyConfig | None = None,
+    labels: dict[int, str] | None = None,
 ) -> np.ndarray:
     """A copy of an (H, W, 3) uint8 image with numbered boxes.
 
     ``slots`` maps ``id(face)`` to its identity slot; faces without a slot get a thin grey box.
+    ``labels`` (optional) maps ``id(face)`` to a text written instead of the slot number.
+    Only ``face.box`` is read, so anything with a box can be drawn.
     """
     config = config or InstantFamilyConfig()
     canvas = np.ascontiguousarray(image_rgb.copy())
@@ -33,10 +36,11 @@ def draw_preview(
         colour = tuple(int(c) for c in config.palette_colour(slot))
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 0), thickness + 2)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
-        text = str(slot)
-        scale = max(0.4, (x2 - x1) / 120.0)
+        text = str(slot) if labels is None or id(face) not in labels else labels[id(face)]
+        scale = max(0.4, (x2 - x1) / 120.0) if text == str(slot) else max(0.35, min(0.8, max(canvas.shape[:2]) / 900))
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness + 1)
         top = max(0, y1 - th - base - 2)
+        x1 = min(x1, max(0, canvas.shape[1] - tw - 4))  # keep a long label inside the image
         cv2.rectangle(canvas, (x1, top), (x1 + tw + 4, top + th + base + 2), (0, 0, 0), -1)
         cv2.putText(canvas, text, (x1 + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness + 1, cv2.LINE_AA)
     return canvas

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from instantfamily_core.attention import FaceAttention, RegionPlan, masked_cross_attention, sdpa_attention
+from instantfamily_core.attention import FaceAttention, masked_cross_attention, sdpa_attention
+from instantfamily_core.region_plan import RegionPlan
 from instantfamily_core.masks import masks_from_boxes
 
 HEADS, DIM, TOKENS, TEXT = 2, 8, 5, 7

@@ -65,8 +65,16 @@ def test_corrupt_file_is_reported(tmp_path):
     path = tmp_path / "family.safetensors"
     write_checkpoint(path)
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="family.safetensors.*corrupt"):
+    path.write_bytes(data[: len(data) // 2])  # data cut short
+    with pytest.raises(CheckpointError, match="family.safetensors.*damaged or incomplete.*download or export it again"):
+        load_checkpoint(path)
+    header_length = int.from_bytes(data[:8], "little")
+    path.write_bytes(data[: 8 + header_length // 2])  # a truncated header
+    with pytest.raises(CheckpointError, match="damaged or incomplete.*download or export it again"):
+        load_checkpoint(path)
+    header = data[8 : 8 + header_length].replace(b'"data_offsets":[0,', b'"data_offsets":[0,9', 1)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + header_length :])  # sizes that lie
+    with pytest.raises(CheckpointError, match="damaged or incomplete.*download or export it again"):
         load_checkpoint(path)
     path.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty or truncated"):

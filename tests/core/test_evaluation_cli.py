@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantfamily_core.evaluation import Manifest, evaluate_folder, summary_table
-from instantfamily_core.face_encoders import DlibEncoder
+from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table
+from instantfamily_core.evaluation.encoders import DlibEncoder
 
 from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
 
@@ -148,6 +148,14 @@ def test_cli_without_clip_skips_textsim(eval_set, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["text_sim"] is False and report["settings"]["clamp"] is False
     assert all(r["text_sim"] is None for r in report["images"])
+    rows = {(r["case"], r["prompt_index"], r["instance"]): r for r in report["images"]}
+    summary = {s["num_ids"]: s for s in report["summary"]}
+    # count accuracy: right, swapped, wrong have 2 faces; missing 1; single-ID rows 1, 1, 2 (extra), 0
+    assert summary["2"]["count_accuracy"] == pytest.approx(3 / 4)
+    assert summary["1"]["count_accuracy"] == pytest.approx(2 / 4)
+    assert rows[1, 1, 1]["id_conf"] == 0.0 and rows[1, 0, 0]["id_conf"] == pytest.approx(100.0)  # one face
+    assert 0.0 < rows[0, 0, 0]["id_conf"] < 100.0
+    assert "count accuracy" in (out / "summary.txt").read_text()
     # "mean" uses every reference photo: hopper's folder also holds a blank image, named in the error
     with pytest.raises(ValueError, match="hopper/01.png"):
         main(args + ["--out", str(tmp_path / "r2"), "--reference-mode", "mean"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantfamily_core.face_encoders import (
+from instantfamily_core.evaluation.encoders import (
     FACENET_WEIGHTS,
     DlibEncoder,
     FacenetEncoder,
@@ -14,7 +14,7 @@ from instantfamily_core.face_encoders import (
     as_rgb_uint8,
     make_encoder,
 )
-from instantfamily_core.metrics import score_identities, single_sim
+from instantfamily_core.evaluation.metrics import score_identities, single_sim
 
 from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
 
@@ -147,7 +147,7 @@ def test_facenet_encoder_detects_with_mtcnn_and_embeds_with_the_given_weights(fa
     enc = FacenetEncoder(path)
     faces = enc.encode(photos["ast"])
     assert len(faces) == 1
-    (x1, y1, x2, y2), dlib_box = faces[0].box, photos["faces"]["ast"][0].box
+    (x1, _, x2, _), dlib_box = faces[0].box, photos["faces"]["ast"][0].box
     assert abs((x1 + x2) / 2 - (dlib_box[0] + dlib_box[2]) / 2) < 25  # the same face as dlib's
     assert faces[0].embedding.shape == (512,)
     assert np.linalg.norm(faces[0].embedding) == pytest.approx(1.0, abs=1e-4)

@@ -47,6 +47,8 @@ def test_indices_errors_name_the_problem():
     with pytest.raises(ValueError, match="'x' is not a face number"):
         parse_indices("0,x")
     assert parse_indices(" ") == [] and parse_indices("2;1") == [2, 1]
+    with pytest.raises(ValueError, match="face 0 is listed twice"):
+        parse_indices("0,0")
     with pytest.raises(ValueError, match="face mode must be one of"):
         choose_faces(per_image, "all")
 

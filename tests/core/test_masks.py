@@ -79,3 +79,29 @@ def test_an_empty_mask_stays_off_at_every_grid():
     masks.masks.zero_()
     for grid in [(8, 8), (1, 1), (64, 64)]:
         assert not masks_on_grid(masks, grid).any()
+
+
+def test_centre_crop_box_matches_comfyuis_rule():
+    from instantfamily_core.masks import centre_crop_box
+
+    assert centre_crop_box((256, 256), (64, 96)) == (43, 0, 170, 256)  # square template, 3:2 latent: rows cut
+    assert centre_crop_box((256, 512), (64, 64)) == (0, 128, 256, 256)  # wide template, square latent
+    assert centre_crop_box((300, 200), (75, 50)) == (0, 0, 300, 200)  # same aspect: nothing cut
+
+
+def test_crop_to_latent_keeps_masks_centres_and_boxes_on_the_same_pixels():
+    from instantfamily_core.masks import crop_to_latent
+
+    boxes = torch.tensor([[20.0, 100.0, 60.0, 140.0], [110.0, 5.0, 140.0, 35.0]])
+    masks = masks_from_boxes(boxes, (256, 256))
+    cropped = crop_to_latent(masks, (64, 96))
+    assert cropped.image_size == (170, 256)
+    assert torch.equal(cropped.masks, masks.masks[:, 43:213, :])
+    # the first face's centre, in crop coordinates, is where its mask is
+    cx, cy = cropped.centres[0].tolist()
+    assert cropped.masks[0, int(cy * 170), int(cx * 256)] == 1
+    assert abs(cy - (120 - 43) / 170) < 1e-6
+    # the second face lies above the crop: its centre is outside [0, 1] and no grid cell is forced on
+    assert cropped.centres[1, 1] < 0
+    assert not masks_on_grid(cropped, (64, 96))[1].any()
+    assert crop_to_latent(masks, (32, 32)) is masks  # same aspect: unchanged

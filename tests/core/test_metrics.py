@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from instantfamily_core import metrics
-from instantfamily_core.metrics import (
+from instantfamily_core.evaluation import metrics
+from instantfamily_core.evaluation.metrics import (
     cosine_matrix,
     match_faces,
     multi_sim,
@@ -91,7 +91,7 @@ def test_hungarian_beats_greedy_and_equals_brute_force():
         sim = rng.normal(size=(n, m))
         a = match_faces(sim)
         b = metrics._match_brute_force(sim)
-        total = lambda x: sum(sim[i, j] for i, j in enumerate(x) if j >= 0)  # noqa: E731
+        total = lambda x, sim=sim: sum(sim[i, j] for i, j in enumerate(x) if j >= 0)  # noqa: E731
         assert total(a) == pytest.approx(total(b))
         assert (a >= 0).sum() == min(n, m)
         assert len(set(a[a >= 0])) == (a >= 0).sum()  # one-to-one
@@ -203,7 +203,7 @@ def test_as_dict_is_json_ready():
 
 
 def test_confusion_heatmap_draws_values_missing_cells_and_labels():
-    from instantfamily_core.heatmap import _MISSING, colour, render_confusion
+    from instantfamily_core.evaluation.heatmap import _MISSING, colour, render_confusion
 
     m = np.array([[1.0, 0.2], [np.nan, 0.6]])
     img = render_confusion(m, ["ref A", "ref B"], ["gen A", "gen B"], title="t")

@@ -138,7 +138,9 @@ class ComfyHost:
         self._isolate_folders()
         custom_nodes = session_dir / "custom_nodes"
         custom_nodes.mkdir(exist_ok=True)
+        self.environ_before_pack = dict(os.environ)  # the pack must leave the process environment alone
         self.pack = self._load_pack(REPO_ROOT, custom_nodes / PACK_DIR_NAME)
+        self.environ_after_pack = dict(os.environ)
         self.fixtures = self._load_pack(FIXTURE_PACK, custom_nodes / FIXTURE_DIR_NAME)
 
     # -- start-up -------------------------------------------------------------------------
@@ -162,7 +164,7 @@ class ComfyHost:
         new_models = str(self.models_dir)
         for sub in MODEL_SUBDIRS:
             (self.models_dir / sub).mkdir(parents=True, exist_ok=True)
-        for name, entry in fp.folder_names_and_paths.items():
+        for entry in fp.folder_names_and_paths.values():
             paths = entry[0]
             for i, p in enumerate(paths):
                 if os.path.normpath(p).startswith(old_models + os.sep):
@@ -297,16 +299,16 @@ class ComfyHost:
         return dict(getattr(ex, "outputs_ui", {}))
 
     # -- direct sampling and tiny models -------------------------------------------------------
-    def tiny_sd15_model(self, context_dim: int = 32, seed: int = 0, model_channels: int = 32):
-        """A tiny, randomly initialised SD1.5-family MODEL (ModelPatcher); see fixture pack."""
+    def tiny_sd15_model(self, context_dim: int = 32, seed: int = 0, model_channels: int = 32, family: str = "SD1.5"):
+        """A tiny, randomly initialised MODEL (ModelPatcher) of SD1.5's (or SDXL's) layout; see fixture pack."""
         return self.fixtures.tiny_model.tiny_sd15_model(context_dim=context_dim, seed=seed,
-                                                        model_channels=model_channels)
+                                                        model_channels=model_channels, family=family)
 
     def random_conditioning(self, context_dim: int = 32, seed: int = 0, batch: int = 1,
-                            tokens: int = 77):
-        """A CONDITIONING of random text embeddings (batch, tokens, context_dim)."""
+                            tokens: int = 77, pooled: int | None = None):
+        """A CONDITIONING of random text embeddings (batch, tokens, context_dim) [+ pooled]."""
         return self.fixtures.tiny_model.random_conditioning(context_dim=context_dim, seed=seed,
-                                                            batch=batch, tokens=tokens)
+                                                            batch=batch, tokens=tokens, pooled=pooled)
 
     def sample(self, model, positive, negative, latent, seed: int = 0, steps: int = 2,
                cfg: float = 2.0, sampler_name: str = "euler", scheduler: str = "normal",

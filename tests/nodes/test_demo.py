@@ -146,3 +146,39 @@ def test_toy_faces_refuses_more_people_than_layouts(comfy_host, demo_nodes):
         node.make("1, 2, 3, 4, 5, 6, 7", 0, "toyface")
     with pytest.raises(ValueError, match="identity numbers"):
         node.make("alice, bob", 0, "toyface")
+
+
+def test_demo_graph_runs_unet_and_controlnet_once_per_step_with_cond_and_uncond_batched(comfy_host, demo_nodes):
+    """Counted over a real prompt: on hosts whose sampler hands ControlNets its transformer options
+    (0.3.x), each step is one UNet call and one ControlNet call of batch 2 (cond + uncond); the
+    2024 host needs two calls of batch 1 each."""
+    import comfy.cldm.cldm
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+
+    steps = 3
+    calls = []
+
+    def count(module, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        if isinstance(module, comfy.cldm.cldm.ControlNet):
+            calls.append(("controlnet", x.shape[0]))
+        elif isinstance(module, openaimodel.UNetModel):
+            calls.append(("unet", x.shape[0]))
+
+    prompt = _run_demo_module().demo_prompt("3000, 3001, 3002", "three people", seed=0, steps=steps, cfg=3.0,
+                                            compare=False)  # one generation: no swapped / no-faces branches
+    original_call = torch.nn.Module.__call__
+
+    def counting_call(self, *args, **kwargs):
+        if isinstance(self, (comfy.cldm.cldm.ControlNet, openaimodel.UNetModel)):
+            count(self, args, kwargs)
+        return original_call(self, *args, **kwargs)
+
+    torch.nn.Module.__call__ = counting_call
+    try:
+        comfy_host.run_prompt(prompt)
+    finally:
+        torch.nn.Module.__call__ = original_call
+    batched = comfy_host.pack_import("nodes.controlnet").host_batches_cond_and_uncond()
+    per_step = [("controlnet", 2), ("unet", 2)] if batched else [("controlnet", 1), ("unet", 1)] * 2
+    assert sorted(calls) == sorted(per_step * steps), calls

@@ -1,4 +1,8 @@
-"""The engine on a real ComfyUI host: equivalences, locality at every layer, keys, clone isolation."""
+"""The engine on a real ComfyUI host: equivalences, locality at every layer, keys, clone isolation,
+the host's attention, cached face K/V, the model check and the aspect rule -- for an SD1.5-shaped
+and an SDXL-shaped tiny model (SDXL: several transformer blocks per key, an ADM input)."""
+
+import logging
 
 import numpy as np
 import pytest
@@ -7,20 +11,43 @@ import torch
 CONTEXT = 32  # the tiny model's cross-attention width
 SMALL = dict(d_gf=16, d_lf=8, L=3, d_K=CONTEXT, projector_hidden=24)
 LATENT = (1, 4, 8, 12)  # a non-square latent: grids 8x12, 4x6, 2x3, 1x2
-IMAGE_SIZE = (64, 96)  # the template the masks are drawn on
+IMAGE_SIZE = (64, 96)  # the template the masks are drawn on (same aspect as the latent)
+# The attention grids of LATENT per family (SDXL has no attention at the full-size level).
+GRIDS = {"SD1.5": {(8, 12), (4, 6), (2, 3), (1, 2)}, "SDXL": {(4, 6), (2, 3)}}
+POOLED = {"SD1.5": None, "SDXL": 1280}
+
+
+@pytest.fixture(scope="module", params=["SD1.5", "SDXL"])
+def family(request):
+    return request.param
+
+
+def save_and_load(comfy_host, pack, name, family, unet_deltas=None):
+    config = pack.config.InstantFamilyConfig(**SMALL, base_model=family)
+    torch.manual_seed(0)
+    projector = pack.projector.Projector(config)
+    pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / name, config, projector.state_dict(),
+                                    unet_deltas=unet_deltas)
+    comfy_host.folder_paths.filename_list_cache.clear()
+    (model,) = comfy_host.node_class("InstantFamilyModelLoader")().load(name)
+    return model
 
 
 @pytest.fixture(scope="module")
-def instantfamily(comfy_host, pack):
+def instantfamily(comfy_host, pack, family):
     """A checkpoint written to models/instantfamily and loaded through the loader node."""
-    config = pack.config.InstantFamilyConfig(**SMALL)
-    torch.manual_seed(0)
-    projector = pack.projector.Projector(config)
-    pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / "engine_test.safetensors",
-                                    config, projector.state_dict())
-    comfy_host.folder_paths.filename_list_cache.clear()
-    (model,) = comfy_host.node_class("InstantFamilyModelLoader")().load("engine_test.safetensors")
-    return model
+    return save_and_load(comfy_host, pack, f"engine_test_{family}.safetensors", family)
+
+
+@pytest.fixture(scope="module")
+def with_deltas(comfy_host, pack, base, family):
+    """A checkpoint that also changes the UNet's attn2 K/V (as the trainer's export writes)."""
+    g = torch.Generator().manual_seed(9)
+    deltas = {name: torch.randn(tensor.shape, generator=g) * 0.05
+              for name, tensor in base.model.state_dict().items() if "attn2.to_k" in name or "attn2.to_v" in name}
+    layers = sum(len(m) for m in pack.unet_keys.cross_attention_layers(base.model.diffusion_model).values())
+    assert len(deltas) == 2 * layers  # every attn2 layer x (to_k, to_v)
+    return save_and_load(comfy_host, pack, f"engine_deltas_{family}.safetensors", family, unet_deltas=deltas)
 
 
 def make_faces(pack, n, seed):
@@ -31,10 +58,10 @@ def make_faces(pack, n, seed):
     return pack.identity.Faces(identities)
 
 
-def make_masks(pack, n):
+def make_masks(pack, n, image_size=IMAGE_SIZE):
     """n face boxes spread left to right over the template (the last two overlap)."""
     boxes = [[5 + 20 * i, 10, 20 + 20 * i, 30] for i in range(n)]
-    return pack.masks.masks_from_boxes(torch.tensor(boxes, dtype=torch.float32), IMAGE_SIZE)
+    return pack.masks.masks_from_boxes(torch.tensor(boxes, dtype=torch.float32), image_size)
 
 
 def build_stack(comfy_host, instantfamily, faces):
@@ -51,34 +78,63 @@ def apply(comfy_host, model, instantfamily, stack, masks, weight=1.0, **kw):
 
 
 @pytest.fixture(scope="module")
-def base(comfy_host):
-    return comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1)
+def base(comfy_host, family):
+    return comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1, family=family)
 
 
 @pytest.fixture(scope="module")
-def conds(comfy_host):
-    return comfy_host.random_conditioning(CONTEXT, seed=2), comfy_host.random_conditioning(CONTEXT, seed=3)
+def conds(comfy_host, family):
+    return (comfy_host.random_conditioning(CONTEXT, seed=2, pooled=POOLED[family]),
+            comfy_host.random_conditioning(CONTEXT, seed=3, pooled=POOLED[family]))
 
 
-def sample(comfy_host, model, conds, seed=5):
+def sample(comfy_host, model, conds, seed=5, latent=LATENT):
     positive, negative = conds
-    return comfy_host.sample(model, positive, negative, torch.zeros(LATENT), seed=seed, steps=2, cfg=3.0)
+    return comfy_host.sample(model, positive, negative, torch.zeros(latent), seed=seed, steps=2, cfg=3.0)
 
 
-def test_weight_zero_no_faces_and_masks_off_equal_the_unpatched_model(comfy_host, pack, instantfamily, base, conds):
+def replaces(model, kind="attn2"):
+    return model.model_options["transformer_options"]["patches_replace"][kind]
+
+
+class Recorder:
+    """Stands in for a replace in a clone's options: records every call, then delegates."""
+
+    def __init__(self, inner, calls):
+        self.inner, self.calls = inner, calls
+
+    def __call__(self, q, k, v, extra_options):
+        out = self.inner(q, k, v, extra_options)
+        self.calls.append((self.inner, q, k, v, dict(extra_options), out))
+        return out
+
+
+def record_calls(model, kind="attn2"):
+    """A clone of ``model`` whose every ``kind`` replace is recorded into the returned list."""
+    recorded = []
+    clone = model.clone()
+    for key, replace in replaces(model, kind).items():
+        clone.set_model_patch_replace(Recorder(replace, recorded), kind, *key)
+    return clone, recorded
+
+
+def test_weight_zero_is_the_plain_model_bit_for_bit(comfy_host, pack, instantfamily, with_deltas, base, conds):
     reference = sample(comfy_host, base, conds)
-    stack = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
+    stack = build_stack(comfy_host, with_deltas, make_faces(pack, 3, seed=0))
     masks = make_masks(pack, 3)
+    empty_stack = build_stack(comfy_host, with_deltas, make_faces(pack, 0, seed=0))
+    for plain in (apply(comfy_host, base, with_deltas, stack, masks, weight=0.0),  # UNet deltas included
+                  apply(comfy_host, base, with_deltas, empty_stack, make_masks(pack, 0))):
+        assert "patches_replace" not in plain.model_options["transformer_options"]
+        assert torch.equal(sample(comfy_host, plain, conds), reference)
+    # weight > 0: the deltas and the faces change the result
+    assert (sample(comfy_host, apply(comfy_host, base, with_deltas, stack, masks), conds) - reference).abs().max() > 1e-4
+    # masks that are all off: the text model, within float rounding, in both modes
     off = pack.masks.FaceMasks(torch.zeros_like(masks.masks), masks.centres, masks.boxes)
-    empty_stack = build_stack(comfy_host, instantfamily, make_faces(pack, 0, seed=0))
-    empty_masks = make_masks(pack, 0)
-    for patched in (apply(comfy_host, base, instantfamily, stack, masks, weight=0.0),
-                    apply(comfy_host, base, instantfamily, empty_stack, empty_masks),
-                    apply(comfy_host, base, instantfamily, stack, off),
-                    apply(comfy_host, base, instantfamily, stack, off, mask_mode="paper")):
+    for mode in ("hard", "paper"):
+        patched = apply(comfy_host, base, instantfamily, build_stack(comfy_host, instantfamily, make_faces(pack, 3, 0)),
+                        off, mask_mode=mode)
         assert (sample(comfy_host, patched, conds) - reference).abs().max() <= 1e-6
-    # and a real stack with real masks does change the result
-    assert (sample(comfy_host, apply(comfy_host, base, instantfamily, stack, masks), conds) - reference).abs().max() > 1e-4
 
 
 def test_every_cross_attention_key_is_patched_and_called(comfy_host, pack, instantfamily, base, conds):
@@ -94,55 +150,64 @@ def test_every_cross_attention_key_is_patched_and_called(comfy_host, pack, insta
     sample(comfy_host, probed, conds)
 
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=0))
-    patched = apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2))
-    patch = patched.model_options["transformer_options"]["instantfamily_patch"]
+    patched, recorded = record_calls(apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2)))
     sample(comfy_host, patched, conds)
     called = {}
-    for (block, _, _), count in patch.calls.items():
-        called[tuple(block)] = called.get(tuple(block), 0) + count
-    replaced = set(patched.model_options["transformer_options"]["patches_replace"]["attn2"])
-    keys = comfy_host.pack_import("instantfamily_core.unet_keys").cross_attention_keys(base.model.diffusion_model)
-    assert set(keys) == set(emitted) == replaced == set(called)
+    for _, _, _, _, options, _ in recorded:
+        called[tuple(options["block"])] = called.get(tuple(options["block"]), 0) + 1
+    keys = pack.unet_keys.cross_attention_keys(base.model.diffusion_model)
+    assert set(keys) == set(emitted) == set(replaces(patched)) == set(called)
     assert called == emitted  # same number of calls per key as the UNet makes
+    # each replace projects the faces with its own layer's to_k / to_v
+    layers = pack.unet_keys.cross_attention_layers(base.model.diffusion_model)
+    for key, replace in replaces(patched).items():
+        assert replace.inner.layers == dict(enumerate(layers[key]))
 
 
-def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, instantfamily, base, conds):
+def full_context_attention(pack, patch, replace, q, k, v, options, face_k=None, face_v=None):
+    """The patch's masked attention over [context ; faces], with the faces' K/V given explicitly."""
+    layer = replace.layers[options.get("block_index", 0)]
+    cached_k, cached_v = patch.face_kv(layer, q.device, k.dtype)
+    face_k = cached_k if face_k is None else face_k
+    face_v = cached_v if face_v is None else face_v
+    batch = q.shape[0]
+    k_all = torch.cat([k, face_k.expand(batch, -1, -1)], dim=1)
+    v_all = torch.cat([v, face_v.expand(batch, -1, -1)], dim=1)
+    rows = pack.comfy_patch.face_rows_from_options(options, batch)
+    return patch.face_attention(q, k_all, v_all, options["n_heads"], latent_size=patch.latent_size(options),
+                                face_rows=rows, text_attention=lambda a, b, c, h: patch.host_attention(a, b, c, h, options))
+
+
+def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, instantfamily, base, conds, family):
     """Record every attn2 call of a real forward, then swap face n's keys/values: only positions
     inside face n's region (cond rows) may change; uncond rows never change."""
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
-    masks = make_masks(pack, 3)
-    patch = pack.comfy_patch.InstantFamilyAttentionPatch(stack, masks, pack.engine.host_attention, mode="hard")
-    recorded = []
-    original = patch.attention
-
-    def recorder(q, k, v, extra_options):
-        recorded.append((q, k, v, dict(extra_options)))
-        return original(q, k, v, extra_options)
-
-    patch.attention = recorder
-    patched = base.clone()
-    pack.engine.install_patch(patched, patch)
+    patched, recorded = record_calls(apply(comfy_host, base, instantfamily, stack, make_masks(pack, 3), mask_mode="hard"))
     sample(comfy_host, patched, conds)
+    patch = patched.model_options["transformer_options"]["instantfamily"]
     grids = set()
     tokens = stack.tokens_per_face
-    for q, k, v, options in recorded:
-        text_len = k.shape[1] - 3 * tokens
+    for replace, q, k, v, options, out in recorded:
+        layer = replace.layers[options.get("block_index", 0)]
+        face_k, face_v = patch.face_kv(layer, q.device, k.dtype)
+        assert torch.equal(full_context_attention(pack, patch, replace, q, k, v, options), out)
         rows = pack.comfy_patch.face_rows_from_options(options, q.shape[0])
         rows = torch.ones(q.shape[0], dtype=torch.bool) if rows is None else rows
-        grid = pack.masks.latent_grid(q.shape[1], pack.comfy_patch.latent_size_from_options(options))
+        latent = pack.comfy_patch.latent_size_from_options(options)
+        grid = pack.masks.latent_grid(q.shape[1], latent)
         grids.add(grid)
-        visibility = patch.face_attention.plan(grid).visibility[0]  # (N, Q)
+        visibility = patch.face_attention.plan(grid, latent).visibility[0]  # (N, Q)
         for n in range(3):
-            k2, v2 = k.clone(), v.clone()
-            face = slice(text_len + n * tokens, text_len + (n + 1) * tokens)
-            k2[:, face] = torch.randn_like(k2[:, face])
-            v2[:, face] = torch.randn_like(v2[:, face])
-            changed = (original(q, k2, v2, options) - original(q, k, v, options)).abs().amax(dim=2) > 1e-6  # (B, Q)
+            face = slice(n * tokens, (n + 1) * tokens)
+            k2, v2 = face_k.clone(), face_v.clone()
+            k2[:, face], v2[:, face] = torch.randn_like(k2[:, face]), torch.randn_like(v2[:, face])
+            swapped = full_context_attention(pack, patch, replace, q, k, v, options, k2, v2)
+            changed = (swapped - out).abs().amax(dim=2) > 1e-6  # (B, Q)
             allowed = rows[:, None] & visibility[n][None]
             assert not (changed & ~allowed).any(), f"face {n} leaked outside its region at grid {grid}"
             if rows.any():
                 assert changed[rows][:, visibility[n]].all()
-    assert {g[0] * g[1] for g in grids} == {8 * 12, 4 * 6, 2 * 3, 1 * 2}
+    assert grids == GRIDS[family]
 
 
 def test_paper_mode_leak_is_measured(comfy_host, pack, instantfamily, base, conds):
@@ -151,15 +216,17 @@ def test_paper_mode_leak_is_measured(comfy_host, pack, instantfamily, base, cond
     masks = make_masks(pack, 2)
     leaks = {}
     for mode in ("hard", "paper"):
-        patch = pack.comfy_patch.InstantFamilyAttentionPatch(stack, masks, pack.engine.host_attention, mode=mode)
+        patch = pack.comfy_patch.FacePatch(pack.comfy_patch.FaceSettings(stack, masks, mode=mode),
+                                           pack.engine.host_attention)
         q = torch.randn(1, 8 * 12, CONTEXT)
         k = torch.randn(1, 77 + 2 * stack.tokens_per_face, CONTEXT)
         v = torch.randn_like(k)
         options = {"n_heads": 1, "original_shape": list(LATENT)}
-        visibility = patch.face_attention.plan((8, 12)).visibility[0]
+        visibility = patch.face_attention.plan((8, 12), (8, 12)).visibility[0]
         outside_all = ~visibility.any(dim=0)
         text_only = pack.engine.host_attention(q, k[:, :77], v[:, :77], 1, options)
-        out = patch.attention(q, k, v, options)
+        out = patch.face_attention(q, k, v, 1, latent_size=(8, 12),
+                                   text_attention=lambda a, b, c, h, o=options: pack.engine.host_attention(a, b, c, h, o))
         leaks[mode] = (out - text_only)[:, outside_all].abs().mean().item()
     print(f"\nmean |output - text-only| outside every face region: hard {leaks['hard']:.2e}, paper {leaks['paper']:.2e}")
     assert leaks["hard"] < 1e-6 < leaks["paper"]
@@ -172,7 +239,7 @@ def test_patched_model_is_a_clone_and_prompts_do_not_share_faces(comfy_host, pac
     second = apply(comfy_host, base, instantfamily, build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=11)), masks)
     out_first = sample(comfy_host, first, conds)
     out_second = sample(comfy_host, second, conds)
-    assert "patches" not in base.model_options.get("transformer_options", {})
+    assert "patches_replace" not in base.model_options.get("transformer_options", {})
     assert torch.equal(sample(comfy_host, base, conds), before)
     assert torch.equal(sample(comfy_host, first, conds), out_first)
     assert (out_first - out_second).abs().max() > 1e-4
@@ -181,24 +248,15 @@ def test_patched_model_is_a_clone_and_prompts_do_not_share_faces(comfy_host, pac
 def test_start_end_window_limits_the_patch(comfy_host, pack, instantfamily, base, conds):
     """start_at=0.5: the first step (sigma_max) runs without faces, the last one with them."""
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=0))
-    patched = apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2), start_at=0.5, end_at=1.0)
-    patch = patched.model_options["transformer_options"]["instantfamily_patch"]
-    seen = []
-    original = patch.append_face_tokens
-
-    def recorder(n, context, value, extra_options):
-        out = original(n, context, value, extra_options)
-        seen.append((float(extra_options["sigmas"][0]), out[1].shape[1] - context.shape[1]))
-        return out
-
-    patch.append_face_tokens = recorder
-    patched.model_options["transformer_options"]["patches"]["attn2_patch"] = [recorder]
+    patched, recorded = record_calls(apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2),
+                                           start_at=0.5, end_at=1.0))
     sample(comfy_host, patched, conds)
-    by_sigma = {}
-    for sigma, added in seen:
-        by_sigma.setdefault(round(sigma, 4), set()).add(added)
-    high, low = max(by_sigma), min(by_sigma)
-    assert by_sigma[high] == {0} and by_sigma[low] == {2 * stack.tokens_per_face}
+    text_only_by_sigma = {}
+    for _, q, k, v, options, out in recorded:
+        text_only = torch.equal(out, pack.engine.host_attention(q, k, v, options["n_heads"], options))
+        text_only_by_sigma.setdefault(round(float(options["sigmas"][0]), 4), set()).add(text_only)
+    high, low = max(text_only_by_sigma), min(text_only_by_sigma)
+    assert text_only_by_sigma[high] == {True} and False in text_only_by_sigma[low]
     with pytest.raises(ValueError, match="start_at"):
         apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2), start_at=0.8, end_at=0.2)
 
@@ -213,10 +271,136 @@ def test_attn1_isolation_patches_self_attention_and_is_a_no_op_for_one_face(comf
     one = build_stack(comfy_host, instantfamily, make_faces(pack, 1, seed=0))
     plain_one = sample(comfy_host, apply(comfy_host, base, instantfamily, one, make_masks(pack, 1)), conds)
     isolated_one = apply(comfy_host, base, instantfamily, one, make_masks(pack, 1), attn1_isolation=True)
-    assert set(isolated_one.model_options["transformer_options"]["patches_replace"]["attn1"]) == \
-        set(isolated_one.model_options["transformer_options"]["patches_replace"]["attn2"])
+    assert set(replaces(isolated_one, "attn1")) == set(replaces(isolated_one, "attn2"))
     assert torch.allclose(sample(comfy_host, isolated_one, conds), plain_one, atol=1e-5)
     three = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
     plain = sample(comfy_host, apply(comfy_host, base, instantfamily, three, make_masks(pack, 3)), conds)
     isolated = sample(comfy_host, apply(comfy_host, base, instantfamily, three, make_masks(pack, 3), attn1_isolation=True), conds)
     assert (plain - isolated).abs().max() > 1e-4
+
+
+def test_cached_face_kv_equal_projecting_the_extended_context(comfy_host, pack, instantfamily, base, conds):
+    """Face K/V projected once per layer = the layer projecting [text ; faces] (<= 1e-6), and the
+    cache follows the layer's weights."""
+    stack = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
+    patched, recorded = record_calls(apply(comfy_host, base, instantfamily, stack, make_masks(pack, 3)))
+    sample(comfy_host, patched, conds)
+    patch = patched.model_options["transformer_options"]["instantfamily"]
+    text = conds[0][0][0][0]  # (77, C)
+    for replace, q, k, v, options, out in recorded[:16]:
+        layer = replace.layers[options.get("block_index", 0)]
+        extended = torch.cat([text, stack.flat_tokens()], dim=0)[None]  # (1, 77 + N*T, C)
+        cached_k, cached_v = patch.face_kv(layer, q.device, k.dtype)
+        assert (layer.to_k(extended)[:, 77:] - cached_k).abs().max() <= 1e-6
+        assert (layer.to_v(extended)[:, 77:] - cached_v).abs().max() <= 1e-6
+        uncached = full_context_attention(pack, patch, replace, q, k, v, options,
+                                          layer.to_k(stack.flat_tokens()[None]), layer.to_v(stack.flat_tokens()[None]))
+        assert (uncached - out).abs().max() <= 1e-6
+    layer = recorded[0][0].layers[0]
+    before = patch.face_kv(layer, "cpu", torch.float32)[0]
+    assert patch.face_kv(layer, "cpu", torch.float32)[0] is before  # cached, not projected again
+    with torch.no_grad():
+        layer.to_k.weight.mul_(2.0)  # weights patched in place (as ComfyUI applies LoRAs)
+    try:
+        assert torch.allclose(patch.face_kv(layer, "cpu", torch.float32)[0], 2 * before, atol=1e-6)
+    finally:
+        with torch.no_grad():
+            layer.to_k.weight.mul_(0.5)
+
+
+def test_the_hosts_attention_function_and_its_options_are_used(comfy_host, pack, instantfamily, base, conds):
+    """Text attention goes through ComfyUI's optimized_attention, with transformer_options where it
+    takes them (a model-level attention override then applies to the patched layers too)."""
+    import functools
+    import inspect
+
+    import comfy.ldm.modules.attention as host
+
+    stack = build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=0))
+    masks = make_masks(pack, 2)
+    off = pack.masks.FaceMasks(torch.zeros_like(masks.masks), masks.centres, masks.boxes)
+    takes_options = "transformer_options" in inspect.signature(host.optimized_attention).parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(host.optimized_attention).parameters.values())
+    seen = []
+    original = host.optimized_attention
+
+    @functools.wraps(original)  # the same signature as the host's function
+    def spy(q, k, v, heads, *args, **kwargs):
+        seen.append(kwargs.get("transformer_options"))
+        return original(q, k, v, heads, *args, **kwargs)
+
+    host.optimized_attention = spy
+    try:
+        patched = apply(comfy_host, base, instantfamily, stack, off)
+        patched.model_options["transformer_options"]["marker"] = "from the MODEL"
+        sample(comfy_host, patched, conds)
+    finally:
+        host.optimized_attention = original
+    ours = [options for options in seen if options is not None and "instantfamily" in options]
+    if takes_options:
+        assert ours and all(options["marker"] == "from the MODEL" for options in ours)
+    else:  # the 2024 host's attention takes no options, and none are forced on it
+        assert seen and all(options is None for options in seen)
+
+
+def test_another_family_or_width_is_refused_at_apply(comfy_host, pack, instantfamily, family):
+    other = {"SD1.5": "SDXL", "SDXL": "SD1.5"}[family]
+    model = comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1, family=other)
+    stack = build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=0))
+    with pytest.raises(ValueError, match=f"{other} model, {family} checkpoint"):
+        apply(comfy_host, model, instantfamily, stack, make_masks(pack, 2))
+    wide = comfy_host.tiny_sd15_model(context_dim=64, seed=1, family=family)
+    with pytest.raises(ValueError, match="cross-attention is 64 wide but the checkpoint's face tokens are 32"):
+        apply(comfy_host, wide, instantfamily, stack, make_masks(pack, 2))
+
+
+def test_two_apply_nodes_stop_with_a_clear_error(comfy_host, pack, instantfamily, base):
+    stack = build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=0))
+    once = apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2))
+    with pytest.raises(ValueError, match="already went through an Apply InstantFamily"):
+        apply(comfy_host, once, instantfamily, stack, make_masks(pack, 2))
+
+
+def test_masks_follow_comfyuis_crop_of_the_control_image_on_another_aspect(comfy_host, pack, instantfamily, base,
+                                                                          conds, caplog):
+    """A 768x512 latent with a square 256x256 template: ComfyUI centre-crops the control image to
+    3:2; every mask cell lies under its circle in that crop, a face cut off gets no cells, and
+    the log says what happened and how to avoid it."""
+    import comfy.utils
+
+    size = (256, 256)
+    boxes = torch.tensor([[20, 100, 60, 140], [100, 90, 150, 140], [180, 110, 220, 150], [110, 5, 140, 35]], dtype=torch.float32)
+    masks = pack.masks.masks_from_boxes(boxes, size)
+    config = pack.config.InstantFamilyConfig(**SMALL)
+    control = pack.control_image.draw_control_image(size, config, face_boxes=masks.boxes.numpy(),
+                                                    face_centres=masks.centres.numpy())
+    hint = torch.from_numpy(control).float().permute(2, 0, 1)[None] / 255  # (1, 3, 256, 256)
+    latent = (64, 96)  # 512 x 768 px
+    placed = comfy.utils.common_upscale(hint, latent[1] * 8, latent[0] * 8, "nearest-exact", "center")[0]
+    stack = build_stack(comfy_host, instantfamily, make_faces(pack, 4, seed=0))
+    patch = pack.comfy_patch.FacePatch(pack.comfy_patch.FaceSettings(stack, masks), pack.engine.host_attention)
+    visibility = patch.face_attention.plan(latent, latent).visibility[0].reshape(4, *latent)
+    for slot in range(3):
+        colour = torch.tensor(config.palette_colour(slot)).float()[:, None, None] / 255
+        on = ((placed - colour).abs().amax(dim=0) < 0.02).nonzero().float()  # circle pixels (y, x) in the crop
+        assert len(on) > 0
+        cy, cx = (on.mean(dim=0) / 8).long().tolist()  # its centre, in latent cells
+        assert visibility[slot, cy, cx], f"slot {slot}: the circle at cell {(cy, cx)} is outside its mask"
+        cells = visibility[slot].nonzero().float().mean(dim=0)
+        assert (cells - torch.tensor([cy, cx]).float()).abs().max() <= 2.0
+    assert not visibility[3].any()  # the face at the top is cut off by the crop, as its circle is
+    with caplog.at_level(logging.WARNING, logger="InstantFamily"):
+        patched = apply(comfy_host, base, instantfamily, stack, masks)
+        sample(comfy_host, patched, conds, latent=(1, 4, 8, 12))
+    assert any("centre" in r.getMessage() and "aspect" in r.getMessage() for r in caplog.records)
+
+
+def test_area_conditioning_is_refused_clearly(comfy_host, pack, instantfamily, base, conds):
+    import nodes as comfy_nodes
+
+    stack = build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=0))
+    patched = apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2))
+    positive, negative = conds
+    (area,) = comfy_nodes.ConditioningSetArea().append(positive, 48, 64, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="area conditioning"):
+        sample(comfy_host, patched, (area, negative))

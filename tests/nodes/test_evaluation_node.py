@@ -17,11 +17,9 @@ CENTRES = ((160, 320), (480, 320))  # on the toy detector's stride-32 anchors at
 
 
 def _load_test_module(name):
-    """A helper module of tests/core (the face-analysis fixtures, the photo helpers)."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests" / "core" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A helper module of tests/core (the face-analysis fixtures, the photo helpers), by name:
+    tests/core is on pytest's pythonpath (pyproject.toml)."""
+    return importlib.import_module(name)
 
 
 def disc_scene(patterns, size=640):
@@ -80,14 +78,16 @@ def test_identity_report_runs_in_a_real_prompt(comfy_host, tiny_pack):
         "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 1]}},
     }
     outputs = comfy_host.run_prompt(prompt)
-    text, heatmap = outputs["9"]
+    text, heatmap, verdicts = outputs["9"]
     assert "encoder insightface, 2 identities, 3 images" in text
+    assert "slots by similarity (no face_masks" in text
+    assert verdicts.shape == (3, 640, 640, 3)  # the images with their verdicts drawn
     reported = scores_from_text(text)
     assert len(reported) == 3
     # the same numbers as the core computes from the analyzer's own features (the tiny random
     # recognizer cannot tell textures apart, so face discrimination is tested with dlib below)
     faces_mod = comfy_host.pack_import("instantfamily_core.faces")
-    metrics = comfy_host.pack_import("instantfamily_core.metrics")
+    metrics = comfy_host.pack_import("instantfamily_core.evaluation.metrics")
     analyzer = faces_mod.load_face_analyzer([str(comfy_host.models_dir / "insightface")], "tinypack_eval", "CPU")
     refs = [f.global_feature for f in sorted(analyzer.analyze(disc_scene([0, 1])), key=lambda f: f.box[0])]
     for (identity, multi), patterns in zip(reported, ([1, 0], [0, 2], [0, None])):
@@ -110,7 +110,7 @@ def photo_faces(comfy_host):
     identities whose sources carry tight face crops of the astronaut and of Grace Hopper."""
     photos = _load_test_module("eval_fixtures")
     identity = comfy_host.pack_import("instantfamily_core.identity")
-    encoders = comfy_host.pack_import("instantfamily_core.face_encoders")
+    encoders = comfy_host.pack_import("instantfamily_core.evaluation.encoders")
     dlib = encoders.DlibEncoder()
     regions, identities = [], []
     for label, image in (("astronaut", photos.astronaut()), ("hopper", photos.grace_hopper())):
@@ -135,14 +135,47 @@ def test_identity_report_on_real_photos_with_dlib(comfy_host, photo_faces):
     images = torch.from_numpy(np.stack([right, wrong]).astype(np.float32) / 255.0)  # (2, H, W, 3)
     node = comfy_host.node_class(NODE)()
     result = node.report(images=images, faces=faces, encoder="dlib", clamp=True)
-    text, heatmap = result["result"]
+    text, heatmap, verdicts = result["result"]
     assert result["ui"]["text"] == [text]
+    assert verdicts.shape == images.shape and not torch.equal(verdicts, images)
     (right_id, right_ms), (wrong_id, wrong_ms) = scores_from_text(text)
     assert right_id > 0.95 and wrong_id < right_id - 0.03 and wrong_ms < right_ms
     assert re.search(r"hopper: 0\.8\d\d", text)  # the stranger in Grace Hopper's place
     assert "astronaut:" in text and "hopper:" in text
     assert heatmap.shape[0] == 2 and heatmap.shape[-1] == 3
     assert not torch.equal(heatmap[0], heatmap[1])  # each image has its own matrix
+
+
+def halves(comfy_host, width, height):
+    """FaceMasks of two side-by-side slots: the left and the right half of the image."""
+    masks_mod = comfy_host.pack_import("instantfamily_core.masks")
+    masks = torch.zeros(2, height, width)
+    masks[0, :, : width // 2] = 1
+    masks[1, :, width // 2:] = 1
+    return masks_mod.FaceMasks(masks, torch.tensor([[0.25, 0.5], [0.75, 0.5]]))
+
+
+def test_identity_report_by_position_sees_the_swap_that_matching_forgives(comfy_host, photo_faces):
+    """astronaut meant on the left, Grace Hopper on the right; the image has them the other way round."""
+    faces, (r_ast, r_gh), _, photos = photo_faces
+    swapped, right = photos.paste([r_gh, r_ast]), photos.paste([r_ast, r_gh])
+    images = torch.from_numpy(np.stack([swapped, right]).astype(np.float32) / 255.0)
+    face_masks = halves(comfy_host, swapped.shape[1], swapped.shape[0])
+    node = comfy_host.node_class(NODE)()
+    text, heatmap, verdicts = node.report(images=images, faces=faces, encoder="dlib", face_masks=face_masks)["result"]
+    (swapped_id, _), (right_id, _) = scores_from_text(text)
+    assert swapped_id > 0.95 and right_id > 0.95  # Hungarian matching: both look perfect
+    blocks = text.split("\nimage ")
+    assert "slots: accuracy 0.00, 1 swapped pairs" in blocks[1] and "SWAPPED, looks most like hopper" in blocks[1]
+    assert "slots: accuracy 1.00, 0 swapped pairs" in blocks[2] and "SWAPPED" not in blocks[2]
+    assert "slots by position (face_masks)" in text
+    assert not torch.equal(heatmap[0], heatmap[1])
+    drawn = (verdicts[0].numpy() * 255).round().astype(np.uint8)
+    config = comfy_host.pack_import("instantfamily_core.config").InstantFamilyConfig()
+    for slot in (0, 1):  # each slot's box is drawn in its slot colour
+        assert (drawn == np.array(config.palette_colour(slot), np.uint8)).all(-1).sum() > 50
+    with pytest.raises(ValueError, match="face_masks hold 1 regions but FACES has 2"):
+        node.report(images=images, faces=faces, encoder="dlib", face_masks=face_masks.select([0]))
 
 
 def test_identity_report_errors_name_the_fix(comfy_host, photo_faces):

@@ -1,7 +1,6 @@
 """Load Face Analyzer + Load Faces in a real ComfyUI: a tiny exported insightface pack in the host's
 models/insightface/models/, faces feeding Build Embedding Stack, Face Mask and Apply in one prompt."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -9,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_host import REPO_ROOT, PromptExecutionError
+from comfy_host import PromptExecutionError
 
 PACK = "tinypack_nodes"
 CONTEXT = 32  # the fixture pack's tiny model's cross-attention width
@@ -17,10 +16,9 @@ CENTRES = ((544, 320), (96, 320), (320, 224))  # on the toy detector's stride-32
 
 
 def _face_fixtures():
-    spec = importlib.util.spec_from_file_location("instantfamily_face_fixtures", REPO_ROOT / "tests" / "core" / "face_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import face_fixtures  # tests/core is on pytest's pythonpath (pyproject.toml)
+
+    return face_fixtures
 
 
 @pytest.fixture(scope="module")

@@ -146,3 +146,16 @@ def test_run_prompt_raises_comfyui_error_message(comfy_host):
     assert info.value.node_id == "5" and info.value.node_type == "KSampler"
     assert info.value.exception_message
     assert "KSampler" in str(info.value)
+
+
+def test_the_pack_leaves_the_process_environment_alone(comfy_host):
+    """Loading the pack, and listing every node's inputs (as the UI does), changes no environment
+    variable of ComfyUI's process (the trainer's modules once set HF_HUB_OFFLINE on import)."""
+    import os
+
+    assert comfy_host.environ_after_pack == comfy_host.environ_before_pack
+    before = dict(os.environ)
+    for cls in comfy_host.pack.NODE_CLASS_MAPPINGS.values():
+        cls.INPUT_TYPES()
+    changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
+    assert not changed, f"listing the nodes' inputs changed {sorted(changed)}"

@@ -27,7 +27,7 @@ DOCUMENTED = {
     "InstantFamilyApply": (["model", "instantfamily", "stack", "face_masks", "weight", "start_at", "end_at",
                             "mask_mode", "overlap"], ["attn1_isolation"], ["MODEL"]),
     "InstantFamilyLoadFaceAnalyzer": (["pack", "provider", "det_size", "det_thresh"], [], ["INSTANTFAMILY_ANALYZER"]),
-    "InstantFamilyLoadFaces": (["analyzer", "images", "mode", "order", "combine", "face_indices"], ["faces"],
+    "InstantFamilyLoadFaces": (["analyzer", "images", "mode", "order", "combine", "face_indices"], ["faces", "images_2", "images_3", "images_4"],
                                ["INSTANTFAMILY_FACES", "IMAGE", "IMAGE"]),
     "InstantFamilyFaceMask": (["margin", "order", "overlap"],
                               ["faces", "template", "analyzer", "pose_keypoint", "masks", "instantfamily"],
@@ -36,7 +36,9 @@ DOCUMENTED = {
     "InstantFamilyPoseCircleControlNet": (["positive", "negative", "model", "instantfamily", "stack", "face_masks",
                                            "control_image", "strength", "start_percent", "end_percent"], [],
                                           ["CONDITIONING", "CONDITIONING"]),
-    "InstantFamilyIdentityReport": (["images", "faces", "encoder", "clamp"], ["analyzer"], ["STRING", "IMAGE"]),
+    # new inputs/outputs only at the end: saved workflows keep loading
+    "InstantFamilyIdentityReport": (["images", "faces", "encoder", "clamp"], ["analyzer", "face_masks"],
+                                    ["STRING", "IMAGE", "IMAGE"]),
 }
 BATCH = {"evaluation_identity_report": 2}  # images per prompt after use_test_models (max_batch=2)
 
@@ -137,6 +139,7 @@ def test_example_workflow_runs_through_the_server(server, object_info, name):
     if name == "evaluation_identity_report":
         (report,) = outputs[node_id(prompt, "InstantFamilyIdentityReport")]["text"]
         assert report.startswith("InstantFamily identity report") and "2 identities, 2 images" in report
+        assert "slots by position (face_masks)" in report and "slots: accuracy" in report
 
 
 CROSS_TALK_FACES = 6

@@ -106,7 +106,7 @@ def test_widgets_sockets_and_links_match_the_node_definitions(comfy_host, name):
     for link_id, origin, slot, target, tslot, type_ in workflow["links"]:
         assert nodes[origin]["outputs"][slot]["type"] == type_ == nodes[target]["inputs"][tslot]["type"]
         assert link_id in nodes[origin]["outputs"][slot]["links"] and nodes[target]["inputs"][tslot]["link"] == link_id
-    assert workflow["last_link_id"] == max(l[0] for l in workflow["links"])
+    assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
     assert workflow["last_node_id"] == max(nodes)
 
 
@@ -192,3 +192,4 @@ def test_workflow_runs_on_this_host(world, name):
     if name == "evaluation_identity_report":
         report = outputs[node_id(prompt, "InstantFamilyIdentityReport")][0]
         assert report.startswith("InstantFamily identity report") and "2 identities, 1 images" in report
+        assert "slots by position (face_masks)" in report and "slots: accuracy" in report

@@ -60,11 +60,8 @@ def load_workflow(name: str) -> dict:
 
 
 def load_test_module(name: str):
-    """A helper module of tests/core (e.g. face_fixtures), loaded by path."""
-    spec = importlib.util.spec_from_file_location(f"instantfamily_{name}", REPO_ROOT / "tests" / "core" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A helper module of tests/core (e.g. face_fixtures), by name: tests/core is on pytest's pythonpath."""
+    return importlib.import_module(name)
 
 
 # -- photos -----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_fixtures import PACK, face_fixtures, prepare_args, write_raw_folder
+from train_fixtures import PACK, build_prepare_models, face_fixtures, prepare_args, write_raw_folder
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +40,9 @@ def prepared(raw_folder, pack_root, tmp_path_factory):
     output = tmp_path_factory.mktemp("prepared")
     assert main(prepare_args([raw_folder], output, pack_root, PACK)) == 0
     return output
+
+
+@pytest.fixture(scope="session")
+def prepare_models(tmp_path_factory) -> dict:
+    """DWPose ONNX stand-ins and a tiny random BLIP captioner, for the prepare pipeline tests."""
+    return build_prepare_models(tmp_path_factory.mktemp("prepare_models"))

@@ -72,28 +72,5 @@ def test_webdataset_input(tmp_path, pack_root):
 
 
 def test_bad_input_is_named(tmp_path, pack_root):
-    with pytest.raises(ValueError, match="expected a folder of images or a WebDataset .tar"):
+    with pytest.raises(ValueError, match="expected a folder of images, WebDataset .tar shards"):
         main(prepare_args([tmp_path / "missing"], tmp_path / "out", pack_root, PACK))
-
-
-def test_openpose_results_become_pose_keypoint_json():
-    """The OpenposeDetector path (weights are user-supplied): its PoseResults -> POSE_KEYPOINT."""
-    from controlnet_aux.open_pose import BodyResult, Keypoint, PoseResult
-
-    from instantfamily_core.pose import parse_pose_keypoint
-    from train.prepare import Item, PoseSource
-
-    class FakeDetector:
-        def detect_poses(self, rgb):
-            points = [Keypoint(0.5, 0.25), Keypoint(0.5, 0.4, 0.8)] + [None] * 16
-            return [PoseResult(BodyResult(points, 1.0, 2), None, None, None)]
-
-    source = PoseSource()
-    source.detector = FakeDetector()
-    frame = parse_pose_keypoint(source(Item("x", b"", None, None), np.zeros((100, 200, 3), np.uint8)).decode())
-    assert (frame.width, frame.height) == (200, 100) and len(frame.people) == 1
-    np.testing.assert_allclose(frame.people[0].body[:2], [[0.5, 0.25, 1.0], [0.5, 0.4, 0.8]], rtol=1e-6)
-    assert (frame.people[0].body[2:, 2] == 0).all()
-    assert PoseSource()(Item("x", b"", None, None), np.zeros((4, 4, 3), np.uint8)) is None  # no pose: skipped
-    with pytest.raises(ValueError, match="not a folder"):
-        PoseSource("/no/such/openpose")

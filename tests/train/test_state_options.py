@@ -69,3 +69,29 @@ def test_shipped_example_config_parses():
 
     opts = parse(["--config", str(CONFIG_ROOT / "example.toml")])
     assert opts.max_faces == 4 and opts.mask_margin == 0.25 and opts.resume == "latest"
+
+
+def test_fast_defaults_and_example_config():
+    from train.models import CONFIG_ROOT
+
+    defaults = parse([])
+    assert (defaults.gradient_checkpointing, defaults.tf32, defaults.channels_last, defaults.compile) == \
+        (False, True, True, False)
+    example = parse(["--config", str(CONFIG_ROOT / "example.toml")])
+    assert not example.gradient_checkpointing and example.tf32 and example.channels_last
+
+
+def test_tf32_switches_cuda_backends_only_on_cuda():
+    from train.speed import configure_tf32
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        configure_tf32(True, cuda=False)
+        assert not torch.backends.cuda.matmul.allow_tf32
+        configure_tf32(True, cuda=True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        configure_tf32(False, cuda=True)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved

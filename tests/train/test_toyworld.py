@@ -240,3 +240,22 @@ def test_pretrain_leaves_the_trained_unet_on_the_cpu():
     after = toy.unet.state_dict()
     assert all(v.device.type == "cpu" for v in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+
+
+def test_score_counts_slot_accuracy_and_swaps_by_region(toy_cases):
+    """Region n is slot n: a scene whose first two people stand in each other's place scores slot
+    accuracy 1/3 and one swapped pair (the judge is replaced by fixed embeddings)."""
+    from train.toyworld import evaluation
+
+    case = next(c for c in toy_cases if len(c.identities) == 3)
+    references = np.eye(3, 8)
+
+    class FixedJudge:
+        def embed(self, image, boxes):
+            assert len(boxes) == 3
+            return references[[1, 0, 2]]  # regions 0 and 1 show each other's person
+
+    scores = evaluation.score(FixedJudge(), case.oracle, case, references)
+    assert scores["slot_accuracy"] == pytest.approx(1 / 3) and scores["swaps"] == 1
+    assert scores["mixing"] == pytest.approx(2 / 3)
+    assert scores["multisim"] > 1.9  # Hungarian matching does not see the swap

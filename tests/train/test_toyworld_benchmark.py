@@ -78,6 +78,9 @@ def test_toy_world_smoke(tmp_path):
             if int(n) > 1:
                 assert 0.0 <= metrics["mixing"][0] <= 1.0
                 assert metrics["multisim"] is not None
+                # region n judged as slot n: accurate exactly where not mixed; a swap is two mixed regions
+                assert metrics["slot_accuracy"][0] == pytest.approx(1.0 - metrics["mixing"][0])
+                assert 0.0 <= metrics["swaps"][0] <= int(n) // 2
             else:
                 assert metrics["mixing"] is None and metrics["multisim"] is None
     # each ablation was trained by the real trainer and exported in the pack's format

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_fixtures import train_args
 
 from instantfamily_core.checkpoint import load_checkpoint
 from train.convert import UNET_PREFIX, controlnet_from_ldm, ldm_controlnet_kwargs, unet_from_ldm
@@ -21,7 +22,6 @@ from train.models import load_base
 from train.net import FaceInputs
 from train.options import parse
 from train.train import Trainer, train
-from train_fixtures import train_args
 
 REPO = Path(__file__).resolve().parents[2]
 # EMA, UNet K/V training and gradient accumulation on: all of their state must survive a resume.
@@ -93,7 +93,7 @@ def test_resume_continues_exactly_and_export_runs_what_was_trained(prepared, tmp
 
     trainer_net = Trainer(parse(train_args(prepared, straight, "--max-steps", "6", *FULL, "--resume", "latest"))).net
     rebuilt = net_from_export(tmp_path / "raw.safetensors", base)
-    from test_net import faces_for, inputs  # noqa: E402
+    from net_fixtures import faces_for, inputs
 
     latents, t, text, control = inputs()
     faces = faces_for([[[0, 0, 30, 30], [20, 20, 64, 64], [40, 0, 64, 20]], [[10, 10, 50, 50]]], exported.config)
@@ -155,3 +155,19 @@ def test_two_processes_ddp(prepared, tmp_path):
     assert {p.name for p in checkpoint.glob("rng-*.safetensors")} == {"rng-0.safetensors", "rng-1.safetensors"}
     assert json.loads((checkpoint / "state.json").read_text())["world_size"] == 2
     assert load_checkpoint(run / "instantfamily.safetensors").config.training_steps == 2
+
+
+def test_speed_options_take_effect(prepared, tmp_path):
+    default = Trainer(parse(train_args(prepared, tmp_path / "default", "--max-steps", "1")))
+    net = default.accelerator.unwrap_model(default.net)
+    for weight in (net.unet.conv_in.weight, net.controlnet.conv_in.weight, default.vae.encoder.conv_in.weight):
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert not net.unet.is_gradient_checkpointing and not net.controlnet.is_gradient_checkpointing
+    assert net.unet._compiled_call_impl is None
+    changed = Trainer(parse(train_args(prepared, tmp_path / "changed", "--max-steps", "1", "--channels-last", "false",
+                                       "--compile", "true", "--gradient-checkpointing", "true")))
+    net = changed.accelerator.unwrap_model(changed.net)
+    assert net.unet.conv_in.weight.is_contiguous() and net.controlnet.conv_in.weight.is_contiguous()
+    assert net.unet.is_gradient_checkpointing and net.controlnet.is_gradient_checkpointing
+    assert net.unet._compiled_call_impl is not None and net.controlnet._compiled_call_impl is not None
+    assert "conv_in.weight" in dict(net.unet.named_parameters())  # compiled in place: checkpoint names unchanged

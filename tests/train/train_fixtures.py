@@ -7,29 +7,32 @@ plus optional extra people without a face, and a caption for most images.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-CORE_TESTS = Path(__file__).resolve().parent.parent / "core"
 SIZE = 640
 PACK = "tinypack"
+LATENT_RESOLUTION = 64  # px of the latents prepare caches
+
+
+def core_fixtures(name: str):
+    """tests/core/<name>.py (tiny ONNX model builders); tests/core is on pytest's pythonpath."""
+    return importlib.import_module(name)
 
 
 def face_fixtures():
-    """tests/core/face_fixtures.py (tiny ONNX detector/recognizer builders), imported by path."""
-    if "face_fixtures" in sys.modules:
-        return sys.modules["face_fixtures"]
-    spec = importlib.util.spec_from_file_location("face_fixtures", CORE_TESTS / "face_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["face_fixtures"] = module
-    spec.loader.exec_module(module)
-    return module
+    """Tiny insightface detector/recognizer builders and disc images."""
+    return core_fixtures("face_fixtures")
+
+
+def dwpose_fixtures():
+    """DWPose ONNX stand-ins."""
+    return core_fixtures("dwpose_fixtures")
 
 
 def person(cx: float, cy: float, size: float = 160.0) -> np.ndarray:
@@ -107,7 +110,17 @@ def write_webdataset_tar(path: Path, names: tuple[str, ...]) -> Path:
 
 def prepare_args(inputs: list[Path], output: Path, pack_root: str, pack: str, *extra: str) -> list[str]:
     return ["--input", *map(str, inputs), "--output", str(output), "--insightface-root", pack_root, "--pack", pack,
-            "--provider", "CPU", "--shard-size", "4", "--no-progress", *extra]
+            "--provider", "CPU", "--shard-size", "4", "--no-progress", "--allow-empty-captions", *extra]
+
+
+def full_prepare_args(inputs: list[Path], output: Path, pack_root: str, models: dict, *extra: str,
+                      pack: str = PACK) -> list[str]:
+    """prepare_args with every stage on: DWPose stand-ins, the tiny captioner, float32 latents (``models``:
+    ``build_prepare_models``)."""
+    return prepare_args(inputs, output, pack_root, pack, "--dwpose", models["dwpose"], "--captioner",
+                        str(models["captioner"]), "--caption-max-tokens", "6", "--pretrained", "",
+                        "--model-config", "tiny", "--latent-resolution", str(LATENT_RESOLUTION),
+                        "--latent-dtype", "float32", "--batch-size", "2", *extra)
 
 
 def train_args(data: Path, output: Path, *extra: str) -> list[str]:
@@ -115,3 +128,79 @@ def train_args(data: Path, output: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--output-dir", str(output), "--model-config", "tiny", "--resolution", "64",
             "--batch-size", "2", "--num-workers", "0", "--learning-rate", "1e-3", "--projector-learning-rate", "1e-3",
             "--projector-hidden", "32", "--tensorboard", "false", "--checkpoint-every", "3", *extra]
+
+
+def image_bytes(centres, fmt: str = "PNG", size=(SIZE, SIZE)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(face_fixtures().disc_image(size, centres=centres)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write_photo_folder(folder: Path, names=("a_two", "b_three", "e_four", "g_none")) -> Path:
+    """Raw photos only: no captions, no pose files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / f"{name}.png").write_bytes(image_bytes(IMAGES[name][0]) if IMAGES[name][0] else
+                                            image_bytes((), size=(SIZE, SIZE)))
+    return folder
+
+
+def build_tiny_captioner(folder: Path) -> Path:
+    """A random tiny BLIP captioner (BERT word-piece vocabulary of a few words) saved as safetensors."""
+    import torch
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
+                              BlipProcessor)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *"a photo of two people at party friends".split()]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                              tokenizer=BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]"))
+    torch.manual_seed(0)
+    tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = BlipConfig(vision_config=dict(**tiny, image_size=32, patch_size=16), projection_dim=16,
+                        text_config=dict(**tiny, vocab_size=len(words), encoder_hidden_size=16, bos_token_id=5,
+                                         pad_token_id=0, sep_token_id=3, eos_token_id=3, max_position_embeddings=32))
+    BlipForConditionalGeneration(config).save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder
+
+
+def build_prepare_models(root: Path) -> dict:
+    """DWPose ONNX stand-ins and a tiny random BLIP captioner under ``root``, for the prepare pipeline."""
+    return {"dwpose": dwpose_fixtures().build_dwpose_folder(str(root / "dwpose")),
+            "captioner": build_tiny_captioner(root / "blip")}
+
+
+def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples.items():
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_img2dataset(folder: Path, names=("a_two", "b_three", "e_four", "f_two")) -> Path:
+    """img2dataset output: 00000.tar (key.jpg, key.json, key.txt except for the last) + 00000.parquet
+    (every caption, and one row whose download failed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples, rows = {}, []
+    for number, name in enumerate(names):
+        key = f"{number:09d}"
+        caption = f"photo {name}"
+        samples[key] = {"jpg": image_bytes(IMAGES[name][0], "JPEG"),
+                        "json": json.dumps({"key": key, "url": f"http://example.invalid/{name}.jpg"}).encode()}
+        if number < len(names) - 1:
+            samples[key]["txt"] = caption.encode()
+        rows.append({"key": key, "caption": caption, "status": "success", "url": f"http://example.invalid/{name}"})
+    rows.append({"key": "000000099", "caption": "gone", "status": "failed_to_download", "url": "http://x.invalid/y"})
+    write_tar(folder / "00000.tar", samples)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "00000.parquet")
+    return folder

@@ -9,7 +9,8 @@ batched DDIM sampler and classifier-free guidance (uncond rows: empty caption, n
 
 Scores per case, judge embeddings against a gallery of fresh portraits of each identity:
 per-region similarity (region n vs identity n), mixing (region n's best-matching identity of the
-stack is another one), MultiSim (``instantfamily_core.metrics``, N-identity form) and background
+stack is another one), MultiSim (``instantfamily_core.evaluation.metrics``, N-identity form), slot accuracy
+and swapped pairs (``instantfamily_core.evaluation.positions``: region n judged as slot n) and background
 colour accuracy (does the generated background have the caption's colour).
 """
 
@@ -257,7 +258,8 @@ def _background_means() -> tuple[list[str], np.ndarray]:
 
 def score(judge: Judge, image: np.ndarray, case: Case, references: np.ndarray) -> dict:
     """Scores of one generated scene (S, S, 3) against its case's reference gallery (N, d)."""
-    from instantfamily_core.metrics import score_identities
+    from instantfamily_core.evaluation.metrics import score_identities
+    from instantfamily_core.evaluation.positions import score_slots
 
     generated = judge.embed(image, case.boxes)  # (N, d) regions in slot order
     sims = generated @ references.T  # (N regions, N references)
@@ -265,11 +267,14 @@ def score(judge: Judge, image: np.ndarray, case: Case, references: np.ndarray) -
     per_region = np.diag(sims)
     mixed = (sims.argmax(axis=1) != np.arange(n)) if n > 1 else np.zeros(1, bool)
     scores = score_identities(references, generated)
+    slots = score_slots(references, generated, np.arange(n))  # region n holds slot n's face
     return {
         "n": n,
         "similarity": float(per_region.mean()),
         "mixing": float(mixed.mean()) if n > 1 else None,
         "multisim": scores.multi_sim,
+        "slot_accuracy": slots.slot_accuracy,
+        "swaps": len(slots.swaps) if n > 1 else None,
         "background_ok": background_colour(image, case.background_mask) == case.colour,
     }
 

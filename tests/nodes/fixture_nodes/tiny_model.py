@@ -24,6 +24,14 @@ SD15_ATTN2_BLOCKS = ([("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("middle", 0)
                      + [("output", i) for i in range(3, 12)])
 
 
+# SDXL's layout as ComfyUI's model detection builds it (3 levels, attention at levels 1-2 with two
+# transformer blocks per attention block at level 2, an ADM input for pooled text + sizes), tiny widths.
+_SDXL_LAYOUT = dict(_SD15_LAYOUT, adm_in_channels=2816, num_classes="sequential", use_linear_in_transformer=True,
+                    num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], transformer_depth=[0, 0, 1, 1, 2, 2],
+                    transformer_depth_middle=2, transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+                    num_head_channels=32, num_heads=-1)
+
+
 def tiny_unet_config(context_dim=32, model_channels=32):
     """SD1.5's unet_config with tiny widths (model_channels must be a multiple of 32)."""
     if model_channels % 32:
@@ -50,13 +58,19 @@ def fill_weights(module, seed):
     return module
 
 
-def tiny_sd15_model(context_dim=32, seed=0, model_channels=32):
-    """A tiny SD1.5-family MODEL: ``SD15(config).get_model({})`` in a ``ModelPatcher``."""
+def tiny_sd15_model(context_dim=32, seed=0, model_channels=32, family="SD1.5"):
+    """A tiny MODEL of ``family`` ("SD1.5" or "SDXL"): ``SD15(config).get_model({})`` (or SDXL's)
+    in a ``ModelPatcher``."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
-    model_config = comfy.supported_models.SD15(tiny_unet_config(context_dim, model_channels))
+    config = tiny_unet_config(context_dim, model_channels)
+    if family == "SDXL":
+        config = dict(config, **{k: v for k, v in _SDXL_LAYOUT.items() if k not in ("model_channels", "image_size")})
+        model_config = comfy.supported_models.SDXL(config)
+    else:
+        model_config = comfy.supported_models.SD15(config)
     model = model_config.get_model({})
     fill_weights(model.diffusion_model, seed)
     model.eval()
@@ -67,8 +81,10 @@ def tiny_sd15_model(context_dim=32, seed=0, model_channels=32):
     )
 
 
-def random_conditioning(context_dim=32, seed=0, batch=1, tokens=77):
-    """A CONDITIONING list with one random text embedding (batch, tokens, context_dim)."""
+def random_conditioning(context_dim=32, seed=0, batch=1, tokens=77, pooled=None):
+    """A CONDITIONING list with one random text embedding (batch, tokens, context_dim); ``pooled``:
+    the width of a random pooled embedding (SDXL: 1280), None for none."""
     gen = torch.Generator().manual_seed(seed)
     cond = torch.randn((batch, tokens, context_dim), generator=gen)  # (B, T, C)
-    return [[cond, {"pooled_output": None}]]
+    pooled_output = None if pooled is None else torch.randn((batch, pooled), generator=gen)
+    return [[cond, {"pooled_output": pooled_output}]]

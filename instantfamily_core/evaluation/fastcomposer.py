@@ -11,7 +11,9 @@ Layout (FastComposer's: identities x prompts x instances/seeds)::
 
 Case c of the manifest is ``subject_{c:04d}``; its prompt p is ``prompt_{p:04d}``. A case with one
 identity is scored with SingleSim (the paper's Table 1), several with MultiSim (Table 2, eq. 11
-generalised, see ``metrics``). TextSim needs a local CLIP folder and is skipped without one.
+generalised, see ``metrics``); count accuracy and ID-Conf as ``field_metrics`` defines them. TextSim
+needs a local CLIP folder and is skipped without one. Nothing here knows where each person was meant
+to stand; ``benchmark`` (FastComposer layout) generates and scores by position.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .face_encoders import FaceEncoder, TextSimilarity
+from .encoders import FaceEncoder, TextSimilarity
+from .field_metrics import id_conf
 from .metrics import score_identities
 
 log = logging.getLogger("InstantFamily")
@@ -138,11 +141,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     for key in order:
         rs = groups[key]
         entry = {"num_ids": key, "images": len(rs)}
-        for metric in ("identity", "multi_sim", "mixing", "text_sim"):
+        for metric in ("identity", "multi_sim", "mixing", "text_sim", "id_conf"):
             mean, std, n = _mean_std(r[metric] for r in rs)
             entry[metric] = {"mean": mean, "std": std, "n": n}
         refs = sum(r["num_ids"] for r in rs)
         entry["missing_face_rate"] = sum(r["num_missing"] for r in rs) / refs if refs else None
+        entry["count_accuracy"] = sum(r["count_ok"] for r in rs) / len(rs) if rs else None
         out.append(entry)
     return out
 
@@ -187,6 +191,7 @@ def evaluate_folder(manifest: Manifest, references_dir: str, generated_dir: str,
             "identities": "|".join(case.identities), "prompt": case.prompts[p],
             "num_ids": len(case.identities), "num_faces": len(faces), "num_missing": scores.num_missing,
             "identity": scores.identity, "multi_sim": scores.multi_sim, "mixing": scores.mixing, "text_sim": text,
+            "count_ok": len(faces) == len(case.identities), "id_conf": float(id_conf(refs, gens).mean()),
             "matched": [float(v) for v in scores.matched],
         })
         confusions.setdefault(c, []).append(scores.confusion)
@@ -212,12 +217,14 @@ def _fmt(stat: dict) -> str:
 
 def summary_table(report: EvaluationReport) -> str:
     """A plain-text table in the paper's style (mean ± std)."""
-    header = ["IDs", "images", "SingleSim/identity", "MultiSim", "mixing", "missing faces", "TextSim"]
+    header = ["IDs", "images", "SingleSim/identity", "MultiSim", "mixing", "missing faces", "count accuracy",
+              "ID-Conf", "TextSim"]
     lines = []
     for s in report.summary:
         missing = "-" if s["missing_face_rate"] is None else f"{100 * s['missing_face_rate']:.1f}%"
+        count = "-" if s["count_accuracy"] is None else f"{100 * s['count_accuracy']:.1f}%"
         lines.append([s["num_ids"], str(s["images"]), _fmt(s["identity"]), _fmt(s["multi_sim"]), _fmt(s["mixing"]),
-                      missing, _fmt(s["text_sim"])])
+                      missing, count, _fmt(s["id_conf"]), _fmt(s["text_sim"])])
     widths = [max(len(h), *(len(r[k]) for r in lines)) for k, h in enumerate(header)]
     fmt = lambda row: "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
     title = f"encoder: {report.settings['encoder']}  (identity clamped at 0: {report.settings['clamp']})"
@@ -225,7 +232,7 @@ def summary_table(report: EvaluationReport) -> str:
 
 
 CSV_COLUMNS = ("case", "prompt_index", "instance", "file", "identities", "num_ids", "num_faces", "num_missing",
-               "identity", "multi_sim", "mixing", "text_sim", "matched", "prompt")
+               "identity", "multi_sim", "mixing", "text_sim", "count_ok", "id_conf", "matched", "prompt")
 
 
 def write_report(report: EvaluationReport, out_dir: str) -> dict[str, str]:
@@ -245,68 +252,3 @@ def write_report(report: EvaluationReport, out_dir: str) -> dict[str, str]:
     with open(paths["summary"], "w", encoding="utf-8") as f:
         f.write(summary_table(report))
     return paths
-
-
-# -- the node's report: generated images scored against the identities of a FACES value ---------------
-def identity_labels(faces) -> list[str]:
-    return [ident.label or f"ID {n + 1}" for n, ident in enumerate(faces.identities)]
-
-
-def references_from_faces(faces, encoder: FaceEncoder) -> np.ndarray:
-    """(N, d) reference embeddings of a ``Faces`` value under ``encoder``.
-
-    The pack's own recognizer uses the identities' global features as they are (what the model
-    was conditioned on); any other encoder embeds the aligned crops the identities came from.
-    """
-    if len(faces) == 0:
-        raise ValueError("FACES holds no identity to evaluate against")
-    analyzer_info = getattr(getattr(encoder, "analyzer", None), "info", None)
-    if encoder.name == "insightface" and analyzer_info is not None:
-        same = not faces.recognizer.sha256 or not analyzer_info.sha256 or faces.recognizer.sha256 == analyzer_info.sha256
-        if same:
-            return faces.global_features()
-    refs = []
-    for n, ident in enumerate(faces.identities):
-        crops = [s.crop for s in ident.sources if getattr(s, "crop", None) is not None]
-        if not crops:
-            raise ValueError(f"identity {n + 1} ('{identity_labels(faces)[n]}') carries no face crop to embed with "
-                             f"the {encoder.name} encoder: build FACES with Load Faces, or use the insightface encoder")
-        e = np.stack([encoder.embed_crop(c) for c in crops])  # (K, d)
-        e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
-        refs.append(e.mean(0))
-    return np.stack(refs)
-
-
-def identity_report(encoder: FaceEncoder, faces, images: list[np.ndarray], clamp: bool = True):
-    """Score each generated image against ``faces``: (report text, one heatmap per image, scores)."""
-    from .heatmap import render_confusion
-
-    labels = identity_labels(faces)
-    refs = references_from_faces(faces, encoder)
-    n = len(labels)
-    lines = [f"InstantFamily identity report: encoder {encoder.name}, {n} identities, {len(images)} images"
-             + ("" if clamp else " (similarities not clamped)")]
-    all_scores, heatmaps = [], []
-    for b, image in enumerate(images):
-        found = encoder.encode(image)
-        gens = np.stack([f.embedding for f in found]) if found else np.zeros((0, refs.shape[1]))
-        s = score_identities(refs, gens, clamp=clamp)
-        all_scores.append(s)
-        head = f"image {b}: {len(found)} faces found, {s.num_missing} missing | identity {s.identity:.3f}"
-        if s.multi_sim is not None:
-            head += f" | mixing {s.mixing:.3f} | MultiSim {s.multi_sim:.3f}"
-        lines.append(head)
-        for i, label in enumerate(labels):
-            j = int(s.assignment[i])
-            where = "no face" if j < 0 else f"face at x={int(found[j].box[0])}..{int(found[j].box[2])}"
-            lines.append(f"  {label}: {s.matched[i]:.3f} ({where})")
-        title = f"image {b}: identity confusion ({encoder.name})"
-        heatmaps.append(render_confusion(s.confusion, [f"ref {x}" for x in labels], [f"gen {x}" for x in labels],
-                                         title=title))
-    if len(images) > 1:
-        ident = np.array([s.identity for s in all_scores])
-        lines.append(f"mean identity {ident.mean():.3f} ± {ident.std():.3f}")
-        if n > 1:
-            ms = np.array([s.multi_sim for s in all_scores])
-            lines.append(f"mean MultiSim {ms.mean():.3f} ± {ms.std():.3f}")
-    return "\n".join(lines), heatmaps, all_scores

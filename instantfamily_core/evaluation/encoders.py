@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .faces.dlib_backend import DLIB_FILES, DLIB_INSTALL, dlib_models_dir, import_dlib
+from ..faces.dlib_backend import DLIB_FILES, DLIB_INSTALL, dlib_models_dir, import_dlib
 
 log = logging.getLogger("InstantFamily")
 
