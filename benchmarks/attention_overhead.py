@@ -37,8 +37,15 @@ def face_boxes(n: int, size: int) -> list[list[float]]:
     rows = math.ceil(n / cols)
     cell_w, cell_h = size / cols, size / rows
     face = 0.35 * min(cell_w, cell_h)
-    return [[(i % cols + 0.5) * cell_w - face / 2, (i // cols + 0.5) * cell_h - face / 2,
-             (i % cols + 0.5) * cell_w + face / 2, (i // cols + 0.5) * cell_h + face / 2] for i in range(n)]
+    return [
+        [
+            (i % cols + 0.5) * cell_w - face / 2,
+            (i // cols + 0.5) * cell_h - face / 2,
+            (i % cols + 0.5) * cell_w + face / 2,
+            (i // cols + 0.5) * cell_h + face / 2,
+        ]
+        for i in range(n)
+    ]
 
 
 def _patched_step(host, base, n, args, control_state=None):
@@ -85,8 +92,9 @@ def _patched_step(host, base, n, args, control_state=None):
             residuals = None
             if control is not None:
                 residuals = control.get_control(x, sigma, {"c_crossattn": context}, 2, *control_args)
-            return model.model.apply_model(x, sigma, c_crossattn=context, control=residuals,
-                                           transformer_options=dict(options))
+            return model.model.apply_model(
+                x, sigma, c_crossattn=context, control=residuals, transformer_options=dict(options)
+            )
 
     return step
 
@@ -130,7 +138,7 @@ def time_interleaved(args) -> dict:
     times = {name: [] for name in steps}
     names = list(steps)
     for round_ in range(args.repeats):
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
@@ -172,8 +180,13 @@ def main() -> None:
     parser.add_argument("--mode", default="hard", choices=["hard", "paper"])
     parser.add_argument("--kernel", default="auto", choices=["auto", "dense", "region"])
     parser.add_argument("--controlnet", action="store_true", help="also time ControlNet + UNet, 4 IDs vs none")
-    parser.add_argument("--memory-ids", type=int, nargs="*", default=[4],
-                        help="ID counts whose peak memory is measured in subprocesses (empty: skip)")
+    parser.add_argument(
+        "--memory-ids",
+        type=int,
+        nargs="*",
+        default=[4],
+        help="ID counts whose peak memory is measured in subprocesses (empty: skip)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: peak memory of one config, as JSON
     args = parser.parse_args()
     if args.one:
@@ -182,8 +195,10 @@ def main() -> None:
         print("RESULT " + json.dumps(peak_memory(args)))
         return
 
-    print(f"SD1.5-shaped UNet, random init, CPU x{args.threads}, {args.size} px, batch 2 (cond+uncond), "
-          f"mode={args.mode}, kernel={args.kernel}, median of {args.repeats} interleaved rounds")
+    print(
+        f"SD1.5-shaped UNet, random init, CPU x{args.threads}, {args.size} px, batch 2 (cond+uncond), "
+        f"mode={args.mode}, kernel={args.kernel}, median of {args.repeats} interleaved rounds"
+    )
     times = time_interleaved(args)
     medians = {name: statistics.median(t) for name, t in times.items()}
 
@@ -199,19 +214,33 @@ def main() -> None:
     results = {"seconds": times, "ratios": {n: statistics.median(r) for n, r in ratios.items()}, "round_ratios": ratios}
     if args.controlnet:
         r = round_ratios("cn4", "cn0")
-        print(f"ControlNet+UNet: plain {medians['cn0']:.3f} s, 4 IDs {medians['cn4']:.3f} s, ratio "
-              f"{statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})")
+        print(
+            f"ControlNet+UNet: plain {medians['cn0']:.3f} s, 4 IDs {medians['cn4']:.3f} s, ratio "
+            f"{statistics.median(r):.3f} ({min(r):.3f}-{max(r):.3f})"
+        )
         results["controlnet_ratio"] = statistics.median(r)
 
     def memory(ids: int) -> float:
         config = {"ids": ids, "controlnet": False}
-        cmd = [sys.executable, __file__, "--size", str(args.size), "--threads", str(args.threads),
-               "--mode", args.mode, "--kernel", args.kernel, "--one", json.dumps(config)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--size",
+            str(args.size),
+            "--threads",
+            str(args.threads),
+            "--mode",
+            args.mode,
+            "--kernel",
+            args.kernel,
+            "--one",
+            json.dumps(config),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(f"memory run {config} failed:\n{out.stderr[-3000:]}")
-        return json.loads(line[len("RESULT "):])
+        return json.loads(line[len("RESULT ") :])
 
     if args.memory_ids:
         plain = memory(0)

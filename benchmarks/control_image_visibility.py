@@ -34,8 +34,11 @@ def measure(data: str, samples: int, resolution: int) -> dict:
     config = InstantFamilyConfig()
     reader = ShardReader(find_shards([data])[0])
     dataset = TrainDataset(reader, config, resolution, text_dropout=0, face_dropout=0, random_crop=False)
-    tallies = {"head points visible": [0, 0], "circles on top: head points visible": [0, 0],
-               "circle pixels visible": [0, 0]}
+    tallies = {
+        "head points visible": [0, 0],
+        "circles on top: head points visible": [0, 0],
+        "circle pixels visible": [0, 0],
+    }
     for index in range(min(samples, len(reader))):
         example = dataset.example(*reader.read(index), sample_rng(0, 0, index))
         if example["masks"] is None:
@@ -43,8 +46,9 @@ def measure(data: str, samples: int, resolution: int) -> dict:
         frame = parse_pose_keypoint(example["pose_keypoint"])
         control = (example["control"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
         skeleton = draw_skeletons(frame.bodies(), frame.size)
-        centres, radii = circle_geometry(example["masks"].centres.numpy(), slot_boxes(example["masks"]), frame.size,
-                                         config.circle_radius_fraction)
+        centres, radii = circle_geometry(
+            example["masks"].centres.numpy(), slot_boxes(example["masks"]), frame.size, config.circle_radius_fraction
+        )
         on_top = draw_circles(skeleton.copy(), centres, radii, example["colours"])
         people = [frame.people[p] for p in face_slots(frame, example["order"])]
         for slot, person in enumerate(people):
@@ -55,7 +59,7 @@ def measure(data: str, samples: int, resolution: int) -> dict:
                 for name, image in (("head points visible", control), ("circles on top: head points visible", on_top)):
                     tallies[name][0] += int(np.array_equal(image[y, x], skeleton[y, x]))
                     tallies[name][1] += 1
-            alone = draw_circles(np.zeros_like(skeleton), centres[slot:slot + 1], radii[slot:slot + 1], [(1, 1, 1)])
+            alone = draw_circles(np.zeros_like(skeleton), centres[slot : slot + 1], radii[slot : slot + 1], [(1, 1, 1)])
             inside = alone.any(axis=2)
             colour = np.array(example["colours"][slot], np.uint8)
             tallies["circle pixels visible"][0] += int(np.all(control[inside] == colour, axis=-1).sum())

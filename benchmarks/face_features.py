@@ -30,7 +30,9 @@ sys.path.insert(0, REPO)
 
 
 def _face_fixtures():
-    spec = importlib.util.spec_from_file_location("face_fixtures", os.path.join(REPO, "tests", "core", "face_fixtures.py"))
+    spec = importlib.util.spec_from_file_location(
+        "face_fixtures", os.path.join(REPO, "tests", "core", "face_fixtures.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -47,9 +49,8 @@ def photos(real: bool, fixtures) -> list[np.ndarray]:
 
 
 def insightface_app(pack_dir: str, root: str, det_size: int):
-    from insightface.app import FaceAnalysis
-
     import onnxruntime
+    from insightface.app import FaceAnalysis
 
     from instantfamily_core.faces.providers import session_options, spinning_disabled
 
@@ -62,7 +63,9 @@ def insightface_app(pack_dir: str, root: str, det_size: int):
     )
     for model in app.models.values():  # insightface 0.7.x ignores sess_options: same settings as ours
         if not spinning_disabled(model.session):
-            model.session = onnxruntime.InferenceSession(model.model_file, sess_options=session_options(), providers=["CPUExecutionProvider"])
+            model.session = onnxruntime.InferenceSession(
+                model.model_file, sess_options=session_options(), providers=["CPUExecutionProvider"]
+            )
     app.prepare(ctx_id=0, det_thresh=0.5, det_size=(det_size, det_size))
     return app
 
@@ -128,7 +131,9 @@ def main() -> None:
     blob = ours.recognizer.blob(np.stack([align_crop(img, f.kps) for img, _, faces in detected for f in faces])[:1])
 
     def ours_network():  # the network alone, one crop, both outputs
-        ours.recognizer.session.run([ours.recognizer.global_name, ours.recognizer.map_name], {ours.recognizer.input_name: blob})
+        ours.recognizer.session.run(
+            [ours.recognizer.global_name, ours.recognizer.map_name], {ours.recognizer.input_name: blob}
+        )
 
     def theirs_network():  # the network alone, one crop, insightface's single-output session
         recognizer.session.run(recognizer.output_names, {recognizer.input_name: blob})
@@ -141,7 +146,10 @@ def main() -> None:
         for im_bgr in bgr:
             theirs.get(im_bgr)
 
-    results = {name: [] for name in ("ours_full", "theirs_full", "ours_rec", "theirs_rec", "ours_rec1", "ours_net", "theirs_net")}
+    results = {
+        name: []
+        for name in ("ours_full", "theirs_full", "ours_rec", "theirs_rec", "ours_rec1", "ours_net", "theirs_net")
+    }
     for _ in range(args.rounds):  # interleaved so drift hits both sides alike
         results["ours_full"] += timed(ours_full, 1)
         results["theirs_full"] += timed(theirs_full, 1)
@@ -153,8 +161,10 @@ def main() -> None:
             results["theirs_net"] += [t * n_ours for t in timed(theirs_network, 1)]
     per_face = {k: statistics.median(v) / n_ours * 1000 for k, v in results.items()}
 
-    print(f"pack: {pack} ({'real' if args.root else 'tiny exported models'}), recognizer {ours.info.file_name}, "
-          f"{len(images)} photos, {n_ours} faces, det_size {args.det_size}, {args.rounds} rounds, CPU provider")
+    print(
+        f"pack: {pack} ({'real' if args.root else 'tiny exported models'}), recognizer {ours.info.file_name}, "
+        f"{len(images)} photos, {n_ours} faces, det_size {args.det_size}, {args.rounds} rounds, CPU provider"
+    )
     print(f"  insightface FaceAnalysis.get (global only)    : {per_face['theirs_full']:8.2f} ms/face")
     print(f"  InstantFamily analyze (global + local, 1 pass): {per_face['ours_full']:8.2f} ms/face")
     print(f"  ratio full pipeline                           : {per_face['ours_full'] / per_face['theirs_full']:8.3f}x")

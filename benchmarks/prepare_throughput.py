@@ -41,7 +41,8 @@ def synthetic_photos(folder: Path, count: int, size: int = 640, seed: int = 0) -
             inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= 400
             image[inside] = 200 + 40 * np.sin(0.3 * (k + 1) * xx[inside] + 0.2 * yy[inside])
         Image.fromarray(np.repeat(np.clip(image, 0, 255).astype(np.uint8)[:, :, None], 3, 2)).save(
-            folder / f"{index:06d}.png")
+            folder / f"{index:06d}.png"
+        )
     return folder
 
 
@@ -52,8 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--provider", default="auto")
     p.add_argument("--dwpose", default="", help="folder with yolox_l.onnx + dw-ll_ucoco_384.onnx")
     p.add_argument("--captioner", default="", help="local transformers captioning model folder")
-    p.add_argument("--pretrained", default=None,
-                   help="SD1.5 weights for latents ('' = random, with --model-config tiny)")
+    p.add_argument(
+        "--pretrained", default=None, help="SD1.5 weights for latents ('' = random, with --model-config tiny)"
+    )
     p.add_argument("--model-config", default="sd15")
     p.add_argument("--resolution", type=int, default=512, help="latent resolution (with --pretrained)")
     p.add_argument("--input", default="", help="a folder of real photos (default: synthetic ones)")
@@ -70,14 +72,35 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(args.input) if args.input else synthetic_photos(Path(tmp) / "photos", args.images)
         output = Path(tmp) / "prepared"
-        command = ["--input", str(source), "--output", str(output), "--insightface-root", args.insightface_root,
-                   "--pack", args.pack, "--provider", args.provider, "--batch-size", str(args.batch_size),
-                   "--allow-empty-captions", "--no-progress", "--min-side", "0"]
+        command = [
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--insightface-root",
+            args.insightface_root,
+            "--pack",
+            args.pack,
+            "--provider",
+            args.provider,
+            "--batch-size",
+            str(args.batch_size),
+            "--allow-empty-captions",
+            "--no-progress",
+            "--min-side",
+            "0",
+        ]
         command += ["--dwpose", args.dwpose] if args.dwpose else ["--allow-missing-pose"]
         command += ["--captioner", args.captioner] if args.captioner else []
         if args.pretrained is not None:
-            command += ["--pretrained", args.pretrained, "--model-config", args.model_config,
-                        "--latent-resolution", str(args.resolution)]
+            command += [
+                "--pretrained",
+                args.pretrained,
+                "--model-config",
+                args.model_config,
+                "--latent-resolution",
+                str(args.resolution),
+            ]
         start = time.perf_counter()
         prepare(command + args.extra)
         wall = time.perf_counter() - start
@@ -88,12 +111,19 @@ def main(argv=None) -> int:
         if calls:
             rate = round(calls / max(seconds, 1e-9), 2)
             stages[stage] = {"calls": calls, "seconds": round(seconds, 4), "per_s": rate}
-    figures = {"images": totals["images"], "samples": totals["samples"], "wall_s": round(wall, 2),
-               "images_per_s": round(totals["images"] / wall, 3), "stages": stages,
-               "note": "per_s counts images (faces for recognize) per second of that stage alone; wall_s includes "
-                       "loading the models"}
-    print(f"{totals['images']} images -> {totals['samples']} samples in {wall:.1f} s "
-          f"({figures['images_per_s']} images/s per process, model loading included)")
+    figures = {
+        "images": totals["images"],
+        "samples": totals["samples"],
+        "wall_s": round(wall, 2),
+        "images_per_s": round(totals["images"] / wall, 3),
+        "stages": stages,
+        "note": "per_s counts images (faces for recognize) per second of that stage alone; wall_s includes "
+        "loading the models",
+    }
+    print(
+        f"{totals['images']} images -> {totals['samples']} samples in {wall:.1f} s "
+        f"({figures['images_per_s']} images/s per process, model loading included)"
+    )
     for stage, row in stages.items():
         print(f"  {stage:<10} {row['calls']:>6} calls  {row['seconds']:>8.3f} s  {row['per_s']:>9.2f} /s")
     if args.json:

@@ -31,8 +31,9 @@ def build_graphs(host, base, args):
     """(stock, instantfamily): each a function that samples ``args.steps`` steps."""
     import comfy.controlnet
     import comfy.model_management
-    import nodes as comfy_nodes
     import torch
+
+    import nodes as comfy_nodes
 
     masks_mod = host.pack_import("instantfamily_core.masks")
     checkpoint = host.pack_import("instantfamily_core.checkpoint")
@@ -49,9 +50,12 @@ def build_graphs(host, base, args):
     ifmodel = checkpoint.InstantFamilyModel(config_mod.InstantFamilyConfig(), None, controlnet_state(host, base))
     control = host.pack_import("nodes.controlnet").build_control_model(base, ifmodel, "benchmark")
 
-    stock_net = comfy.controlnet.ControlNet(control.control_model, load_device=comfy.model_management.get_torch_device())
+    stock_net = comfy.controlnet.ControlNet(
+        control.control_model, load_device=comfy.model_management.get_torch_device()
+    )
     stock_pos, stock_neg = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
-        positive, negative, stock_net, hint, 1.0, 0.0, 1.0)[:2]
+        positive, negative, stock_net, hint, 1.0, 0.0, 1.0
+    )[:2]
 
     stack = stack_mod.EmbeddingStack(torch.randn(args.ids, 50, 768, generator=gen))
     masks = masks_mod.masks_from_boxes(torch.tensor(face_boxes(args.ids, size)), (size, size))
@@ -103,8 +107,10 @@ def main() -> None:
     for name, run in (("stock ControlNet", stock), ("InstantFamily", ours)):
         calls = count_calls(run)  # also the warm-up
         per_step = sorted(set(calls))
-        print(f"{name}: {len(calls) / args.steps:.0f} forwards per step: "
-              + ", ".join(f"{calls.count(c) // args.steps} x {c[0]} batch {c[1]}" for c in per_step))
+        print(
+            f"{name}: {len(calls) / args.steps:.0f} forwards per step: "
+            + ", ".join(f"{calls.count(c) // args.steps} x {c[0]} batch {c[1]}" for c in per_step)
+        )
     seconds = {"stock": [], "instantfamily": []}
     ratios = []
     for round_ in range(args.rounds):
@@ -115,12 +121,18 @@ def main() -> None:
             seconds[name].append((time.perf_counter() - start) / args.steps)
         ratios.append(seconds["instantfamily"][-1] / seconds["stock"][-1])
     stock_s, ours_s = statistics.median(seconds["stock"]), statistics.median(seconds["instantfamily"])
-    print(f"SD1.5-shaped UNet + ControlNet, random init, CPU x{args.threads}, {args.size} px, CFG (cond + uncond), "
-          f"{args.ids} IDs, {args.rounds} rounds of {args.steps} steps")
-    print(f"s/step: stock {stock_s:.3f}, InstantFamily {ours_s:.3f}; it/s: stock {1 / stock_s:.3f}, "
-          f"InstantFamily {1 / ours_s:.3f}")
-    print(f"ratio InstantFamily / stock: median {statistics.median(ratios):.3f} "
-          f"(rounds {min(ratios):.3f}-{max(ratios):.3f})")
+    print(
+        f"SD1.5-shaped UNet + ControlNet, random init, CPU x{args.threads}, {args.size} px, CFG (cond + uncond), "
+        f"{args.ids} IDs, {args.rounds} rounds of {args.steps} steps"
+    )
+    print(
+        f"s/step: stock {stock_s:.3f}, InstantFamily {ours_s:.3f}; it/s: stock {1 / stock_s:.3f}, "
+        f"InstantFamily {1 / ours_s:.3f}"
+    )
+    print(
+        f"ratio InstantFamily / stock: median {statistics.median(ratios):.3f} "
+        f"(rounds {min(ratios):.3f}-{max(ratios):.3f})"
+    )
     print("JSON " + json.dumps({"seconds_per_step": seconds, "ratios": ratios, "args": vars(args)}))
 
 

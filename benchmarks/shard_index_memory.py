@@ -58,9 +58,13 @@ def measure(samples: int, per_shard: int) -> dict:
     new, new_bytes = retained(lambda: ShardIndex.from_entries(json.loads(text) for text in texts))
     assert len(new) == samples
     per_million = 1e6 / samples
-    return {"samples": samples, "old_mb_per_million": old_bytes * per_million / 1e6,
-            "new_mb_per_million": new_bytes * per_million / 1e6, "new_array_bytes_per_sample": new.nbytes / samples,
-            "ratio": old_bytes / max(new_bytes, 1)}
+    return {
+        "samples": samples,
+        "old_mb_per_million": old_bytes * per_million / 1e6,
+        "new_mb_per_million": new_bytes * per_million / 1e6,
+        "new_array_bytes_per_sample": new.nbytes / samples,
+        "ratio": old_bytes / max(new_bytes, 1),
+    }
 
 
 def main(argv=None) -> int:
@@ -70,11 +74,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     r = measure(args.samples, args.per_shard)
-    print(f"shard index, {r['samples']} samples, {len(MEMBERS)} members each: "
-          f"old (Python objects) {r['old_mb_per_million']:.0f} MB per million samples, "
-          f"new (arrays) {r['new_mb_per_million']:.0f} MB per million ({r['new_array_bytes_per_sample']:.0f} bytes "
-          f"per sample); {r['ratio']:.1f}x smaller; at 2.3M samples: {2.3 * r['old_mb_per_million'] / 1e3:.2f} GB "
-          f"-> {2.3 * r['new_mb_per_million'] / 1e3:.2f} GB per process")
+    print(
+        f"shard index, {r['samples']} samples, {len(MEMBERS)} members each: "
+        f"old (Python objects) {r['old_mb_per_million']:.0f} MB per million samples, "
+        f"new (arrays) {r['new_mb_per_million']:.0f} MB per million ({r['new_array_bytes_per_sample']:.0f} bytes "
+        f"per sample); {r['ratio']:.1f}x smaller; at 2.3M samples: {2.3 * r['old_mb_per_million'] / 1e3:.2f} GB "
+        f"-> {2.3 * r['new_mb_per_million'] / 1e3:.2f} GB per process"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
     return 0

@@ -59,15 +59,27 @@ def summarise(records: list[dict]) -> dict:
     for n in sorted({r["n"] for r in records}):
         out[n] = {}
         for metric in METRICS:
-            per_seed = [_mean(r.get(metric) for r in records if r["n"] == n and r["seed"] == s)
-                        for s in sorted({r["seed"] for r in records})]
+            per_seed = [
+                _mean(r.get(metric) for r in records if r["n"] == n and r["seed"] == s)
+                for s in sorted({r["seed"] for r in records})
+            ]
             per_seed = [v for v in per_seed if v is not None]
             out[n][metric] = None if not per_seed else (float(np.mean(per_seed)), float(np.std(per_seed)))
     return out
 
 
-def evaluate_rows(toy_dir: Path, variants, seeds, per_count: int, case_seed: int, steps: int, guidance: float,
-                  batch: int, include_train_ids: bool = True, device: str = "cpu"):
+def evaluate_rows(
+    toy_dir: Path,
+    variants,
+    seeds,
+    per_count: int,
+    case_seed: int,
+    steps: int,
+    guidance: float,
+    batch: int,
+    include_train_ids: bool = True,
+    device: str = "cpu",
+):
     """Every benchmark row: name -> list of per-case records (plus a few images for the grid)."""
     from train.toyworld import evaluation, world
     from train.toyworld.build import Paths
@@ -109,15 +121,29 @@ def evaluate_rows(toy_dir: Path, variants, seeds, per_count: int, case_seed: int
                 evaluation.set_attn1_isolation(net, isolate)
                 examples = [evaluation.case_example(c, net.config, features, full) for c in cases[pool]]
                 if with_faces:
-                    diagnostics.setdefault(row, []).append({
-                        "identity_gain": evaluation.identity_gain(net, toy, examples, cases[pool], seed=seed)["gain"],
-                        **evaluation.influence_locality(net, toy, examples, cases[pool], seed=seed)})
+                    diagnostics.setdefault(row, []).append(
+                        {
+                            "identity_gain": evaluation.identity_gain(net, toy, examples, cases[pool], seed=seed)[
+                                "gain"
+                            ],
+                            **evaluation.influence_locality(net, toy, examples, cases[pool], seed=seed),
+                        }
+                    )
                 if "control image" not in pictures:
                     pictures["control image"] = [e["control_uint8"][::8, ::8] for e in examples]
                 images = []
                 for i in range(0, len(examples), batch):
-                    images.extend(evaluation.sample(net, toy, examples[i:i + batch], steps, guidance,
-                                                    seed=1000 * seed + i, with_faces=with_faces))
+                    images.extend(
+                        evaluation.sample(
+                            net,
+                            toy,
+                            examples[i : i + batch],
+                            steps,
+                            guidance,
+                            seed=1000 * seed + i,
+                            with_faces=with_faces,
+                        )
+                    )
                 record(row, seed, images, pool)
             logger.info("%s seed %d: evaluated in %.0f s", variant, seed, time.time() - start)
     return rows, pictures, diagnostics
@@ -130,13 +156,17 @@ def format_table(summary: dict) -> str:
         mean, std = value
         return f"{mean:.{digits}f}±{std:.{digits}f}" if std else f"{mean:.{digits}f}"
 
-    lines = ["| row | N | similarity | MultiSim | mixing | slot accuracy | swapped pairs per image | background |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | N | similarity | MultiSim | mixing | slot accuracy | swapped pairs per image | background |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row, per_n in summary.items():
         for n, metrics in per_n.items():
-            lines.append(f"| {row} | {n} | {cell(metrics['similarity'])} | {cell(metrics['multisim'])} | "
-                         f"{cell(metrics['mixing'], 2)} | {cell(metrics.get('slot_accuracy'), 2)} | "
-                         f"{cell(metrics.get('swaps'), 2)} | {cell(metrics['background_ok'], 2)} |")
+            lines.append(
+                f"| {row} | {n} | {cell(metrics['similarity'])} | {cell(metrics['multisim'])} | "
+                f"{cell(metrics['mixing'], 2)} | {cell(metrics.get('slot_accuracy'), 2)} | "
+                f"{cell(metrics.get('swaps'), 2)} | {cell(metrics['background_ok'], 2)} |"
+            )
     return "\n".join(lines)
 
 
@@ -146,8 +176,10 @@ DIAGNOSTICS = ("identity_gain", "other_faces", "background")
 def format_diagnostics(diagnostics: dict[str, list[dict]]) -> str:
     """Noise-prediction diagnostics per row, mean +- std over seeds: identity gain
     (``evaluation.identity_gain``) and where one person's features act (``influence_locality``)."""
-    lines = ["| row | identity gain | change on other heads / own head | change on background / own head |",
-             "|---|---|---|---|"]
+    lines = [
+        "| row | identity gain | change on other heads / own head | change on background / own head |",
+        "|---|---|---|---|",
+    ]
     for row, per_seed in diagnostics.items():
         values = {k: [d[k] for d in per_seed] for k in DIAGNOSTICS}
         cells = [f"{np.mean(v):.3f}±{np.std(v):.3f}" for v in values.values()]
@@ -155,8 +187,13 @@ def format_diagnostics(diagnostics: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-SHORT_NAMES = {"control image": "control", "oracle (real rendering)": "oracle", "hard + attn1 isolation": "hard+attn1",
-               "base model, no faces": "no faces", "hard, training IDs": "hard/train IDs"}
+SHORT_NAMES = {
+    "control image": "control",
+    "oracle (real rendering)": "oracle",
+    "hard + attn1 isolation": "hard+attn1",
+    "base model, no faces": "no faces",
+    "hard, training IDs": "hard/train IDs",
+}
 
 
 def picture_grid(pictures: dict, path: Path, examples_per_count: int = 1, per_count: int = 1) -> Path:
@@ -167,8 +204,10 @@ def picture_grid(pictures: dict, path: Path, examples_per_count: int = 1, per_co
     scale = 4
     names = sorted(pictures, key=lambda name: name != "control image")
     chosen = [i for i in range(len(next(iter(pictures.values())))) if i % per_count < examples_per_count]
-    tiles = [np.concatenate([np.kron(pictures[name][i], np.ones((scale, scale, 1), np.uint8)) for name in names], axis=1)
-             for i in chosen]
+    tiles = [
+        np.concatenate([np.kron(pictures[name][i], np.ones((scale, scale, 1), np.uint8)) for name in names], axis=1)
+        for i in chosen
+    ]
     body = np.concatenate(tiles, axis=0)
     header = Image.new("RGB", (body.shape[1], 14), (255, 255, 255))
     draw = ImageDraw.Draw(header)
@@ -193,16 +232,22 @@ def _ratio(a, b) -> float | None:
 MANY = (2, 3, 4, 5, 6, 7, 8)
 IMAGE_CHECKS = {
     "mixing hard / nomask": (("hard", "mixing", MANY), ("nomask", "mixing", MANY), "<=", 0.5),
-    "similarity held-out / training IDs": (("hard", "similarity", COUNTS), ("hard, training IDs", "similarity", COUNTS),
-                                           ">=", 0.9),
+    "similarity held-out / training IDs": (
+        ("hard", "similarity", COUNTS),
+        ("hard, training IDs", "similarity", COUNTS),
+        ">=",
+        0.9,
+    ),
     "similarity N=5-8 / N=4": (("hard", "similarity", (5, 6, 7, 8)), ("hard", "similarity", (4,)), ">=", 0.9),
 }
 
 
 def image_checks(summary: dict) -> dict[str, float | None]:
     """Each IMAGE_CHECKS ratio (None where a row was not run)."""
-    return {name: _ratio(_mean_over(summary, *top), _mean_over(summary, *bottom))
-            for name, (top, bottom, _, _) in IMAGE_CHECKS.items()}
+    return {
+        name: _ratio(_mean_over(summary, *top), _mean_over(summary, *bottom))
+        for name, (top, bottom, _, _) in IMAGE_CHECKS.items()
+    }
 
 
 def resample_cases(rows: dict[str, list[dict]], rng: np.random.Generator) -> dict[str, list[dict]]:
@@ -222,8 +267,9 @@ def resample_cases(rows: dict[str, list[dict]], rng: np.random.Generator) -> dic
     return out
 
 
-def check_intervals(rows: dict[str, list[dict]], draws: int = 300, level: float = 0.9,
-                    seed: int = 0) -> dict[str, tuple[float, float] | None]:
+def check_intervals(
+    rows: dict[str, list[dict]], draws: int = 300, level: float = 0.9, seed: int = 0
+) -> dict[str, tuple[float, float] | None]:
     """Bootstrap interval (over cases) of each image check: with a few cases per N and judge
     similarities near 0.1, a ratio can move a lot from one case more or less."""
     rng = np.random.default_rng(seed)
@@ -234,8 +280,10 @@ def check_intervals(rows: dict[str, list[dict]], draws: int = 300, level: float 
             if value is not None:
                 samples[name].append(value)
     tail = (1 - level) / 2
-    return {name: (float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))) if len(v) > draws // 2 else None
-            for name, v in samples.items()}
+    return {
+        name: (float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))) if len(v) > draws // 2 else None
+        for name, v in samples.items()
+    }
 
 
 def verdict(interval: tuple[float, float] | None, sense: str, bound: float) -> str:
@@ -251,8 +299,9 @@ def verdict(interval: tuple[float, float] | None, sense: str, bound: float) -> s
     return "undecided at this sample size"
 
 
-def target_checks(summary: dict, diagnostics: dict[str, list[dict]], rows: dict[str, list[dict]] | None = None,
-                  level: float = 0.9) -> dict:
+def target_checks(
+    summary: dict, diagnostics: dict[str, list[dict]], rows: dict[str, list[dict]] | None = None, level: float = 0.9
+) -> dict:
     """The issue's comparisons: image-level ratios (with a bootstrap interval and a verdict when the
     per-case ``rows`` are given) and the diagnostics' leak ratios."""
 
@@ -264,10 +313,17 @@ def target_checks(summary: dict, diagnostics: dict[str, list[dict]], rows: dict[
     for name, value in image_checks(summary).items():
         _, _, sense, bound = IMAGE_CHECKS[name]
         interval = intervals.get(name)
-        checks[name] = {"value": value, "target": f"{sense} {bound}", "interval": interval, "level": level,
-                        "verdict": verdict(interval, sense, bound) if rows else None}
-    for name, top in (("change on other heads, paper / hard (leak)", "paper"),
-                      ("change on other heads, nomask / hard", "nomask")):
+        checks[name] = {
+            "value": value,
+            "target": f"{sense} {bound}",
+            "interval": interval,
+            "level": level,
+            "verdict": verdict(interval, sense, bound) if rows else None,
+        }
+    for name, top in (
+        ("change on other heads, paper / hard (leak)", "paper"),
+        ("change on other heads, nomask / hard", "nomask"),
+    ):
         checks[name] = {"value": _ratio(diagnostic(top, "other_faces"), diagnostic("hard", "other_faces"))}
     return checks
 
@@ -292,9 +348,15 @@ def report(rows: dict, diagnostics: dict, settings: dict, seconds: float, out: P
     checks = target_checks(summary, diagnostics, rows)
     table = format_table(summary) + "\n\n" + format_diagnostics(diagnostics) + "\n\n" + format_checks(checks)
     print(table)
-    result = {"settings": settings, "seconds": seconds,
-              "summary": {row: {str(n): m for n, m in per_n.items()} for row, per_n in summary.items()},
-              "records": rows, "diagnostics": diagnostics, "checks": checks, "table_markdown": table}
+    result = {
+        "settings": settings,
+        "seconds": seconds,
+        "summary": {row: {str(n): m for n, m in per_n.items()} for row, per_n in summary.items()},
+        "records": rows,
+        "diagnostics": diagnostics,
+        "checks": checks,
+        "table_markdown": table,
+    }
     (out / "toy_world.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -320,8 +382,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes everywhere (CI): < 2 min")
     parser.add_argument("--toy-dir", default=str(REPO / "output" / "toyworld"), help="built artifacts (resumable)")
-    parser.add_argument("--size", default="default", choices=("smoke", "default", "full"),
-                        help="size of whatever must still be built (encoder, judge, base, trainings)")
+    parser.add_argument(
+        "--size",
+        default="default",
+        choices=("smoke", "default", "full"),
+        help="size of whatever must still be built (encoder, judge, base, trainings)",
+    )
     parser.add_argument("--out", default=None, help="where to write toy_world.json / .png (default: --toy-dir)")
     parser.add_argument("--variants", nargs="+", default=["hard", "paper", "nomask"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -330,8 +396,12 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda[:n]")
-    parser.add_argument("--merge", nargs="+", metavar="JSON",
-                        help="only combine toy_world.json files of runs over different seeds into --out")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="only combine toy_world.json files of runs over different seeds into --out",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.merge:
@@ -354,9 +424,18 @@ def main(argv=None) -> int:
 
     device = resolve_device(args.device)
     build(toy_dir, "smoke" if args.smoke else args.size, tuple(args.variants), tuple(args.seeds), str(device))
-    rows, pictures, diagnostics = evaluate_rows(toy_dir, args.variants, args.seeds, args.per_count, case_seed=2024,
-                                                steps=args.steps, guidance=args.guidance, batch=args.batch,
-                                                include_train_ids=not args.smoke, device=str(device))
+    rows, pictures, diagnostics = evaluate_rows(
+        toy_dir,
+        args.variants,
+        args.seeds,
+        args.per_count,
+        case_seed=2024,
+        steps=args.steps,
+        guidance=args.guidance,
+        batch=args.batch,
+        include_train_ids=not args.smoke,
+        device=str(device),
+    )
     report(rows, diagnostics, dict(vars(args)), time.time() - start, out)
     picture_grid(pictures, out / "toy_world.png", per_count=args.per_count)
     print(f"wrote {out / 'toy_world.json'} and {out / 'toy_world.png'} in {time.time() - start:.0f} s")

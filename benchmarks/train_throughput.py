@@ -85,11 +85,17 @@ class Step:
             self.latents = base.vae.encode(self.pixels).latent_dist.sample() * base.vae.config.scaling_factor
         self.captions = ["a photo of four people at the beach"] * b
         n, width = args.faces, res / max(args.faces, 1)
-        boxes = torch.tensor([[i * width + width * 0.2, res * 0.3, (i + 1) * width - width * 0.2, res * 0.3 + width * 0.6]
-                              for i in range(n)])
-        self.faces = FaceInputs([torch.randn(n, config.d_gf, generator=g) for _ in range(b)],
-                                [torch.randn(n, config.d_lf, config.L, config.L, generator=g) for _ in range(b)],
-                                [masks_from_boxes(boxes, (res, res), 0.25) if n else None for _ in range(b)])
+        boxes = torch.tensor(
+            [
+                [i * width + width * 0.2, res * 0.3, (i + 1) * width - width * 0.2, res * 0.3 + width * 0.6]
+                for i in range(n)
+            ]
+        )
+        self.faces = FaceInputs(
+            [torch.randn(n, config.d_gf, generator=g) for _ in range(b)],
+            [torch.randn(n, config.d_lf, config.L, config.L, generator=g) for _ in range(b)],
+            [masks_from_boxes(boxes, (res, res), 0.25) if n else None for _ in range(b)],
+        )
 
     def autocast(self):
         kind = "cuda" if self.device.type == "cuda" else "cpu"  # "meta" (FLOP counting only) has no autocast
@@ -110,10 +116,17 @@ class Step:
             if self.with_faces:
                 prediction = self.net(noisy, t, text, self.faces, self.control)
             else:
-                down, mid = self.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=self.control,
-                                            return_dict=False)
-                prediction = self.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                                       mid_block_additional_residual=mid, return_dict=False)[0]
+                down, mid = self.controlnet(
+                    noisy, t, encoder_hidden_states=text, controlnet_cond=self.control, return_dict=False
+                )
+                prediction = self.unet(
+                    noisy,
+                    t,
+                    encoder_hidden_states=text,
+                    down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid,
+                    return_dict=False,
+                )[0]
             loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
         self.optimizer.step()
@@ -158,8 +171,11 @@ def measure(step: Step, device, steps: int, warmup: int) -> dict:
         step()
     sync(device)
     seconds = (time.perf_counter() - start) / steps
-    memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    memory = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {"seconds_per_step": seconds, "peak_memory_gib": memory / 2**30}
 
 
@@ -182,12 +198,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10 if cuda else 3)
     p.add_argument("--warmup", type=int, default=3 if cuda else 1)
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--no-channels-last", action="store_true",
-                   help="keep NCHW weights (the trainer's channels_last = false)")
+    p.add_argument(
+        "--no-channels-last", action="store_true", help="keep NCHW weights (the trainer's channels_last = false)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile UNet and ControlNet (the trainer's compile)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="accelerator peak for MFU (default: known GPUs)")
-    p.add_argument("--count-only", action="store_true",
-                   help="only count the plain step's FLOPs on the meta device (no weights, memory or compute)")
+    p.add_argument(
+        "--count-only",
+        action="store_true",
+        help="only count the plain step's FLOPs on the meta device (no weights, memory or compute)",
+    )
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     device = torch.device("cuda" if cuda else "cpu")
@@ -198,9 +218,11 @@ def main(argv=None) -> int:
     if args.count_only:
         flops = count_on_meta(args)
         per_image = {name: f / args.batch_size / 1e12 for name, f in flops.items()}
-        print(f"FLOPs counted on the meta device ({args.model_config}, {args.resolution} px): plain ControlNet step "
-              f"{per_image['plain']:.3f} TFLOP per image, {per_image['plain_cached']:.3f} with cached latents (VAE "
-              f"encode {per_image['plain'] - per_image['plain_cached']:.3f})")
+        print(
+            f"FLOPs counted on the meta device ({args.model_config}, {args.resolution} px): plain ControlNet step "
+            f"{per_image['plain']:.3f} TFLOP per image, {per_image['plain_cached']:.3f} with cached latents (VAE "
+            f"encode {per_image['plain'] - per_image['plain_cached']:.3f})"
+        )
         if args.json:
             Path(args.json).write_text(json.dumps({"args": vars(args), "tflop_per_image": per_image}, indent=2))
         return 0
@@ -213,44 +235,58 @@ def main(argv=None) -> int:
         for cached in (False, True):
             step = Step(args, base, with_faces, cached, device, dtype)
             flops = count_flops(step)
-            results[kind + ("_cached" if cached else "")] = {**measure(step, device, args.steps, args.warmup),
-                                                              "flops_per_step": flops}
+            results[kind + ("_cached" if cached else "")] = {
+                **measure(step, device, args.steps, args.warmup),
+                "flops_per_step": flops,
+            }
             del step
             if cuda:
                 torch.cuda.empty_cache()
         del base
 
     peak = peak_tflops(device, args.peak_tflops)
-    print(f"device: {torch.cuda.get_device_name(device) if cuda else 'CPU'}; {args.model_config}, {args.resolution} px, "
-          f"batch {args.batch_size}, {args.precision}, {args.faces} IDs per image, "
-          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
-          f"channels-last {'off' if args.no_channels_last else 'on'}, compile {'on' if args.compile else 'off'}")
+    print(
+        f"device: {torch.cuda.get_device_name(device) if cuda else 'CPU'}; {args.model_config}, {args.resolution} px, "
+        f"batch {args.batch_size}, {args.precision}, {args.faces} IDs per image, "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+        f"channels-last {'off' if args.no_channels_last else 'on'}, compile {'on' if args.compile else 'off'}"
+    )
     for name, r in results.items():
         r["images_per_s"] = args.batch_size / r["seconds_per_step"]
         r["achieved_tflops"] = r["flops_per_step"] / r["seconds_per_step"] / 1e12
         r["mfu"] = r["achieved_tflops"] / peak if peak else None
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (unknown peak)"
-        print(f"{name:>20}: {r['images_per_s']:8.2f} images/s  {r['seconds_per_step'] * 1e3:8.1f} ms/step  "
-              f"peak mem {r['peak_memory_gib']:6.2f} GiB  {r['flops_per_step'] / 1e12:7.3f} TFLOP/step  "
-              f"{r['achieved_tflops']:7.2f} TFLOP/s  MFU {mfu}")
+        print(
+            f"{name:>20}: {r['images_per_s']:8.2f} images/s  {r['seconds_per_step'] * 1e3:8.1f} ms/step  "
+            f"peak mem {r['peak_memory_gib']:6.2f} GiB  {r['flops_per_step'] / 1e12:7.3f} TFLOP/step  "
+            f"{r['achieved_tflops']:7.2f} TFLOP/s  MFU {mfu}"
+        )
     ours, plain = results["instantfamily"], results["plain"]
     speed = ours["images_per_s"] / plain["images_per_s"]
     flop_ratio = plain["flops_per_step"] / ours["flops_per_step"]
     cached = results["instantfamily_cached"]
-    summary = {"speed_ratio": speed, "flop_ratio": flop_ratio, "speed_vs_unavoidable": speed / flop_ratio,
-               "memory_ratio": ours["peak_memory_gib"] / plain["peak_memory_gib"],
-               "cached_vs_plain": cached["images_per_s"] / plain["images_per_s"],
-               "cached_speedup": cached["images_per_s"] / ours["images_per_s"],
-               "vae_flop_share": 1 - cached["flops_per_step"] / ours["flops_per_step"],
-               "tflop_per_image": ours["flops_per_step"] / args.batch_size / 1e12,
-               "tflop_per_image_cached": cached["flops_per_step"] / args.batch_size / 1e12}
-    print(f"images/s ours / plain = {speed:.3f}x; FLOP ratio (plain / ours, the unavoidable extra tokens) = "
-          f"{flop_ratio:.3f}x; speed relative to that = {summary['speed_vs_unavoidable']:.3f}x; "
-          f"peak memory ours / plain = {summary['memory_ratio']:.3f}x")
-    print(f"cached latents: ours cached / plain (VAE every step) = {summary['cached_vs_plain']:.3f}x (target >= 1.0 "
-          f"on a GPU); ours cached / ours = {summary['cached_speedup']:.3f}x; the VAE encode is "
-          f"{100 * summary['vae_flop_share']:.0f}% of our step's FLOPs; {summary['tflop_per_image']:.4f} TFLOP per "
-          f"image ({summary['tflop_per_image_cached']:.4f} cached)")
+    summary = {
+        "speed_ratio": speed,
+        "flop_ratio": flop_ratio,
+        "speed_vs_unavoidable": speed / flop_ratio,
+        "memory_ratio": ours["peak_memory_gib"] / plain["peak_memory_gib"],
+        "cached_vs_plain": cached["images_per_s"] / plain["images_per_s"],
+        "cached_speedup": cached["images_per_s"] / ours["images_per_s"],
+        "vae_flop_share": 1 - cached["flops_per_step"] / ours["flops_per_step"],
+        "tflop_per_image": ours["flops_per_step"] / args.batch_size / 1e12,
+        "tflop_per_image_cached": cached["flops_per_step"] / args.batch_size / 1e12,
+    }
+    print(
+        f"images/s ours / plain = {speed:.3f}x; FLOP ratio (plain / ours, the unavoidable extra tokens) = "
+        f"{flop_ratio:.3f}x; speed relative to that = {summary['speed_vs_unavoidable']:.3f}x; "
+        f"peak memory ours / plain = {summary['memory_ratio']:.3f}x"
+    )
+    print(
+        f"cached latents: ours cached / plain (VAE every step) = {summary['cached_vs_plain']:.3f}x (target >= 1.0 "
+        f"on a GPU); ours cached / ours = {summary['cached_speedup']:.3f}x; the VAE encode is "
+        f"{100 * summary['vae_flop_share']:.0f}% of our step's FLOPs; {summary['tflop_per_image']:.4f} TFLOP per "
+        f"image ({summary['tflop_per_image_cached']:.4f} cached)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "summary": summary}, indent=2))
     return 0

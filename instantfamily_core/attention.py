@@ -37,6 +37,7 @@ TextAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.
 
 MODES = ("hard", "paper")
 
+
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -266,7 +267,9 @@ class FaceAttention:
         if mode not in MODES:
             raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
         self.per_row = not isinstance(face_masks, FaceMasks)
-        self.face_masks: list[FaceMasks | None] = [face_masks] if isinstance(face_masks, FaceMasks) else list(face_masks)
+        self.face_masks: list[FaceMasks | None] = (
+            [face_masks] if isinstance(face_masks, FaceMasks) else list(face_masks)
+        )
         self.num_faces = max((len(m) for m in self.face_masks if m is not None), default=0)
         self.tokens_per_face = tokens_per_face
         self.mode = mode
@@ -303,8 +306,16 @@ class FaceAttention:
         """q (B, Q, H*d) at a layer of a UNet whose input latent is ``latent_size`` (h, w)."""
         plan = self.plan(latent_grid(q.shape[1], latent_size), latent_size) if self.num_faces else None
         return masked_cross_attention(
-            q, k, v, heads, plan, self.tokens_per_face,
-            face_rows=face_rows, mode=self.mode, weight=self.weight, text_attention=text_attention,
+            q,
+            k,
+            v,
+            heads,
+            plan,
+            self.tokens_per_face,
+            face_rows=face_rows,
+            mode=self.mode,
+            weight=self.weight,
+            text_attention=text_attention,
             kernel=self.kernel,
         )
 

@@ -52,8 +52,11 @@ def save_checkpoint(
 
     config.validate()
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, state in (("projector.", projector_state), ("controlnet.", controlnet_state or {}),
-                          ("unet.", unet_deltas or {})):
+    for prefix, state in (
+        ("projector.", projector_state),
+        ("controlnet.", controlnet_state or {}),
+        ("unet.", unet_deltas or {}),
+    ):
         for name, tensor in state.items():
             tensors[prefix + name] = tensor.detach().to("cpu").contiguous()
     path = Path(path)
@@ -82,8 +85,10 @@ def _reject_non_safetensors(path: Path) -> None:
             "because unpickling can run arbitrary code. Export the checkpoint with the bundled trainer "
             "(python -m train.export) to a .safetensors file."
         )
-    raise CheckpointError(f"{path}: not a safetensors file (unknown header); the file is damaged or of another "
-                          "format: download or export it again (python -m train.export)")
+    raise CheckpointError(
+        f"{path}: not a safetensors file (unknown header); the file is damaged or of another "
+        "format: download or export it again (python -m train.export)"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> InstantFamilyModel:
@@ -116,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     unknown = sorted(name for name in tensors if not name.startswith(PREFIXES))
     if unknown:
         raise CheckpointError(f"{path}: unexpected tensors {unknown[:3]} (expected prefixes {PREFIXES})")
-    groups = {prefix: {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)} for prefix in PREFIXES}
+    groups = {prefix: {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)} for prefix in PREFIXES}
 
     projector = Projector(config)
     expected = projector.state_dict()

@@ -132,8 +132,11 @@ class FacePatch:
     def __init__(self, settings: FaceSettings, host_attention: HostAttention):
         self.settings = settings
         self.face_attention = FaceAttention(
-            settings.face_masks, settings.stack.tokens_per_face,
-            mode=settings.mode, weight=settings.weight, overlap=settings.overlap,
+            settings.face_masks,
+            settings.stack.tokens_per_face,
+            mode=settings.mode,
+            weight=settings.weight,
+            overlap=settings.overlap,
         )
         self.host_attention = host_attention
         self._tokens: dict[tuple[str, torch.dtype], torch.Tensor] = {}
@@ -207,7 +210,12 @@ class FacePatch:
                 "InstantFamily: the latent is %dx%d px but the face masks were made on a %dx%d template; like "
                 "ComfyUI does with the control image, the template's centre %dx%d is used and the rest is cut "
                 "off. Make the template (pose image) the latent's aspect to use all of it.",
-                latent[1] * 8, latent[0] * 8, width, height, crop_w, crop_h,
+                latent[1] * 8,
+                latent[0] * 8,
+                width,
+                height,
+                crop_w,
+                crop_h,
             )
 
     def cross_attention(self, layer: nn.Module, q, k, v, extra_options: dict) -> torch.Tensor:
@@ -242,7 +250,10 @@ class FacePatch:
         if not self.active(extra_options):
             return plain_attention(q, k, v, heads)
         return self.face_attention.self_attention(
-            q, k, v, heads,
+            q,
+            k,
+            v,
+            heads,
             latent_size=self.latent_size(extra_options),
             face_rows=face_rows_from_options(extra_options, q.shape[0]),
             text_attention=plain_attention,

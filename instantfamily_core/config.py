@@ -22,12 +22,30 @@ OVERLAP_RULES = ("both", "nearest")
 # this default only matters for new trainings. Its length is the most IDs one image can have:
 # a colour is never repeated (see ``InstantFamilyConfig.slot_colours``).
 DEFAULT_PALETTE = (
-    (255, 255, 255), (128, 128, 128), (255, 192, 203), (128, 64, 0),
-    (0, 64, 128), (128, 128, 0), (0, 128, 128), (128, 0, 64),
-    (128, 192, 192), (192, 128, 192), (192, 192, 128), (192, 255, 192),
-    (128, 128, 255), (128, 255, 128), (255, 128, 128), (64, 64, 64),
-    (192, 192, 255), (64, 128, 192), (64, 192, 128), (128, 64, 192),
-    (128, 192, 64), (128, 255, 255), (192, 64, 128), (192, 128, 64),
+    (255, 255, 255),
+    (128, 128, 128),
+    (255, 192, 203),
+    (128, 64, 0),
+    (0, 64, 128),
+    (128, 128, 0),
+    (0, 128, 128),
+    (128, 0, 64),
+    (128, 192, 192),
+    (192, 128, 192),
+    (192, 192, 128),
+    (192, 255, 192),
+    (128, 128, 255),
+    (128, 255, 128),
+    (255, 128, 128),
+    (64, 64, 64),
+    (192, 192, 255),
+    (64, 128, 192),
+    (64, 192, 128),
+    (128, 64, 192),
+    (128, 192, 64),
+    (128, 255, 255),
+    (192, 64, 128),
+    (192, 128, 64),
 )
 
 # How a training sample's slots get their circle colours (``InstantFamilyConfig.colour_rule``):
@@ -50,7 +68,7 @@ class RecognizerInfo:
     local_shape: tuple[int, ...] = (512, 7, 7)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RecognizerInfo":
+    def from_dict(cls, data: dict) -> RecognizerInfo:
         data = dict(data)
         for key in ("global_shape", "local_shape"):
             if key in data:
@@ -121,7 +139,7 @@ class InstantFamilyConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "InstantFamilyConfig":
+    def from_dict(cls, data: dict) -> InstantFamilyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -137,7 +155,7 @@ class InstantFamilyConfig:
         return config
 
     @classmethod
-    def from_json(cls, text: str) -> "InstantFamilyConfig":
+    def from_json(cls, text: str) -> InstantFamilyConfig:
         return cls.from_dict(json.loads(text))
 
     def palette_colour(self, slot: int) -> tuple[int, int, int]:
@@ -167,8 +185,10 @@ class InstantFamilyConfig:
         trained (more IDs per image than any training sample; colours never seen under the "by_slot" rule)."""
         if n_slots <= self.max_ids_trained:
             return ""
-        note = (f"{n_slots} IDs: this checkpoint was trained with at most {self.max_ids_trained} per image "
-                "(works, not trained)")
+        note = (
+            f"{n_slots} IDs: this checkpoint was trained with at most {self.max_ids_trained} per image "
+            "(works, not trained)"
+        )
         if self.colour_rule == "by_slot":
             note += f"; slots {self.max_ids_trained}-{n_slots - 1} get circle colours its ControlNet never saw"
         return note

@@ -26,7 +26,7 @@ People without an ID slot keep their skeleton and get no circle.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

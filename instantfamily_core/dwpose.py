@@ -40,8 +40,23 @@ KEYPOINT_SCORE = 0.3  # points below are written as missing (as comfyui_controln
 
 # COCO-WholeBody 17 body points (+ the inserted neck at 17) -> OpenPose COCO-18 positions.
 # Nose (0), left shoulder (5) and left hip (11) keep their index.
-MMPOSE_TO_OPENPOSE = ((17, 1), (6, 2), (8, 3), (10, 4), (7, 6), (9, 7), (12, 8), (14, 9), (16, 10),
-                      (13, 12), (15, 13), (2, 14), (1, 15), (4, 16), (3, 17))
+MMPOSE_TO_OPENPOSE = (
+    (17, 1),
+    (6, 2),
+    (8, 3),
+    (10, 4),
+    (7, 6),
+    (9, 7),
+    (12, 8),
+    (14, 9),
+    (16, 10),
+    (13, 12),
+    (15, 13),
+    (2, 14),
+    (1, 15),
+    (4, 16),
+    (3, 17),
+)
 BODY, FEET, FACE, LEFT_HAND, RIGHT_HAND = slice(0, 18), slice(18, 24), slice(24, 92), slice(92, 113), slice(113, 134)
 
 
@@ -94,8 +109,9 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float
     return canvas, ratio
 
 
-def decode_yolox(raw: np.ndarray, size: tuple[int, int], ratio: float, score: float = PERSON_SCORE,
-                 iou: float = NMS_IOU) -> np.ndarray:
+def decode_yolox(
+    raw: np.ndarray, size: tuple[int, int], ratio: float, score: float = PERSON_SCORE, iou: float = NMS_IOU
+) -> np.ndarray:
     """(1, A, 5 + C) YOLOX predictions -> (N, 5) person boxes x1, y1, x2, y2 (source px), score."""
     height, width = size
     grids, strides = [], []
@@ -106,8 +122,10 @@ def decode_yolox(raw: np.ndarray, size: tuple[int, int], ratio: float, score: fl
     grid, stride = np.concatenate(grids), np.concatenate(strides)  # (A, 2), (A, 1)
     pred = np.asarray(raw, np.float32).reshape(-1, raw.shape[-1])
     if pred.shape[0] != grid.shape[0]:
-        raise ValueError(f"DWPose detector: {pred.shape[0]} anchors, expected {grid.shape[0]} for a {width}x{height} "
-                         f"input; use yolox_l.onnx from comfyui_controlnet_aux (yzd-v/DWPose)")
+        raise ValueError(
+            f"DWPose detector: {pred.shape[0]} anchors, expected {grid.shape[0]} for a {width}x{height} "
+            f"input; use yolox_l.onnx from comfyui_controlnet_aux (yzd-v/DWPose)"
+        )
     centre = (pred[:, :2] + grid) * stride
     half = np.exp(pred[:, 2:4]) * stride / 2
     people = pred[:, 4] * pred[:, 5]
@@ -172,8 +190,9 @@ def crop_person(rgb: np.ndarray, centre: np.ndarray, scale: np.ndarray, size: tu
     return cv2.warpAffine(rgb, matrix, (width, height), flags=cv2.INTER_LINEAR)
 
 
-def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, centre: np.ndarray, scale: np.ndarray,
-                 size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def decode_simcc(
+    simcc_x: np.ndarray, simcc_y: np.ndarray, centre: np.ndarray, scale: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(K, Wx), (K, Wy) SimCC of one person -> ((K, 2) source px, (K,) scores: the lower axis maximum)."""
     height, width = size
     locs = np.stack([simcc_x.argmax(-1), simcc_y.argmax(-1)], -1).astype(np.float32) / SIMCC_SPLIT  # (K, 2) input px
@@ -188,8 +207,10 @@ class DWPoseEstimator:
     def __init__(self, detector: str | Path, pose: str | Path, provider: str = "auto", device_id: int = 0):
         for path, name in ((detector, DETECTOR_FILE), (pose, POSE_FILE)):
             if not Path(path).is_file():
-                raise ValueError(f"DWPose: {path} is not a file; it needs {name} (comfyui_controlnet_aux's "
-                                 "ckpts/yzd-v/DWPose folder has both ONNX files)")
+                raise ValueError(
+                    f"DWPose: {path} is not a file; it needs {name} (comfyui_controlnet_aux's "
+                    "ckpts/yzd-v/DWPose folder has both ONNX files)"
+                )
         self.providers = onnx_providers(provider, device_id)
         self.detector = _session(detector, self.providers)
         self.pose = _session(pose, self.providers)
@@ -200,16 +221,24 @@ class DWPoseEstimator:
         self.det_dtype, self.pose_dtype = _input_dtype(self.det_input), _input_dtype(self.pose_input)  # fp16 exports
         batch = self.pose_input.shape[0]
         self.pose_batch = batch if isinstance(batch, int) and batch > 0 else None  # None: any batch size
-        logger.info("DWPose on %s: detector %s (%dx%d), pose %s (%dx%d)", self.providers[0], Path(detector).name,
-                    *self.det_size[::-1], Path(pose).name, *self.pose_size[::-1])
+        logger.info(
+            "DWPose on %s: detector %s (%dx%d), pose %s (%dx%d)",
+            self.providers[0],
+            Path(detector).name,
+            *self.det_size[::-1],
+            Path(pose).name,
+            *self.pose_size[::-1],
+        )
 
     @classmethod
     def from_folder(cls, folder: str | Path, provider: str = "auto", device_id: int = 0) -> DWPoseEstimator:
         """A folder holding yolox_l.onnx and dw-ll_ucoco_384.onnx (as comfyui_controlnet_aux stores them)."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise ValueError(f"DWPose: {folder} is not a folder; point it to the folder with {DETECTOR_FILE} "
-                             f"and {POSE_FILE} (comfyui_controlnet_aux: ckpts/yzd-v/DWPose)")
+            raise ValueError(
+                f"DWPose: {folder} is not a folder; point it to the folder with {DETECTOR_FILE} "
+                f"and {POSE_FILE} (comfyui_controlnet_aux: ckpts/yzd-v/DWPose)"
+            )
         return cls(folder / DETECTOR_FILE, folder / POSE_FILE, provider, device_id)
 
     def people(self, rgb: np.ndarray) -> np.ndarray:
@@ -230,7 +259,7 @@ class DWPoseEstimator:
         crops = np.stack([(crop_person(rgb, c, s, self.pose_size) - MEAN) / STD for c, s in geometry])
         crops = crops.transpose(0, 3, 1, 2).astype(self.pose_dtype)  # (N, 3, h, w)
         step = self.pose_batch or len(crops)
-        outputs = [self.pose.run(None, {self.pose_input.name: crops[i:i + step]}) for i in range(0, len(crops), step)]
+        outputs = [self.pose.run(None, {self.pose_input.name: crops[i : i + step]}) for i in range(0, len(crops), step)]
         simcc_x = np.concatenate([o[0] for o in outputs]).astype(np.float32)  # (N, 133, Wx)
         simcc_y = np.concatenate([o[1] for o in outputs]).astype(np.float32)  # (N, 133, Wy)
         decoded = [decode_simcc(simcc_x[i], simcc_y[i], *geometry[i], self.pose_size) for i in range(len(boxes))]
@@ -244,8 +273,10 @@ def onnx_providers(provider: str = "auto", device_id: int = 0) -> list:
     from .faces.providers import choose_providers
 
     chosen = choose_providers(provider)
-    return [(name, {"device_id": int(device_id)}) if name in ("CUDAExecutionProvider", "ROCMExecutionProvider")
-            else name for name in chosen]
+    return [
+        (name, {"device_id": int(device_id)}) if name in ("CUDAExecutionProvider", "ROCMExecutionProvider") else name
+        for name in chosen
+    ]
 
 
 def _session(path, providers):

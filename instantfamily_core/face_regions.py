@@ -17,7 +17,7 @@ that says what to change.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -85,9 +85,7 @@ def parse_order(order: str | Sequence[int] | None) -> list[int] | None:
     return [int(v) for v in order]
 
 
-def assign_slots(
-    ranked: Sequence[int], n_ids: int | None, order: str | Sequence[int] | None, source: str
-) -> list[int]:
+def assign_slots(ranked: Sequence[int], n_ids: int | None, order: str | Sequence[int] | None, source: str) -> list[int]:
     """Which position each ID slot takes.
 
     ranked: the positions' item indices in user-visible order (left to right, or batch order).
@@ -379,6 +377,14 @@ def draw_note(canvas: np.ndarray, note: str) -> np.ndarray:
     top = max(0, height - step * len(lines) - 4)
     canvas[top:] = 0
     for k, line in enumerate(lines):
-        cv2.putText(canvas, line, (3, top + step * (k + 1) - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            line,
+            (3, top + step * (k + 1) - 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
     return canvas

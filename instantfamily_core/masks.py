@@ -47,7 +47,7 @@ class FaceMasks:
         """(height, width) of the mask image space."""
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
-    def select(self, order: list[int]) -> "FaceMasks":
+    def select(self, order: list[int]) -> FaceMasks:
         """Reorder / subset the slots."""
         index = torch.as_tensor(order, dtype=torch.long)
         return FaceMasks(

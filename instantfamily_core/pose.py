@@ -232,8 +232,14 @@ def parse_pose_keypoint(data, frame: int = 0) -> PoseFrame:
         face_box = None
         if box is not None:
             face_box = (box / np.array([width, height, width, height])).astype(np.float32)
-        people.append(PosePerson(body=(body_px / to_unit).astype(np.float32), face_box=face_box, face_source=source,
-                                 face=(face_px / to_unit).astype(np.float32)))
+        people.append(
+            PosePerson(
+                body=(body_px / to_unit).astype(np.float32),
+                face_box=face_box,
+                face_source=source,
+                face=(face_px / to_unit).astype(np.float32),
+            )
+        )
     return PoseFrame(people=people, width=width, height=height)
 
 

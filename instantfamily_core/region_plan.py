@@ -17,7 +17,6 @@ DENSE_PAIR_COST = 2.5
 GROUP_OVERHEAD_PAIRS = 5_000
 
 
-
 class RegionPlan:
     """Which queries of one attention grid see which faces, precomputed once per grid.
 

@@ -33,7 +33,9 @@ def control_replaces(control_model, patch) -> dict:
     from ..instantfamily_core.unet_keys import cross_attention_layers
 
     layers = cross_attention_layers(control_model)
-    replaces = {"attn2": {key: CrossAttentionReplace(patch, dict(enumerate(modules))) for key, modules in layers.items()}}
+    replaces = {
+        "attn2": {key: CrossAttentionReplace(patch, dict(enumerate(modules))) for key, modules in layers.items()}
+    }
     if patch.settings.isolate_self_attention:
         replaces["attn1"] = {key: SelfAttentionReplace(patch) for key in layers}
     return replaces
@@ -51,8 +53,14 @@ def face_options_on(control_model, replaces: dict, latent_shape, sigmas, host_op
     try:
         for key in replaces["attn2"]:
             block = control_model.middle_block if key[0] == "middle" else control_model.input_blocks[key[1]]
-            options = dict(shared, patches_replace={kind: {key: r[key]} for kind, r in replaces.items()},
-                           block=key, original_shape=list(latent_shape), sigmas=sigmas, transformer_index=0)
+            options = dict(
+                shared,
+                patches_replace={kind: {key: r[key]} for kind, r in replaces.items()},
+                block=key,
+                original_shape=list(latent_shape),
+                sigmas=sigmas,
+                transformer_index=0,
+            )
             for transformer in _spatial_transformers(block):
                 transformer.forward = functools.partial(_forward_with_options, transformer.forward, options)
                 wrapped.append(transformer)
@@ -132,8 +140,10 @@ def build_control_model(model, checkpoint, source: str):
 
     state = checkpoint.controlnet_state
     if not state:
-        raise ValueError(f"{source}: this InstantFamily checkpoint holds no ControlNet weights; "
-                         "export it from a training run with the ControlNet (python -m train.export)")
+        raise ValueError(
+            f"{source}: this InstantFamily checkpoint holds no ControlNet weights; "
+            "export it from a training run with the ControlNet (python -m train.export)"
+        )
     if checkpoint.config.controlnet:
         config = dict(checkpoint.config.controlnet)
     else:
@@ -162,8 +172,12 @@ def cached_control_model(model, checkpoint):
     Keyed by what the build depends on (never by ``id()``, which a reloaded model can reuse).
     """
     unet = model.model
-    key = ("controlnet", repr(sorted(unet.model_config.unet_config.items())), str(unet.get_dtype()),
-           str(getattr(unet, "manual_cast_dtype", None)))
+    key = (
+        "controlnet",
+        repr(sorted(unet.model_config.unet_config.items())),
+        str(unet.get_dtype()),
+        str(getattr(unet, "manual_cast_dtype", None)),
+    )
     cache = checkpoint.runtime_cache
     if key not in cache:
         cache[key] = build_control_model(model, checkpoint, checkpoint.path or "checkpoint")
@@ -176,17 +190,21 @@ def same_faces(settings, stack, face_masks) -> bool:
 
     if settings.stack is stack and settings.face_masks is face_masks:
         return True
-    return (settings.stack.face_tokens.shape == stack.face_tokens.shape
-            and torch.equal(settings.stack.face_tokens, stack.face_tokens)
-            and settings.face_masks.masks.shape == face_masks.masks.shape
-            and torch.equal(settings.face_masks.masks, face_masks.masks))
+    return (
+        settings.stack.face_tokens.shape == stack.face_tokens.shape
+        and torch.equal(settings.stack.face_tokens, stack.face_tokens)
+        and settings.face_masks.masks.shape == face_masks.masks.shape
+        and torch.equal(settings.face_masks.masks, face_masks.masks)
+    )
 
 
 class InstantFamilyPoseCircleControlNet:
     """Apply the checkpoint's Pose+Circle ControlNet; its cross-attention is masked like the UNet's."""
 
-    DESCRIPTION = ("The checkpoint's pose ControlNet, fed the Pose+Circle image. Its cross-attention sees each "
-                   "ID only inside that ID's face region, with the settings of Apply InstantFamily on its model.")
+    DESCRIPTION = (
+        "The checkpoint's pose ControlNet, fed the Pose+Circle image. Its cross-attention sees each "
+        "ID only inside that ID's face region, with the settings of Apply InstantFamily on its model."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -194,18 +212,47 @@ class InstantFamilyPoseCircleControlNet:
             "required": {
                 "positive": ("CONDITIONING",),
                 "negative": ("CONDITIONING",),
-                "model": ("MODEL", {"tooltip": "the model Apply InstantFamily returned: the ControlNet runs its "
-                                               "settings (weight, start/end, mask mode, overlap)"}),
+                "model": (
+                    "MODEL",
+                    {
+                        "tooltip": "the model Apply InstantFamily returned: the ControlNet runs its "
+                        "settings (weight, start/end, mask mode, overlap)"
+                    },
+                ),
                 "instantfamily": ("INSTANTFAMILY_MODEL",),
                 "stack": ("INSTANTFAMILY_STACK",),
                 "face_masks": ("INSTANTFAMILY_FACE_MASKS",),
                 "control_image": ("IMAGE", {"tooltip": "pose skeletons + ID circles (Pose+Circle Image node)"}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "how strongly the pose and circles steer the image (0 = no ControlNet)"}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                            "tooltip": "part of the schedule where the ControlNet starts (0 = first step)"}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
-                                          "tooltip": "part of the schedule where the ControlNet stops (1 = last step)"}),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 10.0,
+                        "step": 0.01,
+                        "tooltip": "how strongly the pose and circles steer the image (0 = no ControlNet)",
+                    },
+                ),
+                "start_percent": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.001,
+                        "tooltip": "part of the schedule where the ControlNet starts (0 = first step)",
+                    },
+                ),
+                "end_percent": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.001,
+                        "tooltip": "part of the schedule where the ControlNet stops (1 = last step)",
+                    },
+                ),
             }
         }
 
@@ -214,8 +261,19 @@ class InstantFamilyPoseCircleControlNet:
     FUNCTION = "apply"
     CATEGORY = "InstantFamily/control"
 
-    def apply(self, positive, negative, model, instantfamily, stack, face_masks, control_image,
-              strength, start_percent, end_percent):
+    def apply(
+        self,
+        positive,
+        negative,
+        model,
+        instantfamily,
+        stack,
+        face_masks,
+        control_image,
+        strength,
+        start_percent,
+        end_percent,
+    ):
         from ..instantfamily_core.comfy_patch import FacePatch, FaceSettings
         from .engine import check_model_fits, existing_face_patch, host_attention
 
@@ -225,10 +283,13 @@ class InstantFamilyPoseCircleControlNet:
         patch = existing_face_patch(model)
         if patch is None:
             config = instantfamily.config
-            patch = FacePatch(FaceSettings(stack, face_masks, mode=config.mask_mode, overlap=config.overlap),
-                              host_attention)
-            log.info("Pose+Circle ControlNet: its model has no Apply InstantFamily, so the ControlNet's faces use "
-                     "the checkpoint's defaults (weight 1, whole schedule)")
+            patch = FacePatch(
+                FaceSettings(stack, face_masks, mode=config.mask_mode, overlap=config.overlap), host_attention
+            )
+            log.info(
+                "Pose+Circle ControlNet: its model has no Apply InstantFamily, so the ControlNet's faces use "
+                "the checkpoint's defaults (weight 1, whole schedule)"
+            )
         elif not same_faces(patch.settings, stack, face_masks):
             raise ValueError(
                 "Pose+Circle ControlNet: its stack / face_masks are not the ones Apply InstantFamily used on its "

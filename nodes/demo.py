@@ -57,13 +57,16 @@ def build_comfy_model(path: str):
     model_config.unet_config["num_heads"] = unet_config["num_heads"]  # SD15 forces 8; keep the file's
     model_config.unet_config["num_head_channels"] = unet_config["num_head_channels"]
     model = model_config.get_model({})
-    state = {k[len("unet."):]: v.float() for k, v in tensors.items() if k.startswith("unet.")}
+    state = {k[len("unet.") :]: v.float() for k, v in tensors.items() if k.startswith("unet.")}
     missing, unexpected = model.diffusion_model.load_state_dict(unet_to_ldm(state, meta["unet_config"]), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: toy UNet weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
 
 
 class InstantFamilyToyBaseModel:
@@ -75,12 +78,19 @@ class InstantFamilyToyBaseModel:
 
         colours = ", ".join(world.BACKGROUND_COLOURS)
         styles = ", ".join(world.BACKGROUND_STYLES)
-        return {"required": {
-            "base_file": (toy_base_files() or ["toy_base.safetensors"],),
-            "caption": ("STRING", {"default": "three people on a teal gradient background",
-                                   "tooltip": f"'<count> people on a <colour> <style> background'; colours: {colours}; "
-                                              f"styles: {styles}"}),
-        }}
+        return {
+            "required": {
+                "base_file": (toy_base_files() or ["toy_base.safetensors"],),
+                "caption": (
+                    "STRING",
+                    {
+                        "default": "three people on a teal gradient background",
+                        "tooltip": f"'<count> people on a <colour> <style> background'; colours: {colours}; "
+                        f"styles: {styles}",
+                    },
+                ),
+            }
+        }
 
     RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("model", "positive", "negative")
@@ -92,8 +102,10 @@ class InstantFamilyToyBaseModel:
 
         path = os.path.join(ASSETS, base_file)
         if not os.path.isfile(path):
-            raise ValueError(f"toy base model {path} not found: run `bash scripts/run_demo.sh` (it builds the toy "
-                             "model) or `python -m train.toyworld.build --demo`")
+            raise ValueError(
+                f"toy base model {path} not found: run `bash scripts/run_demo.sh` (it builds the toy "
+                "model) or `python -m train.toyworld.build --demo`"
+            )
         _, tensors = read_toy_base(path)
         text = ToyTextEncoder(tensors["text.tokens"], tensors["text.positions"])
         positive = text.encode([caption])  # (1, T, d)
@@ -106,7 +118,9 @@ def _parse_identities(text: str) -> list[int]:
     try:
         ids = [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise ValueError(f"identities {text!r}: give toy identity numbers separated by commas, e.g. '3000, 3001'") from None
+        raise ValueError(
+            f"identities {text!r}: give toy identity numbers separated by commas, e.g. '3000, 3001'"
+        ) from None
     if not 1 <= len(ids) <= 16 or any(i < 0 for i in ids):
         raise ValueError(f"identities {text!r}: give 1 to 16 non-negative identity numbers")
     return ids
@@ -118,12 +132,22 @@ class InstantFamilyToyFaces:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "identities": ("STRING", {"default": "3000, 3001, 3002",
-                                      "tooltip": "toy identity numbers; 3000-3499 were never seen in training"}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "portrait and layout variation"}),
-            "recognizer_pack": ("STRING", {"default": TOY_PACK, "tooltip": "folder under models/insightface/models"}),
-        }}
+        return {
+            "required": {
+                "identities": (
+                    "STRING",
+                    {
+                        "default": "3000, 3001, 3002",
+                        "tooltip": "toy identity numbers; 3000-3499 were never seen in training",
+                    },
+                ),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "portrait and layout variation"}),
+                "recognizer_pack": (
+                    "STRING",
+                    {"default": TOY_PACK, "tooltip": "folder under models/insightface/models"},
+                ),
+            }
+        }
 
     RETURN_TYPES = ("INSTANTFAMILY_FACES", "IMAGE", "POSE_KEYPOINT")
     RETURN_NAMES = ("faces", "references", "pose_keypoint")
@@ -150,10 +174,15 @@ class InstantFamilyToyFaces:
             portrait = world.render_portrait(world.identity_params(identity), 64, rng)
             crop = align_crop(portrait.image, portrait.geometry.keypoints, recognizer.input_size)
             global_feature, local_feature = recognizer.features(crop[None])
-            face = DetectedFace(box=portrait.geometry.box.astype(np.float32),
-                                keypoints=portrait.geometry.keypoints.astype(np.float32), score=1.0,
-                                global_feature=global_feature[0], local_feature=local_feature[0],
-                                image_size=portrait.image.shape[:2], crop=crop)
+            face = DetectedFace(
+                box=portrait.geometry.box.astype(np.float32),
+                keypoints=portrait.geometry.keypoints.astype(np.float32),
+                score=1.0,
+                global_feature=global_feature[0],
+                local_feature=local_feature[0],
+                image_size=portrait.image.shape[:2],
+                crop=crop,
+            )
             slots.append(Identity(global_feature[0], local_feature[0], label=f"toy ID {identity}", sources=[face]))
             portraits.append(portrait.image)
         pose = toy_pose_keypoint(ids, rng) if len(ids) <= 6 else None
@@ -177,8 +206,12 @@ class InstantFamilyToyDecode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"samples": ("LATENT",),
-                             "scale": ("INT", {"default": 8, "min": 1, "max": 16, "tooltip": "pixel enlargement"})}}
+        return {
+            "required": {
+                "samples": ("LATENT",),
+                "scale": ("INT", {"default": 8, "min": 1, "max": 16, "tooltip": "pixel enlargement"}),
+            }
+        }
 
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "decode"

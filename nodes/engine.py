@@ -42,7 +42,9 @@ def _accepted_keywords(function) -> frozenset[str]:
 
 
 def percent_to_sigma(model, percent: float) -> float:
-    sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else model.model.model_sampling
+    sampling = (
+        model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else model.model.model_sampling
+    )
     return float(sampling.percent_to_sigma(percent))
 
 
@@ -68,8 +70,16 @@ class InstantFamilyModelLoader:
     def INPUT_TYPES(cls):
         import folder_paths
 
-        return {"required": {"instantfamily_file": (folder_paths.get_filename_list("instantfamily"), {
-            "tooltip": "an InstantFamily checkpoint (.safetensors) in models/instantfamily, from the bundled trainer"})}}
+        return {
+            "required": {
+                "instantfamily_file": (
+                    folder_paths.get_filename_list("instantfamily"),
+                    {
+                        "tooltip": "an InstantFamily checkpoint (.safetensors) in models/instantfamily, from the bundled trainer"
+                    },
+                )
+            }
+        }
 
     RETURN_TYPES = ("INSTANTFAMILY_MODEL",)
     RETURN_NAMES = ("instantfamily",)
@@ -106,8 +116,10 @@ class InstantFamilyBuildEmbeddingStack:
 class InstantFamilyApply:
     """Patch a MODEL clone: face tokens in every cross-attention, masked to each face's region."""
 
-    DESCRIPTION = ("Puts every ID of the stack into the model's cross-attention, each visible only inside its "
-                   "face region. Its settings also reach the Pose+Circle ControlNet of the same graph.")
+    DESCRIPTION = (
+        "Puts every ID of the stack into the model's cross-attention, each visible only inside its "
+        "face region. Its settings also reach the Pose+Circle ControlNet of the same graph."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -117,24 +129,62 @@ class InstantFamilyApply:
                 "instantfamily": ("INSTANTFAMILY_MODEL",),
                 "stack": ("INSTANTFAMILY_STACK",),
                 "face_masks": ("INSTANTFAMILY_FACE_MASKS",),
-                "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
-                                     "tooltip": "ID influence: 0 = the model without InstantFamily (bit for bit, "
-                                                "trained UNet changes included), 1 = as trained"}),
-                "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "part of the schedule where the faces start to act "
-                                                  "(0 = first step); also for the Pose+Circle ControlNet"}),
-                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                     "tooltip": "part of the schedule where the faces stop (1 = last step)"}),
-                "mask_mode": (["as trained", "hard", "paper"], {
-                    "default": "as trained",
-                    "tooltip": "hard: a face is invisible outside its region; paper: the paper's literal "
-                               "M * QK formula, which leaks a little everywhere; as trained: the checkpoint's"}),
-                "overlap": (["both", "nearest"], {"default": "both",
-                                                  "tooltip": "where two face regions overlap: both faces visible (paper) or only the nearest"}),
+                "weight": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 3.0,
+                        "step": 0.05,
+                        "tooltip": "ID influence: 0 = the model without InstantFamily (bit for bit, "
+                        "trained UNet changes included), 1 = as trained",
+                    },
+                ),
+                "start_at": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "part of the schedule where the faces start to act "
+                        "(0 = first step); also for the Pose+Circle ControlNet",
+                    },
+                ),
+                "end_at": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "part of the schedule where the faces stop (1 = last step)",
+                    },
+                ),
+                "mask_mode": (
+                    ["as trained", "hard", "paper"],
+                    {
+                        "default": "as trained",
+                        "tooltip": "hard: a face is invisible outside its region; paper: the paper's literal "
+                        "M * QK formula, which leaks a little everywhere; as trained: the checkpoint's",
+                    },
+                ),
+                "overlap": (
+                    ["both", "nearest"],
+                    {
+                        "default": "both",
+                        "tooltip": "where two face regions overlap: both faces visible (paper) or only the nearest",
+                    },
+                ),
             },
             "optional": {
-                "attn1_isolation": ("BOOLEAN", {"default": False,
-                                                "tooltip": "beyond the paper: face regions do not attend to each other in self-attention"}),
+                "attn1_isolation": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "beyond the paper: face regions do not attend to each other in self-attention",
+                    },
+                ),
             },
         }
 
@@ -142,8 +192,19 @@ class InstantFamilyApply:
     FUNCTION = "apply"
     CATEGORY = f"{CATEGORY}/conditioning"
 
-    def apply(self, model, instantfamily, stack, face_masks, weight, start_at, end_at, mask_mode="as trained",
-              overlap="both", attn1_isolation=False):
+    def apply(
+        self,
+        model,
+        instantfamily,
+        stack,
+        face_masks,
+        weight,
+        start_at,
+        end_at,
+        mask_mode="as trained",
+        overlap="both",
+        attn1_isolation=False,
+    ):
         from ..instantfamily_core.comfy_patch import FacePatch, FaceSettings
 
         if start_at > end_at:
@@ -157,8 +218,13 @@ class InstantFamilyApply:
             )
         mode = instantfamily.config.mask_mode if mask_mode == "as trained" else mask_mode
         settings = FaceSettings(
-            stack, face_masks, mode=mode, weight=weight, overlap=overlap,
-            sigma_start=percent_to_sigma(model, start_at), sigma_end=percent_to_sigma(model, end_at),
+            stack,
+            face_masks,
+            mode=mode,
+            weight=weight,
+            overlap=overlap,
+            sigma_start=percent_to_sigma(model, start_at),
+            sigma_end=percent_to_sigma(model, end_at),
             isolate_self_attention=attn1_isolation,
         )
         patched = model.clone()
@@ -186,7 +252,10 @@ def existing_face_patch(model):
 
 
 # ComfyUI model-config classes of the families a checkpoint's ``base_model`` may name.
-FAMILY_CLASSES = {"SD1.5": ("SD15",), "SDXL": ("SDXL", "SDXLRefiner", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B")}
+FAMILY_CLASSES = {
+    "SD1.5": ("SD15",),
+    "SDXL": ("SDXL", "SDXLRefiner", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B"),
+}
 
 
 def model_family(model) -> str:
@@ -216,7 +285,9 @@ def check_model_fits(model, instantfamily, node: str) -> None:
             f"{config.d_K} wide: use the base model the checkpoint was trained on ({config.base_model})"
         )
     if not cross_attention_keys(model.model.diffusion_model):
-        raise ValueError(f"{node}: this MODEL has no cross-attention layers: InstantFamily needs a {config.base_model} model")
+        raise ValueError(
+            f"{node}: this MODEL has no cross-attention layers: InstantFamily needs a {config.base_model} model"
+        )
 
 
 def install_patch(model, patch) -> list[tuple[str, int]]:
@@ -231,12 +302,25 @@ def install_patch(model, patch) -> list[tuple[str, int]]:
 
     layers = cross_attention_layers(model.model.diffusion_model)
     for (block, index), modules in layers.items():
-        _install_at(model, "attn2", block, index, len(modules),
-                    lambda indices, previous, modules=modules: CrossAttentionReplace(
-                        patch, {t: modules[t] for t in indices}, previous))
+        _install_at(
+            model,
+            "attn2",
+            block,
+            index,
+            len(modules),
+            lambda indices, previous, modules=modules: CrossAttentionReplace(
+                patch, {t: modules[t] for t in indices}, previous
+            ),
+        )
         if patch.settings.isolate_self_attention:
-            _install_at(model, "attn1", block, index, len(modules),
-                        lambda indices, previous: SelfAttentionReplace(patch, previous))
+            _install_at(
+                model,
+                "attn1",
+                block,
+                index,
+                len(modules),
+                lambda indices, previous: SelfAttentionReplace(patch, previous),
+            )
     model.model_options["transformer_options"][OPTIONS_KEY] = patch
     return list(layers)
 

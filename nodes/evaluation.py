@@ -31,7 +31,9 @@ def get_encoder(choice: str, analyzer=None):
         raise ValueError(f"encoder must be one of {ENCODER_CHOICES}, got {choice!r}")
     if choice.startswith("insightface"):
         if analyzer is None:
-            raise ValueError("encoder 'insightface (analyzer)' needs the analyzer input: connect a Load Face Analyzer node")
+            raise ValueError(
+                "encoder 'insightface (analyzer)' needs the analyzer input: connect a Load Face Analyzer node"
+            )
         return make_encoder("insightface", analyzer=analyzer)
     key = (choice, facenet_weights_path() if choice == "facenet" else None)
     if key not in _ENCODERS:
@@ -53,21 +55,30 @@ class InstantFamilyIdentityReport:
             "required": {
                 "images": ("IMAGE",),
                 "faces": ("INSTANTFAMILY_FACES",),
-                "encoder": (list(ENCODER_CHOICES), {
-                    "default": "dlib",
-                    "tooltip": "dlib: weights from PyPI, works everywhere; insightface: the pack's own recognizer "
-                               "(needs the analyzer input); facenet: the paper's metric (pip install facenet-pytorch "
-                               "--no-deps, weights in models/facenet/facenet_vggface2.safetensors)",
-                }),
-                "clamp": ("BOOLEAN", {"default": True,
-                                      "tooltip": "clamp identity similarities at 0 as FastComposer's evaluation does"}),
+                "encoder": (
+                    list(ENCODER_CHOICES),
+                    {
+                        "default": "dlib",
+                        "tooltip": "dlib: weights from PyPI, works everywhere; insightface: the pack's own recognizer "
+                        "(needs the analyzer input); facenet: the paper's metric (pip install facenet-pytorch "
+                        "--no-deps, weights in models/facenet/facenet_vggface2.safetensors)",
+                    },
+                ),
+                "clamp": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "clamp identity similarities at 0 as FastComposer's evaluation does"},
+                ),
             },
             "optional": {
                 "analyzer": ("INSTANTFAMILY_ANALYZER",),
-                "face_masks": ("INSTANTFAMILY_FACE_MASKS", {
-                    "tooltip": "the ID regions the images were generated with (Face Mask): each face is judged "
-                               "in the slot whose region holds it, so a swap shows; without it faces are "
-                               "matched to IDs by similarity"}),
+                "face_masks": (
+                    "INSTANTFAMILY_FACE_MASKS",
+                    {
+                        "tooltip": "the ID regions the images were generated with (Face Mask): each face is judged "
+                        "in the slot whose region holds it, so a swap shows; without it faces are "
+                        "matched to IDs by similarity"
+                    },
+                ),
             },
         }
 

@@ -94,13 +94,26 @@ class InstantFamilyFaceMask:
     FUNCTION = "build"
     CATEGORY = "InstantFamily/masks"
 
-    def build(self, margin, order, overlap, faces=None, template=None, analyzer=None, pose_keypoint=None,
-              masks=None, instantfamily=None):
+    def build(
+        self,
+        margin,
+        order,
+        overlap,
+        faces=None,
+        template=None,
+        analyzer=None,
+        pose_keypoint=None,
+        masks=None,
+        instantfamily=None,
+    ):
         from ..instantfamily_core import face_regions
         from ..instantfamily_core.control_image import draw_skeletons
 
-        given = [name for name, value in (("template", template), ("pose_keypoint", pose_keypoint), ("masks", masks))
-                 if value is not None]
+        given = [
+            name
+            for name, value in (("template", template), ("pose_keypoint", pose_keypoint), ("masks", masks))
+            if value is not None
+        ]
         if len(given) != 1:
             raise ValueError(
                 "Face Mask: connect exactly one of 'template' (+ 'analyzer'), 'pose_keypoint' or 'masks'"
@@ -166,7 +179,9 @@ class InstantFamilyPoseCircleImage:
             drawn = control_image_for_slots(face_masks, config, frame.size, bodies=frame.bodies())
             return (uint8_to_image(drawn),)
         if face_masks is None:
-            raise ValueError("Pose Circle Image: with a 'pose_image', connect 'face_masks' to know where the circles go")
+            raise ValueError(
+                "Pose Circle Image: with a 'pose_image', connect 'face_masks' to know where the circles go"
+            )
         images = []
         for index in range(pose_image.shape[0] if pose_image.dim() == 4 else 1):
             base = image_to_uint8(pose_image, index)
@@ -181,7 +196,10 @@ def warn_aspect(mask_size, image_size) -> None:
     if abs(mw / mh - iw / ih) > 0.02 * (iw / ih):
         log.warning(
             "InstantFamily: face masks are %dx%d but the pose is %dx%d; circles are placed proportionally",
-            mw, mh, iw, ih,
+            mw,
+            mh,
+            iw,
+            ih,
         )
 
 

@@ -19,8 +19,10 @@ COMBINE_TOOLTIP = (
 )
 INDICES_TOOLTIP = "optional: which faces to keep, counted from 0 as numbered in the preview, e.g. 0,2,3"
 EXTRA_IMAGE_INPUTS = 3  # images_2 .. images_4
-MORE_IMAGES_TOOLTIP = ("more photos, of any size, analysed after 'images' as if in the same batch (e.g. several "
-                       "photos of one person with combine = average); no Image Batch node, no resizing needed")
+MORE_IMAGES_TOOLTIP = (
+    "more photos, of any size, analysed after 'images' as if in the same batch (e.g. several "
+    "photos of one person with combine = average); no Image Batch node, no resizing needed"
+)
 
 
 def insightface_roots() -> list[str]:
@@ -49,8 +51,10 @@ def to_image_batch(arrays):
 class InstantFamilyLoadFaceAnalyzer:
     """insightface face detector + the recognizer's global and local features in one pass."""
 
-    DESCRIPTION = ("Loads an insightface model pack (detector + ArcFace recognizer) from models/insightface/models; "
-                   "each face gives the global embedding and the last feature map InstantFamily uses.")
+    DESCRIPTION = (
+        "Loads an insightface model pack (detector + ArcFace recognizer) from models/insightface/models; "
+        "each face gives the global embedding and the last feature map InstantFamily uses."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -59,14 +63,40 @@ class InstantFamilyLoadFaceAnalyzer:
 
         return {
             "required": {
-                "pack": (list_model_packs(insightface_roots()), {"default": "antelopev2",
-                         "tooltip": "folder under models/insightface/models/ (antelopev2, buffalo_l, ...)"}),
-                "provider": (list(CHOICES), {"default": "auto",
-                             "tooltip": "where ONNX Runtime runs face analysis; auto = the GPU when it offers one"}),
-                "det_size": ("INT", {"default": 640, "min": 128, "max": 1280, "step": 32,
-                                     "tooltip": "detection size; smaller sizes are tried when no face is found"}),
-                "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.95, "step": 0.05,
-                                         "tooltip": "detector confidence a face needs; lower it when faces are missed"}),
+                "pack": (
+                    list_model_packs(insightface_roots()),
+                    {
+                        "default": "antelopev2",
+                        "tooltip": "folder under models/insightface/models/ (antelopev2, buffalo_l, ...)",
+                    },
+                ),
+                "provider": (
+                    list(CHOICES),
+                    {
+                        "default": "auto",
+                        "tooltip": "where ONNX Runtime runs face analysis; auto = the GPU when it offers one",
+                    },
+                ),
+                "det_size": (
+                    "INT",
+                    {
+                        "default": 640,
+                        "min": 128,
+                        "max": 1280,
+                        "step": 32,
+                        "tooltip": "detection size; smaller sizes are tried when no face is found",
+                    },
+                ),
+                "det_thresh": (
+                    "FLOAT",
+                    {
+                        "default": 0.5,
+                        "min": 0.05,
+                        "max": 0.95,
+                        "step": 0.05,
+                        "tooltip": "detector confidence a face needs; lower it when faces are missed",
+                    },
+                ),
             }
         }
 
@@ -84,8 +114,10 @@ class InstantFamilyLoadFaceAnalyzer:
 class InstantFamilyLoadFaces:
     """Detect faces in a batch of photos and make identity slots (global + local features)."""
 
-    DESCRIPTION = ("Finds the faces in the photos and makes one identity (ID) per face or per photo; IDs keep the "
-                   "order shown in the preview. Chain nodes through 'faces' to add more people.")
+    DESCRIPTION = (
+        "Finds the faces in the photos and makes one identity (ID) per face or per photo; IDs keep the "
+        "order shown in the preview. Chain nodes through 'faces' to add more people."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -102,7 +134,9 @@ class InstantFamilyLoadFaces:
             },
             "optional": {
                 "faces": ("INSTANTFAMILY_FACES", {"tooltip": "identities to keep first; the new ones are appended"}),
-                **{f"images_{n}": ("IMAGE", {"tooltip": MORE_IMAGES_TOOLTIP}) for n in range(2, 2 + EXTRA_IMAGE_INPUTS)},
+                **{
+                    f"images_{n}": ("IMAGE", {"tooltip": MORE_IMAGES_TOOLTIP}) for n in range(2, 2 + EXTRA_IMAGE_INPUTS)
+                },
             },
         }
 

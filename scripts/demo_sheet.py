@@ -36,8 +36,9 @@ class Verdict:
         return f"{self.best} {self.similarity:.2f} {'ok' if self.correct else 'WRONG'}"
 
 
-def judge_scene(judge, scene: np.ndarray, boxes: np.ndarray, identities: list[int], gallery: np.ndarray,
-                expected: list[int] | None) -> list[Verdict]:
+def judge_scene(
+    judge, scene: np.ndarray, boxes: np.ndarray, identities: list[int], gallery: np.ndarray, expected: list[int] | None
+) -> list[Verdict]:
     """Verdicts per position. scene: (S, S, 3) uint8; boxes: (N, 4) normalised head boxes, left to right;
     gallery: (K, d) unit judge embeddings of ``identities``; expected: identity per position, or None."""
     size = scene.shape[0]
@@ -61,8 +62,15 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def compose(references: np.ndarray, identities: list[int], swapped: list[int], panels: dict[str, np.ndarray],
-            boxes: np.ndarray, verdicts: dict[str, list[Verdict]], note: str = ""):
+def compose(
+    references: np.ndarray,
+    identities: list[int],
+    swapped: list[int],
+    panels: dict[str, np.ndarray],
+    boxes: np.ndarray,
+    verdicts: dict[str, list[Verdict]],
+    note: str = "",
+):
     """The sheet as a PIL image.
 
     references: (K, h, w, 3) uint8 portraits of ``identities``; panels: title -> (PANEL, PANEL, 3) uint8,
@@ -78,8 +86,12 @@ def compose(references: np.ndarray, identities: list[int], swapped: list[int], p
     height = top + 22 + PANEL + 8 + 18 * lines_below + margin + (18 if note else 0)
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    draw.text((margin, margin), "InstantFamily toy demo: each identity lands in its slot's place; "
-              "swap two in the stack and they swap places", fill=INK, font=title_font)
+    draw.text(
+        (margin, margin),
+        "InstantFamily toy demo: each identity lands in its slot's place; swap two in the stack and they swap places",
+        fill=INK,
+        font=title_font,
+    )
     x = margin
     for portrait, identity in zip(references, identities):
         tile = Image.fromarray(portrait).resize((PORTRAIT, PORTRAIT), Image.Resampling.NEAREST)
@@ -87,9 +99,13 @@ def compose(references: np.ndarray, identities: list[int], swapped: list[int], p
         slot = identities.index(identity)
         draw.text((x, margin + 30 + PORTRAIT), f"ID {identity} (slot {slot})", fill=INK, font=small)
         x += PORTRAIT + 2 * gap
-    draw.text((x + gap, margin + 28), f"stack: {', '.join(map(str, identities))}\n"
-              f"swapped: {', '.join(map(str, swapped))}\n(references: never seen in training)",
-              fill=INK, font=font)
+    draw.text(
+        (x + gap, margin + 28),
+        f"stack: {', '.join(map(str, identities))}\n"
+        f"swapped: {', '.join(map(str, swapped))}\n(references: never seen in training)",
+        fill=INK,
+        font=font,
+    )
     for column, (title, panel) in enumerate(panels.items()):
         left = margin + column * (PANEL + gap)
         draw.text((left, top), title, fill=INK, font=font)

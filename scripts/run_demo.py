@@ -63,27 +63,69 @@ def _branch(suffix: str, faces: str, pose: list, seed: int, steps: int, cfg: flo
     on the given pose; the control image is drawn from this branch's own face masks."""
     n = suffix
     return {
-        f"stack{n}": {"class_type": "InstantFamilyBuildEmbeddingStack",
-                      "inputs": {"instantfamily": ["instantfamily", 0], "faces": [faces, 0]}},
-        f"mask{n}": {"class_type": "InstantFamilyFaceMask",
-                     "inputs": {"margin": 0.25, "order": "", "overlap": "both", "faces": [faces, 0],
-                                "pose_keypoint": pose, "instantfamily": ["instantfamily", 0]}},
-        f"control{n}": {"class_type": "InstantFamilyPoseCircleImage",
-                        "inputs": {"pose_keypoint": pose, "face_masks": [f"mask{n}", 0],
-                                   "instantfamily": ["instantfamily", 0]}},
-        f"apply{n}": {"class_type": "InstantFamilyApply",
-                      "inputs": {"model": ["base", 0], "instantfamily": ["instantfamily", 0], "stack": [f"stack{n}", 0],
-                                 "face_masks": [f"mask{n}", 0], "weight": 1.0, "start_at": 0.0, "end_at": 1.0,
-                                 "mask_mode": "as trained", "overlap": "both"}},
-        f"controlnet{n}": {"class_type": "InstantFamilyPoseCircleControlNet",
-                           "inputs": {"positive": ["base", 1], "negative": ["base", 2], "model": [f"apply{n}", 0],
-                                      "instantfamily": ["instantfamily", 0], "stack": [f"stack{n}", 0],
-                                      "face_masks": [f"mask{n}", 0], "control_image": [f"control{n}", 0],
-                                      "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
-        f"sampler{n}": {"class_type": "KSampler",
-                        "inputs": {"model": [f"apply{n}", 0], "seed": seed, "steps": steps, "cfg": cfg,
-                                   "sampler_name": "euler", "scheduler": "normal", "positive": [f"controlnet{n}", 0],
-                                   "negative": [f"controlnet{n}", 1], "latent_image": ["latent", 0], "denoise": 1.0}},
+        f"stack{n}": {
+            "class_type": "InstantFamilyBuildEmbeddingStack",
+            "inputs": {"instantfamily": ["instantfamily", 0], "faces": [faces, 0]},
+        },
+        f"mask{n}": {
+            "class_type": "InstantFamilyFaceMask",
+            "inputs": {
+                "margin": 0.25,
+                "order": "",
+                "overlap": "both",
+                "faces": [faces, 0],
+                "pose_keypoint": pose,
+                "instantfamily": ["instantfamily", 0],
+            },
+        },
+        f"control{n}": {
+            "class_type": "InstantFamilyPoseCircleImage",
+            "inputs": {"pose_keypoint": pose, "face_masks": [f"mask{n}", 0], "instantfamily": ["instantfamily", 0]},
+        },
+        f"apply{n}": {
+            "class_type": "InstantFamilyApply",
+            "inputs": {
+                "model": ["base", 0],
+                "instantfamily": ["instantfamily", 0],
+                "stack": [f"stack{n}", 0],
+                "face_masks": [f"mask{n}", 0],
+                "weight": 1.0,
+                "start_at": 0.0,
+                "end_at": 1.0,
+                "mask_mode": "as trained",
+                "overlap": "both",
+            },
+        },
+        f"controlnet{n}": {
+            "class_type": "InstantFamilyPoseCircleControlNet",
+            "inputs": {
+                "positive": ["base", 1],
+                "negative": ["base", 2],
+                "model": [f"apply{n}", 0],
+                "instantfamily": ["instantfamily", 0],
+                "stack": [f"stack{n}", 0],
+                "face_masks": [f"mask{n}", 0],
+                "control_image": [f"control{n}", 0],
+                "strength": 1.0,
+                "start_percent": 0.0,
+                "end_percent": 1.0,
+            },
+        },
+        f"sampler{n}": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": [f"apply{n}", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": [f"controlnet{n}", 0],
+                "negative": [f"controlnet{n}", 1],
+                "latent_image": ["latent", 0],
+                "denoise": 1.0,
+            },
+        },
         f"decode{n}": {"class_type": "InstantFamilyToyDecode", "inputs": {"samples": [f"sampler{n}", 0], "scale": 8}},
         f"show_generated{n}": {"class_type": "PreviewImage", "inputs": {"images": [f"decode{n}", 0]}},
     }
@@ -96,8 +138,10 @@ def demo_prompt(identities: str, caption: str, seed: int, steps: int, cfg: float
     (on the first stack's pose: they must swap places), once with the base model alone (no faces)."""
     prompt = {
         "base": {"class_type": "InstantFamilyToyBaseModel", "inputs": {"base_file": TOY_BASE, "caption": caption}},
-        "faces": {"class_type": "InstantFamilyToyFaces",
-                  "inputs": {"identities": identities, "seed": seed, "recognizer_pack": "toyface"}},
+        "faces": {
+            "class_type": "InstantFamilyToyFaces",
+            "inputs": {"identities": identities, "seed": seed, "recognizer_pack": "toyface"},
+        },
         "instantfamily": {"class_type": "InstantFamilyModelLoader", "inputs": {"instantfamily_file": TOY_CHECKPOINT}},
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
         **_branch("", "faces", ["faces", 2], seed, steps, cfg),
@@ -107,17 +151,30 @@ def demo_prompt(identities: str, caption: str, seed: int, steps: int, cfg: float
         "show_references": {"class_type": "PreviewImage", "inputs": {"images": ["faces", 1]}},
     }
     if compare:
-        prompt["faces_swapped"] = {"class_type": "InstantFamilyToyFaces",
-                                   "inputs": {"identities": swap_first_two(identities), "seed": seed,
-                                              "recognizer_pack": "toyface"}}
+        prompt["faces_swapped"] = {
+            "class_type": "InstantFamilyToyFaces",
+            "inputs": {"identities": swap_first_two(identities), "seed": seed, "recognizer_pack": "toyface"},
+        }
         prompt.update(_branch("_swapped", "faces_swapped", ["faces", 2], seed, steps, cfg))
-        prompt["sampler_plain"] = {"class_type": "KSampler",
-                                   "inputs": {"model": ["base", 0], "seed": seed, "steps": steps, "cfg": cfg,
-                                              "sampler_name": "euler", "scheduler": "normal",
-                                              "positive": ["base", 1], "negative": ["base", 2],
-                                              "latent_image": ["latent", 0], "denoise": 1.0}}
-        prompt["decode_plain"] = {"class_type": "InstantFamilyToyDecode",
-                                  "inputs": {"samples": ["sampler_plain", 0], "scale": 8}}
+        prompt["sampler_plain"] = {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["base", 0],
+                "seed": seed,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "positive": ["base", 1],
+                "negative": ["base", 2],
+                "latent_image": ["latent", 0],
+                "denoise": 1.0,
+            },
+        }
+        prompt["decode_plain"] = {
+            "class_type": "InstantFamilyToyDecode",
+            "inputs": {"samples": ["sampler_plain", 0], "scale": 8},
+        }
         prompt["show_plain"] = {"class_type": "PreviewImage", "inputs": {"images": ["decode_plain", 0]}}
     return prompt
 
@@ -127,7 +184,9 @@ def save_images(batch, path: Path) -> list[Path]:
     from PIL import Image
 
     arrays = (batch.clamp(0, 1) * 255).round().byte().cpu().numpy()
-    paths = [path] if len(arrays) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(len(arrays))]
+    paths = (
+        [path] if len(arrays) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(len(arrays))]
+    )
     for array, target in zip(arrays, paths):
         Image.fromarray(array).save(target)
     return paths
@@ -153,30 +212,50 @@ def demo_sheet(outputs, identities: str):
     judge = Judge.load(ASSETS / JUDGE)
     references = gallery(judge, ids, seed=0)  # (K, d) fresh portraits: not the ones the stack was built from
     boxes = outputs["mask"][0].boxes.numpy()  # (N, 4) normalised head boxes, slot n = place n (left to right)
-    scenes = {"generated": as_uint8(outputs["decode"][0]), "same seed, first two IDs swapped":
-              as_uint8(outputs["decode_swapped"][0]), "same seed, no faces": as_uint8(outputs["decode_plain"][0])}
+    scenes = {
+        "generated": as_uint8(outputs["decode"][0]),
+        "same seed, first two IDs swapped": as_uint8(outputs["decode_swapped"][0]),
+        "same seed, no faces": as_uint8(outputs["decode_plain"][0]),
+    }
     expected = {"generated": ids, "same seed, first two IDs swapped": swapped, "same seed, no faces": None}
-    verdicts = {title: sheet_module.judge_scene(judge, image[::8, ::8], boxes, ids, references, expected[title])
-                for title, image in scenes.items()}
+    verdicts = {
+        title: sheet_module.judge_scene(judge, image[::8, ::8], boxes, ids, references, expected[title])
+        for title, image in scenes.items()
+    }
     panels = {"control image": as_uint8(outputs["control"][0]), **scenes}
     portraits = (outputs["faces"][1].clamp(0, 1) * 255).round().byte().numpy()
-    note = (f"judge: cosine similarity of each head to fresh portraits of {', '.join(map(str, ids))}; "
-            "green = the identity its slot holds is the best match there")
+    note = (
+        f"judge: cosine similarity of each head to fresh portraits of {', '.join(map(str, ids))}; "
+        "green = the identity its slot holds is the best match there"
+    )
     return sheet_module.compose(portraits, ids, swapped, panels, boxes, verdicts, note), verdicts
 
 
 def check_assets() -> None:
-    missing = [p for p in (ASSETS / TOY_BASE, ASSETS / JUDGE, ASSETS / "instantfamily" / TOY_CHECKPOINT,
-                           ASSETS / "insightface" / "models" / "toyface") if not p.exists()]
+    missing = [
+        p
+        for p in (
+            ASSETS / TOY_BASE,
+            ASSETS / JUDGE,
+            ASSETS / "instantfamily" / TOY_CHECKPOINT,
+            ASSETS / "insightface" / "models" / "toyface",
+        )
+        if not p.exists()
+    ]
     if missing:
-        raise SystemExit(f"the toy demo model is missing ({', '.join(map(str, missing))}); build it with "
-                         "`python -m train.toyworld.build --demo` (trains the toy world on this CPU)")
+        raise SystemExit(
+            f"the toy demo model is missing ({', '.join(map(str, missing))}); build it with "
+            "`python -m train.toyworld.build --demo` (trains the toy world on this CPU)"
+        )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--identities", default="3000, 3001, 3002",
-                        help="toy identity numbers (3000-3499 are held out: never seen in training)")
+    parser.add_argument(
+        "--identities",
+        default="3000, 3001, 3002",
+        help="toy identity numbers (3000-3499 are held out: never seen in training)",
+    )
     parser.add_argument("--caption", default="three people on a teal gradient background")
     parser.add_argument("--seed", type=int, default=1, help="seed 1: see the README (seeds 0-3 compared)")
     parser.add_argument("--steps", type=int, default=20)

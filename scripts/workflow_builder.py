@@ -16,8 +16,10 @@ SOCKETS = {
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
     "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
-    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                  ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
+    "KSampler": (
+        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        [("LATENT", "LATENT")],
+    ),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
     "SaveImage": ([("images", "IMAGE")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
@@ -29,33 +31,70 @@ SOCKETS = {
     "InstantFamilyModelLoader": ([], [("instantfamily", "INSTANTFAMILY_MODEL")]),
     "InstantFamilyLoadFaceAnalyzer": ([], [("analyzer", "INSTANTFAMILY_ANALYZER")]),
     "InstantFamilyLoadFaces": (
-        [("analyzer", "INSTANTFAMILY_ANALYZER"), ("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES"),
-         ("images_2", "IMAGE"), ("images_3", "IMAGE"), ("images_4", "IMAGE")],
-        [("faces", "INSTANTFAMILY_FACES"), ("preview", "IMAGE"), ("crops", "IMAGE")]),
+        [
+            ("analyzer", "INSTANTFAMILY_ANALYZER"),
+            ("images", "IMAGE"),
+            ("faces", "INSTANTFAMILY_FACES"),
+            ("images_2", "IMAGE"),
+            ("images_3", "IMAGE"),
+            ("images_4", "IMAGE"),
+        ],
+        [("faces", "INSTANTFAMILY_FACES"), ("preview", "IMAGE"), ("crops", "IMAGE")],
+    ),
     "InstantFamilyBuildEmbeddingStack": (
         [("instantfamily", "INSTANTFAMILY_MODEL"), ("faces", "INSTANTFAMILY_FACES")],
-        [("stack", "INSTANTFAMILY_STACK")]),
+        [("stack", "INSTANTFAMILY_STACK")],
+    ),
     "InstantFamilyFaceMask": (
-        [("faces", "INSTANTFAMILY_FACES"), ("template", "IMAGE"), ("analyzer", "INSTANTFAMILY_ANALYZER"),
-         ("pose_keypoint", "POSE_KEYPOINT"), ("masks", "MASK"), ("instantfamily", "INSTANTFAMILY_MODEL")],
-        [("face_masks", "INSTANTFAMILY_FACE_MASKS"), ("preview", "IMAGE")]),
+        [
+            ("faces", "INSTANTFAMILY_FACES"),
+            ("template", "IMAGE"),
+            ("analyzer", "INSTANTFAMILY_ANALYZER"),
+            ("pose_keypoint", "POSE_KEYPOINT"),
+            ("masks", "MASK"),
+            ("instantfamily", "INSTANTFAMILY_MODEL"),
+        ],
+        [("face_masks", "INSTANTFAMILY_FACE_MASKS"), ("preview", "IMAGE")],
+    ),
     "InstantFamilyPoseCircleImage": (
-        [("pose_keypoint", "POSE_KEYPOINT"), ("pose_image", "IMAGE"), ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
-         ("instantfamily", "INSTANTFAMILY_MODEL")],
-        [("control_image", "IMAGE")]),
+        [
+            ("pose_keypoint", "POSE_KEYPOINT"),
+            ("pose_image", "IMAGE"),
+            ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
+            ("instantfamily", "INSTANTFAMILY_MODEL"),
+        ],
+        [("control_image", "IMAGE")],
+    ),
     "InstantFamilyPoseCircleControlNet": (
-        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("model", "MODEL"),
-         ("instantfamily", "INSTANTFAMILY_MODEL"), ("stack", "INSTANTFAMILY_STACK"),
-         ("face_masks", "INSTANTFAMILY_FACE_MASKS"), ("control_image", "IMAGE")],
-        [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
+        [
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("model", "MODEL"),
+            ("instantfamily", "INSTANTFAMILY_MODEL"),
+            ("stack", "INSTANTFAMILY_STACK"),
+            ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
+            ("control_image", "IMAGE"),
+        ],
+        [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+    ),
     "InstantFamilyApply": (
-        [("model", "MODEL"), ("instantfamily", "INSTANTFAMILY_MODEL"), ("stack", "INSTANTFAMILY_STACK"),
-         ("face_masks", "INSTANTFAMILY_FACE_MASKS")],
-        [("MODEL", "MODEL")]),
+        [
+            ("model", "MODEL"),
+            ("instantfamily", "INSTANTFAMILY_MODEL"),
+            ("stack", "INSTANTFAMILY_STACK"),
+            ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
+        ],
+        [("MODEL", "MODEL")],
+    ),
     "InstantFamilyIdentityReport": (
-        [("images", "IMAGE"), ("faces", "INSTANTFAMILY_FACES"), ("analyzer", "INSTANTFAMILY_ANALYZER"),
-         ("face_masks", "INSTANTFAMILY_FACE_MASKS")],
-        [("report", "STRING"), ("confusion_matrix", "IMAGE"), ("verdicts", "IMAGE")]),
+        [
+            ("images", "IMAGE"),
+            ("faces", "INSTANTFAMILY_FACES"),
+            ("analyzer", "INSTANTFAMILY_ANALYZER"),
+            ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
+        ],
+        [("report", "STRING"), ("confusion_matrix", "IMAGE"), ("verdicts", "IMAGE")],
+    ),
 }
 
 NODE_WIDTH = 320
@@ -130,8 +169,9 @@ class Graph:
         y0 = min(n.pos[1] for n in nodes) - head
         x1 = max(n.pos[0] + n.size[0] for n in nodes) + pad
         y1 = max(n.pos[1] + n.size[1] for n in nodes) + pad
-        self.groups.append({"title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": colour,
-                            "font_size": 24, "flags": {}})
+        self.groups.append(
+            {"title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": colour, "font_size": 24, "flags": {}}
+        )
 
     def execution_order(self) -> dict[int, int]:
         """Node id -> position in a topological order (what the frontend stores as ``order``)."""
@@ -152,11 +192,18 @@ class Graph:
         for n in self.nodes:
             inputs, outputs = SOCKETS[n.type]
             entry = {
-                "id": n.id, "type": n.type, "pos": list(n.pos), "size": list(n.size), "flags": {},
-                "order": order[n.id], "mode": 0,
+                "id": n.id,
+                "type": n.type,
+                "pos": list(n.pos),
+                "size": list(n.size),
+                "flags": {},
+                "order": order[n.id],
+                "mode": 0,
                 "inputs": [{"name": name, "type": t, "link": n.in_links.get(name)} for name, t in inputs],
-                "outputs": [{"name": name, "type": t, "links": n.out_links.get(i, []), "slot_index": i}
-                            for i, (name, t) in enumerate(outputs)],
+                "outputs": [
+                    {"name": name, "type": t, "links": n.out_links.get(i, []), "slot_index": i}
+                    for i, (name, t) in enumerate(outputs)
+                ],
                 "properties": {"Node name for S&R": n.type} if n.type != "Note" else {"text": ""},
                 "widgets_values": n.widgets,
             }
@@ -166,9 +213,14 @@ class Graph:
                 entry["color"], entry["bgcolor"] = NOTE_COLOUR, NOTE_BGCOLOUR
             nodes.append(entry)
         return {
-            "last_node_id": len(self.nodes), "last_link_id": len(self.links),
-            "nodes": nodes, "links": self.links, "groups": self.groups, "config": {},
-            "extra": {"ds": {"scale": 0.7, "offset": [40, 60]}}, "version": 0.4,
+            "last_node_id": len(self.nodes),
+            "last_link_id": len(self.links),
+            "nodes": nodes,
+            "links": self.links,
+            "groups": self.groups,
+            "config": {},
+            "extra": {"ds": {"scale": 0.7, "offset": [40, 60]}},
+            "version": 0.4,
         }
 
 
@@ -177,8 +229,13 @@ def dumps(workflow: dict) -> str:
 
 
 # -- thumbnails: an honest picture of the graph (no weights here to render a result) ---------------
-KIND_COLOURS = {"pack": (46, 139, 122), "image": (70, 110, 170), "stock": (95, 95, 105), "note": (120, 100, 60),
-                "optional": (170, 110, 40)}
+KIND_COLOURS = {
+    "pack": (46, 139, 122),
+    "image": (70, 110, 170),
+    "stock": (95, 95, 105),
+    "note": (120, 100, 60),
+    "optional": (170, 110, 40),
+}
 
 
 def node_kind(type_: str) -> str:
@@ -212,8 +269,13 @@ def render_thumbnail(workflow: dict, title: str, subtitle: str, size: int = 256)
     scale = min((size - 2 * margin) / (x1 - x0), (size - top - legend - margin) / (y1 - y0))
     x = margin
     present = {node_kind(n["type"]) for n in nodes.values()}
-    for kind, label in (("pack", "InstantFamily"), ("image", "image"), ("stock", "stock"), ("note", "note"),
-                        ("optional", "aux")):
+    for kind, label in (
+        ("pack", "InstantFamily"),
+        ("image", "image"),
+        ("stock", "stock"),
+        ("note", "note"),
+        ("optional", "aux"),
+    ):
         if kind not in present:
             continue
         draw.rectangle([x, size - 13, x + 9, size - 4], fill=KIND_COLOURS[kind])

@@ -4,6 +4,7 @@
 tests/, not the repo root: the root has the pack's ``__init__.py``, so a root conftest would be
 imported as a submodule of the pack.)
 """
+
 import pytest
 
 

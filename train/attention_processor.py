@@ -46,7 +46,9 @@ class FaceCrossAttnProcessor:
         if encoder_hidden_states is None:
             raise RuntimeError("FaceCrossAttnProcessor is for cross-attention (attn2) layers only")
         if attention_mask is not None:
-            raise RuntimeError("FaceCrossAttnProcessor: the UNet was given an attention mask; InstantFamily builds its own")
+            raise RuntimeError(
+                "FaceCrossAttnProcessor: the UNet was given an attention mask; InstantFamily builds its own"
+            )
         if hidden_states.dim() != 3:
             raise RuntimeError(f"attn2 expects (B, tokens, C) hidden states, got shape {tuple(hidden_states.shape)}")
         batch = self.face_batch
@@ -72,7 +74,9 @@ def _check_plain_attn2(name: str, attn: nn.Module) -> None:
     if getattr(attn, "rescale_output_factor", 1.0) != 1.0:
         unsupported.append("rescale_output_factor")
     if unsupported:
-        raise ValueError(f"{name}: attention features {unsupported} are not SD1.5-shaped; InstantFamily cannot patch it")
+        raise ValueError(
+            f"{name}: attention features {unsupported} are not SD1.5-shaped; InstantFamily cannot patch it"
+        )
 
 
 def install_face_processors(model: nn.Module, face_batch: FaceBatch) -> list[str]:
@@ -96,4 +100,3 @@ def install_sdpa_processors(model: nn.Module) -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     model.set_attn_processor(AttnProcessor2_0())
-

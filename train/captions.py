@@ -41,8 +41,10 @@ def read_captions_file(path: str | Path) -> dict[str, str]:
         name = next((row[c] for c in NAME_COLUMNS if row.get(c) not in (None, "")), None)
         caption = next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), None)
         if name is None or caption is None:
-            raise ValueError(f"--captions-file {path}, row {number}: needs a name column ({'/'.join(NAME_COLUMNS)}) "
-                             f"and a caption column ({'/'.join(CAPTION_COLUMNS)})")
+            raise ValueError(
+                f"--captions-file {path}, row {number}: needs a name column ({'/'.join(NAME_COLUMNS)}) "
+                f"and a caption column ({'/'.join(CAPTION_COLUMNS)})"
+            )
         captions[str(name)] = caption.strip()
         captions.setdefault(Path(str(name)).stem, caption.strip())
     return captions
@@ -51,22 +53,35 @@ def read_captions_file(path: str | Path) -> dict[str, str]:
 class Captioner:
     """A local image-to-text model; ``__call__`` captions a batch of RGB arrays."""
 
-    def __init__(self, folder: str | Path, device: str = "cpu", dtype: str = "float32", prompt: str = "",
-                 max_new_tokens: int = 40):
+    def __init__(
+        self,
+        folder: str | Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        prompt: str = "",
+        max_new_tokens: int = 40,
+    ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         folder = Path(folder)
         if not folder.is_dir() or not (folder / "config.json").is_file():
-            raise ValueError(f"--captioner {folder}: expected a local transformers model folder (config.json, "
-                             "model.safetensors, processor files), e.g. a copy of Salesforce/blip2-opt-2.7b")
+            raise ValueError(
+                f"--captioner {folder}: expected a local transformers model folder (config.json, "
+                "model.safetensors, processor files), e.g. a copy of Salesforce/blip2-opt-2.7b"
+            )
         if not list(folder.glob("*.safetensors")):
             raise ValueError(f"--captioner {folder}: no .safetensors weights there (pickled .bin files are not read)")
         self.device, self.prompt, self.max_new_tokens = device, prompt, int(max_new_tokens)
         self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
         self.processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True, dtype=self.dtype).to(device).eval()
+        self.model = (
+            AutoModelForImageTextToText.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=True, dtype=self.dtype
+            )
+            .to(device)
+            .eval()
+        )
         logger.info("captioner %s (%s) on %s", folder.name, type(self.model).__name__, device)
 
     def __call__(self, images: list[np.ndarray]) -> list[str]:
@@ -82,6 +97,6 @@ class Captioner:
         with torch.inference_mode():
             tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         if "input_ids" in inputs and not getattr(self.model.config, "is_encoder_decoder", False):
-            tokens = tokens[:, inputs["input_ids"].shape[1]:]  # decoders return the prompt (and image tokens) first
+            tokens = tokens[:, inputs["input_ids"].shape[1] :]  # decoders return the prompt (and image tokens) first
         texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
         return [" ".join(text.split()) for text in texts]

@@ -21,8 +21,14 @@ UNET_PREFIX = "diffusion_model."  # ComfyUI's add_patches keys: diffusion_model.
 CONTROLNET_PREFIX = "control_model."  # lllyasviel's ControlNet files (control_v11p_sd15_openpose, ...)
 HINT_CHANNELS = (16, 32, 96, 256)  # ComfyUI's cldm hard-codes its hint encoder widths
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 
 
 def _get(config: Mapping, name: str, default=None):
@@ -57,8 +63,11 @@ def _encoder_table(config: Mapping, what: str) -> dict[str, str]:
     down = list(_get(config, "down_block_types"))
     levels = len(down)
     layers = _per_level(_get(config, "layers_per_block"), levels)
-    table = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0"}
+    table = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+    }
     k = 1
     for i, block_type in enumerate(down):
         for j in range(layers[i]):
@@ -152,7 +161,7 @@ def unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping, prefix: str 
 
 def unet_from_ldm(state: Mapping[str, torch.Tensor], config: Mapping, prefix: str = "") -> dict[str, torch.Tensor]:
     """ldm UNet names (optionally all starting with ``prefix``) -> diffusers names."""
-    stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if len(stripped) != len(state):
         raise ValueError(f"UNet ldm->diffusers: some keys do not start with {prefix!r}")
     return _convert(stripped, _inverse(unet_table(config)), "UNet ldm->diffusers")
@@ -176,13 +185,15 @@ def controlnet_from_any(state: Mapping[str, torch.Tensor], config: Mapping, what
     without the prefix; or diffusers naming (``controlnet_cond_embedding.conv_in.weight``).
     """
     if any(k.startswith(CONTROLNET_PREFIX) for k in state):
-        state = {k[len(CONTROLNET_PREFIX):]: v for k, v in state.items() if k.startswith(CONTROLNET_PREFIX)}
+        state = {k[len(CONTROLNET_PREFIX) :]: v for k, v in state.items() if k.startswith(CONTROLNET_PREFIX)}
     if "controlnet_cond_embedding.conv_in.weight" in state:
         return dict(state)
     if "zero_convs.0.0.weight" in state:
         return controlnet_from_ldm(state, config)
-    raise ValueError(f"{what}: not a ControlNet (neither {CONTROLNET_PREFIX}zero_convs.0.0.weight, "
-                     "zero_convs.0.0.weight nor controlnet_cond_embedding.conv_in.weight is in it)")
+    raise ValueError(
+        f"{what}: not a ControlNet (neither {CONTROLNET_PREFIX}zero_convs.0.0.weight, "
+        "zero_convs.0.0.weight nor controlnet_cond_embedding.conv_in.weight is in it)"
+    )
 
 
 def _heads(config: Mapping) -> tuple[int, int]:
@@ -215,11 +226,14 @@ def ldm_unet_config(config: Mapping) -> dict:
         raise ValueError(f"block_out_channels {widths} are not multiples of the first width")
     layers = _per_level(_get(config, "layers_per_block"), len(down))
     depth = _per_level(_get(config, "transformer_layers_per_block", 1), len(down))
-    transformer_depth = [depth[i] if t == "CrossAttnDownBlock2D" else 0 for i, t in enumerate(down) for _ in range(layers[i])]
+    transformer_depth = [
+        depth[i] if t == "CrossAttnDownBlock2D" else 0 for i, t in enumerate(down) for _ in range(layers[i])
+    ]
     up = list(_get(config, "up_block_types", ()))
     up_depth, up_layers = list(reversed(depth)), list(reversed(layers))
-    per_output_block = [up_depth[i] if t == "CrossAttnUpBlock2D" else 0
-                        for i, t in enumerate(up) for _ in range(up_layers[i] + 1)]
+    per_output_block = [
+        up_depth[i] if t == "CrossAttnUpBlock2D" else 0 for i, t in enumerate(up) for _ in range(up_layers[i] + 1)
+    ]
     transformer_depth_output = per_output_block[::-1]  # ComfyUI pops it from the end
     num_heads, num_head_channels = _heads(config)
     return {

@@ -32,7 +32,8 @@ from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.masks import FaceMasks
 from instantfamily_core.pose import PoseFrame, crop_pose, encode_pose_keypoint, parse_pose_keypoint
 
-from .latents import FACTOR, MEMBER as LATENT_MEMBER, decode_latent_member
+from .latents import FACTOR, decode_latent_member
+from .latents import MEMBER as LATENT_MEMBER
 from .sample_format import decode_faces, image_member
 from .shards import ShardReader
 
@@ -85,8 +86,12 @@ def crop_frame(members: dict[str, bytes], resized: tuple[int, int], offset: tupl
     """The crop's POSE_KEYPOINT value (what a pose detector on the crop gives) and its parsed frame."""
     if "pose.json" in members:
         source = parse_pose_keypoint(members["pose.json"].decode())
-        window = (offset[0] / resized[0], offset[1] / resized[1],
-                  (offset[0] + resolution) / resized[0], (offset[1] + resolution) / resized[1])
+        window = (
+            offset[0] / resized[0],
+            offset[1] / resized[1],
+            (offset[0] + resolution) / resized[0],
+            (offset[1] + resolution) / resized[1],
+        )
         value = crop_pose(source, window, (resolution, resolution))
     else:
         value = encode_pose_keypoint([], resolution, resolution)
@@ -121,9 +126,18 @@ def slot_regions(frame: PoseFrame, boxes_px: np.ndarray, max_faces: int, margin:
 class TrainDataset(torch.utils.data.Dataset):
     """Items are addressed by (epoch, sample index) so that each epoch re-draws the random choices."""
 
-    def __init__(self, reader: ShardReader, config: InstantFamilyConfig, resolution: int = 512, max_faces: int = 4,
-                 text_dropout: float = 0.05, face_dropout: float = 0.05, random_crop: bool = True, seed: int = 0,
-                 cached_latents: bool = True):
+    def __init__(
+        self,
+        reader: ShardReader,
+        config: InstantFamilyConfig,
+        resolution: int = 512,
+        max_faces: int = 4,
+        text_dropout: float = 0.05,
+        face_dropout: float = 0.05,
+        random_crop: bool = True,
+        seed: int = 0,
+        cached_latents: bool = True,
+    ):
         self.reader, self.config, self.resolution = reader, config, int(resolution)
         self.max_faces, self.text_dropout, self.face_dropout = int(max_faces), float(text_dropout), float(face_dropout)
         self.random_crop, self.seed, self.cached_latents = bool(random_crop), int(seed), bool(cached_latents)
@@ -187,10 +201,20 @@ class TrainDataset(torch.utils.data.Dataset):
             global_feature = torch.zeros(0, config.d_gf)
             local_feature = torch.zeros(0, config.d_lf, config.L, config.L)
             masks = None
-        example = {"key": key, "pixel_values": pixels, "control": control, "caption": caption,
-                   "global_features": global_feature, "local_features": local_feature, "masks": masks,
-                   "face_order": chosen, "pose_keypoint": pose_keypoint, "order": ",".join(map(str, order)),
-                   "colours": colours, "region_source": source}
+        example = {
+            "key": key,
+            "pixel_values": pixels,
+            "control": control,
+            "caption": caption,
+            "global_features": global_feature,
+            "local_features": local_feature,
+            "masks": masks,
+            "face_order": chosen,
+            "pose_keypoint": pose_keypoint,
+            "order": ",".join(map(str, order)),
+            "colours": colours,
+            "region_source": source,
+        }
         if latent is not None:
             example["latent_mean"], example["latent_std"] = latent["mean"], latent["std"]  # (4, res/8, res/8)
         return example
@@ -222,8 +246,16 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     starting at ``start_batch`` resumes exactly where a run stopped.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 start_batch: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
+        shuffle: bool = True,
+    ):
         self.num_samples, self.batch_size, self.seed = int(num_samples), int(batch_size), int(seed)
         self.rank, self.world, self.start_batch, self.shuffle = int(rank), int(world), int(start_batch), shuffle
         self.per_epoch = (self.num_samples // self.world) // self.batch_size
@@ -234,10 +266,13 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
             )
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples) if self.shuffle \
+        order = (
+            np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+            if self.shuffle
             else np.arange(self.num_samples)
+        )
         share = self.num_samples // self.world
-        return order[self.rank * share:(self.rank + 1) * share]  # contiguous per-rank share
+        return order[self.rank * share : (self.rank + 1) * share]  # contiguous per-rank share
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         batch = self.start_batch
@@ -246,7 +281,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
             epoch, position = divmod(batch, self.per_epoch)
             if epoch != cached_epoch:
                 cached_epoch, order = epoch, self.epoch_order(epoch)
-            chunk = order[position * self.batch_size:(position + 1) * self.batch_size]
+            chunk = order[position * self.batch_size : (position + 1) * self.batch_size]
             yield [(epoch, int(i)) for i in chunk]
             batch += 1
 

@@ -15,8 +15,8 @@ import argparse
 import logging
 import sys
 
-from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table, write_report
 from instantfamily_core.evaluation.encoders import ENCODERS, TextSimilarity, make_encoder
+from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table, write_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,13 +27,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for report.json, per_image.csv, summary.txt")
     p.add_argument("--encoder", choices=ENCODERS, default="dlib")
     p.add_argument("--facenet-weights", help="InceptionResnetV1 VGGFace2 weights (.safetensors) for --encoder facenet")
-    p.add_argument("--insightface-root", help="for --encoder insightface: the folder holding models/<pack>/ "
-                   "(ComfyUI's models/insightface)")
+    p.add_argument(
+        "--insightface-root",
+        help="for --encoder insightface: the folder holding models/<pack>/ (ComfyUI's models/insightface)",
+    )
     p.add_argument("--insightface-pack", default="antelopev2", help="model pack name under <root>/models/")
     p.add_argument("--dlib-detector", choices=("hog", "cnn"), default="hog")
     p.add_argument("--clip", help="local transformers CLIP folder for TextSim (skipped when absent)")
-    p.add_argument("--reference-mode", choices=("first", "mean"), default="first",
-                   help="first image of each identity folder (FastComposer) or the mean over all of them")
+    p.add_argument(
+        "--reference-mode",
+        choices=("first", "mean"),
+        default="first",
+        help="first image of each identity folder (FastComposer) or the mean over all of them",
+    )
     p.add_argument("--no-clamp", action="store_true", help="do not clamp identity similarities at 0")
     p.add_argument("--skip-missing", action="store_true", help="evaluate what exists instead of failing")
     p.add_argument("--device", default="cpu")
@@ -53,8 +59,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     analyzer = _analyzer(args.insightface_root, args.insightface_pack) if args.encoder == "insightface" else None
-    encoder = make_encoder(args.encoder, analyzer=analyzer, facenet_weights=args.facenet_weights,
-                           device=args.device, dlib_detector=args.dlib_detector)
+    encoder = make_encoder(
+        args.encoder,
+        analyzer=analyzer,
+        facenet_weights=args.facenet_weights,
+        device=args.device,
+        dlib_detector=args.dlib_detector,
+    )
     text_scorer = TextSimilarity(args.clip, device=args.device) if args.clip else None
     if text_scorer is None:
         logging.info("no --clip folder given: TextSim is skipped")
@@ -64,9 +75,17 @@ def main(argv=None) -> int:
         from tqdm import tqdm
 
         progress = lambda it, total: tqdm(it, total=total, unit="image", desc="evaluating")  # noqa: E731
-    report = evaluate_folder(Manifest.load(args.manifest), args.references, args.generated, encoder,
-                             text_scorer=text_scorer, clamp=not args.no_clamp, reference_mode=args.reference_mode,
-                             skip_missing=args.skip_missing, progress=progress)
+    report = evaluate_folder(
+        Manifest.load(args.manifest),
+        args.references,
+        args.generated,
+        encoder,
+        text_scorer=text_scorer,
+        clamp=not args.no_clamp,
+        reference_mode=args.reference_mode,
+        skip_missing=args.skip_missing,
+        progress=progress,
+    )
     paths = write_report(report, args.out)
     print(summary_table(report))
     print("wrote " + ", ".join(paths.values()))

@@ -23,7 +23,14 @@ from instantfamily_core.checkpoint import save_checkpoint
 from instantfamily_core.config import InstantFamilyConfig
 
 from . import state as ckpt
-from .convert import UNET_PREFIX, controlnet_from_ldm, controlnet_to_ldm, ldm_controlnet_kwargs, unet_from_ldm, unet_to_ldm
+from .convert import (
+    UNET_PREFIX,
+    controlnet_from_ldm,
+    controlnet_to_ldm,
+    ldm_controlnet_kwargs,
+    unet_from_ldm,
+    unet_to_ldm,
+)
 
 logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -40,8 +47,12 @@ def split_weights(weights: dict[str, torch.Tensor]) -> dict[str, dict[str, torch
     return parts
 
 
-def convert_for_comfy(weights: dict[str, torch.Tensor], state: dict, unet_base: dict[str, torch.Tensor] | None,
-                      dtype: torch.dtype = torch.float16):
+def convert_for_comfy(
+    weights: dict[str, torch.Tensor],
+    state: dict,
+    unet_base: dict[str, torch.Tensor] | None,
+    dtype: torch.dtype = torch.float16,
+):
     """(config, projector_state, controlnet_state, unet_deltas) ready for ``save_checkpoint``."""
     parts = split_weights(weights)
     config = InstantFamilyConfig.from_dict(state["instantfamily"])
@@ -61,7 +72,9 @@ def convert_for_comfy(weights: dict[str, torch.Tensor], state: dict, unet_base: 
     return config, projector, controlnet, deltas
 
 
-def export(checkpoint: str | Path, output: str | Path, use_ema: bool = False, dtype: str | torch.dtype = "fp32") -> Path:
+def export(
+    checkpoint: str | Path, output: str | Path, use_ema: bool = False, dtype: str | torch.dtype = "fp32"
+) -> Path:
     """Write the pack checkpoint for a training checkpoint folder (or 'latest' of a run's checkpoints/)."""
     checkpoint = Path(checkpoint)
     if checkpoint.name == "latest":
@@ -74,7 +87,7 @@ def export(checkpoint: str | Path, output: str | Path, use_ema: bool = False, dt
     if use_ema:
         if not state.get("ema"):
             raise ValueError(f"{checkpoint} was trained without EMA (ema_decay = 0); export without --ema")
-        weights = {k[len("ema."):]: v for k, v in weights.items() if k.startswith("ema.")}
+        weights = {k[len("ema.") :]: v for k, v in weights.items() if k.startswith("ema.")}
     else:
         weights = {k: v for k, v in weights.items() if not k.startswith("ema.")}
     unet_base = None
@@ -112,7 +125,9 @@ def net_from_export(path: str | Path, base_unet: torch.nn.Module):
             for name, delta in deltas.items():
                 parameters[name].add_(delta.float())
     controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3)
-    controlnet.load_state_dict({k: v.float() for k, v in controlnet_from_ldm(model.controlnet_state, controlnet.config).items()})
+    controlnet.load_state_dict(
+        {k: v.float() for k, v in controlnet_from_ldm(model.controlnet_state, controlnet.config).items()}
+    )
     return InstantFamilyNet(unet, controlnet, model.projector, model.config).eval()
 
 

@@ -95,9 +95,13 @@ def folder_items(files: list[Path], root: Path | None) -> Iterator[Item]:
         caption = stem.with_suffix(".txt")
         pose = Path(str(stem) + ".pose.json")
         relative = str(path.relative_to(root)) if root else path.name
-        yield Item(str(path), _read(path), caption.read_text().strip() if caption.is_file() else None,
-                   pose.read_bytes() if pose.is_file() else None,
-                   names=(relative, str(Path(relative).with_suffix("")), path.name, path.stem))
+        yield Item(
+            str(path),
+            _read(path),
+            caption.read_text().strip() if caption.is_file() else None,
+            pose.read_bytes() if pose.is_file() else None,
+            names=(relative, str(Path(relative).with_suffix("")), path.name, path.stem),
+        )
 
 
 def _read(path: Path) -> bytes | None:
@@ -135,8 +139,14 @@ def _tar_item(path: Path, key: str, members: dict[str, bytes]) -> Item:
     meta = _json(members.get("json"))
     if caption is None and isinstance(meta.get("caption_en") or meta.get("caption"), str):
         caption = (meta.get("caption_en") or meta.get("caption")).strip()
-    return Item(f"{path.name}:{key}", found[1] if found else None, caption, members.get("pose.json"),
-                names=(f"{path.name}:{key}", key, Path(key).name), meta=meta)
+    return Item(
+        f"{path.name}:{key}",
+        found[1] if found else None,
+        caption,
+        members.get("pose.json"),
+        names=(f"{path.name}:{key}", key, Path(key).name),
+        meta=meta,
+    )
 
 
 def _json(data: bytes | None) -> dict:
@@ -192,7 +202,7 @@ def expand_braces(pattern: str) -> list[str]:
     """'a/{000..002}.tar' -> a/000.tar a/001.tar a/002.tar; '{x,y}' lists; several groups multiply."""
     parts, last = [], 0
     for match in BRACE.finditer(pattern):
-        parts.append([pattern[last:match.start()]])
+        parts.append([pattern[last : match.start()]])
         body = match.group(1)
         numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
         if numeric:
@@ -216,13 +226,15 @@ def plan_jobs(inputs: list[str], shard_size: int) -> list[Job]:
             files = sorted(p for p in path.rglob("*") if p.suffix.lower() in FOLDER_EXTS)
             tars.extend(sorted(path.glob("*.tar")))
             for start in range(0, len(files), shard_size):
-                jobs.append(Job(len(jobs), files=files[start:start + shard_size], root=path))
+                jobs.append(Job(len(jobs), files=files[start : start + shard_size], root=path))
             continue
         matches = sorted({m for p in expand_braces(item) for m in glob.glob(p)})
         found = [Path(m) for m in matches if m.endswith(".tar") and Path(m).is_file()]
         if not found:
-            raise ValueError(f"--input {item}: expected a folder of images, WebDataset .tar shards (paths, globs or "
-                             "brace patterns such as data/{00000..00009}.tar) or an img2dataset output folder")
+            raise ValueError(
+                f"--input {item}: expected a folder of images, WebDataset .tar shards (paths, globs or "
+                "brace patterns such as data/{00000..00009}.tar) or an img2dataset output folder"
+            )
         tars.extend(found)
     for tar in sorted(dict.fromkeys(tars)):
         parquet = tar.with_suffix(".parquet")

@@ -38,11 +38,17 @@ def resize_for_latents(image: Image.Image, resolution: int) -> Image.Image:
     return image.resize(latent_geometry(image.width, image.height, resolution), Image.Resampling.BICUBIC)
 
 
-def encode_latent_member(mean: np.ndarray, std: np.ndarray, size: tuple[int, int], resolution: int,
-                         dtype=np.float16) -> bytes:
+def encode_latent_member(
+    mean: np.ndarray, std: np.ndarray, size: tuple[int, int], resolution: int, dtype=np.float16
+) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, mean=mean.astype(dtype), std=std.astype(dtype), size=np.array(size, np.int64),
-             resolution=np.array(resolution, np.int64))
+    np.savez(
+        buffer,
+        mean=mean.astype(dtype),
+        std=std.astype(dtype),
+        size=np.array(size, np.int64),
+        resolution=np.array(resolution, np.int64),
+    )
     return buffer.getvalue()
 
 
@@ -70,8 +76,9 @@ def load_vae(pretrained: str, model_config: str = "sd15", seed: int = 0):
     if Path(pretrained).is_dir():
         return AutoencoderKL.from_pretrained(pretrained, subfolder="vae", local_files_only=True)
     if Path(pretrained).is_file() and pretrained.endswith(".safetensors"):
-        return AutoencoderKL.from_single_file(pretrained, config=str(config_dir(model_config)), subfolder="vae",
-                                              local_files_only=True)
+        return AutoencoderKL.from_single_file(
+            pretrained, config=str(config_dir(model_config)), subfolder="vae", local_files_only=True
+        )
     raise ValueError(f"--pretrained {pretrained!r}: expected a diffusers folder or a .safetensors SD1.5 checkpoint")
 
 

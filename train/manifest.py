@@ -27,8 +27,20 @@ def stats_path(shard: Path) -> Path:
 
 def write_manifest(folder: Path, recognizer: RecognizerInfo | None, settings: dict, planned: int | None = None) -> dict:
     """Merge every finished shard's stats into ``manifest.json`` (atomic; safe while other workers write)."""
-    shards, totals = [], {"images": 0, "samples": 0, "faces": 0, "no_caption": 0, "captioned": 0,
-                          "skipped": {}, "errors": {}, "seconds": {}, "calls": {}}
+    shards, totals = (
+        [],
+        {
+            "images": 0,
+            "samples": 0,
+            "faces": 0,
+            "no_caption": 0,
+            "captioned": 0,
+            "skipped": {},
+            "errors": {},
+            "seconds": {},
+            "calls": {},
+        },
+    )
     for stats_file in sorted(folder.glob("shard-*.tar.stats.json")):
         stats = json.loads(stats_file.read_text())
         shards.append(stats)
@@ -37,9 +49,15 @@ def write_manifest(folder: Path, recognizer: RecognizerInfo | None, settings: di
         for group in ("skipped", "errors", "seconds", "calls"):
             for reason, count in stats.get(group, {}).items():
                 totals[group][reason] = totals[group].get(reason, 0) + count
-    manifest = {"format": FORMAT, "recognizer": recognizer.__dict__ if recognizer else None,
-                "settings": settings, "planned_shards": planned,
-                "complete": planned is not None and len(shards) == planned, "totals": totals, "shards": shards}
+    manifest = {
+        "format": FORMAT,
+        "recognizer": recognizer.__dict__ if recognizer else None,
+        "settings": settings,
+        "planned_shards": planned,
+        "complete": planned is not None and len(shards) == planned,
+        "totals": totals,
+        "shards": shards,
+    }
     tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"  # one per writer: workers end at different times
     tmp.write_text(json.dumps(manifest, indent=2, default=list))
     tmp.replace(folder / MANIFEST)

@@ -33,7 +33,9 @@ def config_dir(name: str) -> Path:
     path = CONFIG_ROOT / name if (CONFIG_ROOT / name).is_dir() else Path(name)
     if not (path / "unet" / "config.json").is_file():
         shipped = sorted(p.name for p in CONFIG_ROOT.iterdir() if p.is_dir())
-        raise ValueError(f"model config {name!r}: no unet/config.json there; use one of {shipped} or a diffusers folder")
+        raise ValueError(
+            f"model config {name!r}: no unet/config.json there; use one of {shipped} or a diffusers folder"
+        )
     return path
 
 
@@ -60,13 +62,15 @@ def _text_encoder_from_single_file(path: Path, config: Path):
         for key in f.keys():
             for prefix in SINGLE_FILE_CLIP_PREFIXES:
                 if key.startswith(prefix):
-                    state[inner + key[len(prefix):]] = f.get_tensor(key)
+                    state[inner + key[len(prefix) :]] = f.get_tensor(key)
                     break
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"{path}: text encoder keys do not match SD1.5's CLIP (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"{path}: text encoder keys do not match SD1.5's CLIP (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model
 
 
@@ -83,11 +87,15 @@ def load_base(pretrained: str, model_config: str = "sd15", tokenizer: str = "", 
     scheduler = DDPMScheduler.from_pretrained(str(configs / "scheduler"), local_files_only=True)
     tokenizer_path = Path(tokenizer) if tokenizer else None
     if not pretrained:
-        logger.warning("no --pretrained weights: random initialisation from %s (only for tests and benchmarks)", configs)
+        logger.warning(
+            "no --pretrained weights: random initialisation from %s (only for tests and benchmarks)", configs
+        )
         torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(configs / "unet")))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(configs / "vae")))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(configs / "text_encoder"), local_files_only=True))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig.from_pretrained(str(configs / "text_encoder"), local_files_only=True)
+        )
         tokenizer_path = tokenizer_path or configs / "tokenizer"
     elif Path(pretrained).is_dir():
         root = Path(pretrained)
@@ -142,15 +150,19 @@ def controlnet_files(controlnet_weights: str) -> list[Path]:
     if path.is_dir():
         files = sorted(path.glob("diffusion_pytorch_model*.safetensors")) or sorted(path.glob("*.safetensors"))
         if not files:
-            raise ValueError(f"--controlnet {controlnet_weights}: no .safetensors weights in this folder (pickled .bin "
-                             "weights are not loaded); save the ControlNet with safe_serialization=True")
+            raise ValueError(
+                f"--controlnet {controlnet_weights}: no .safetensors weights in this folder (pickled .bin "
+                "weights are not loaded); save the ControlNet with safe_serialization=True"
+            )
         return files
     if path.is_file() and path.suffix == ".safetensors":
         return [path]
     if path.is_file():
-        raise ValueError(f"--controlnet {controlnet_weights}: only .safetensors files are loaded (no pickles); use "
-                         "the .safetensors release of this ControlNet (e.g. from comfyanonymous/"
-                         "ControlNet-v1-1_fp16_safetensors)")
+        raise ValueError(
+            f"--controlnet {controlnet_weights}: only .safetensors files are loaded (no pickles); use "
+            "the .safetensors release of this ControlNet (e.g. from comfyanonymous/"
+            "ControlNet-v1-1_fp16_safetensors)"
+        )
     raise ValueError(f"--controlnet {controlnet_weights}: no such file or folder")
 
 
@@ -158,11 +170,16 @@ def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     """Load ``state`` into ``model`` (float32), naming the first keys or shapes that do not fit."""
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own if k in state
-             and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
-        raise ValueError(f"{what} does not fit the base model's shape (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]}, shapes {wrong[:3]}): is it a ControlNet for SD1.5 (not SDXL)?")
+        raise ValueError(
+            f"{what} does not fit the base model's shape (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, shapes {wrong[:3]}): is it a ControlNet for SD1.5 (not SDXL)?"
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 

@@ -40,7 +40,7 @@ class FaceInputs:
                 raise ValueError(f"FaceInputs row {b}: {g.shape[0]} faces but {0 if m is None else len(m)} masks")
 
     @classmethod
-    def empty(cls, batch: int, config: InstantFamilyConfig) -> "FaceInputs":
+    def empty(cls, batch: int, config: InstantFamilyConfig) -> FaceInputs:
         """No faces in any row (the unconditional branch)."""
         return cls(
             [torch.zeros(0, config.d_gf) for _ in range(batch)],
@@ -59,7 +59,9 @@ class InstantFamilyNet(nn.Module):
     def __init__(self, unet: nn.Module, controlnet: nn.Module, projector: Projector, config: InstantFamilyConfig):
         super().__init__()
         if unet.config.cross_attention_dim != config.d_K:
-            raise ValueError(f"UNet cross_attention_dim {unet.config.cross_attention_dim} != projector d_K {config.d_K}")
+            raise ValueError(
+                f"UNet cross_attention_dim {unet.config.cross_attention_dim} != projector d_K {config.d_K}"
+            )
         self.unet = unet
         self.controlnet = controlnet
         self.projector = projector
@@ -75,8 +77,10 @@ class InstantFamilyNet(nn.Module):
         n_max, total = max(counts, default=0), sum(counts)
         if total == 0:
             # Keep the projector in the graph (DDP expects every trainable parameter to get a gradient).
-            dummy = self.projector(text.new_zeros(1, self.config.d_gf).float(),
-                                   text.new_zeros(1, self.config.d_lf, self.config.L, self.config.L).float())
+            dummy = self.projector(
+                text.new_zeros(1, self.config.d_gf).float(),
+                text.new_zeros(1, self.config.d_lf, self.config.L, self.config.L).float(),
+            )
             return text + 0.0 * dummy.sum().to(text.dtype), None
         device = text.device
         global_feature = torch.cat(faces.global_features).to(device=device, dtype=torch.float32)
@@ -108,12 +112,20 @@ class InstantFamilyNet(nn.Module):
         context, attention = self.face_context(text_embeddings, faces)
         self.face_batch.set(attention, tuple(noisy_latents.shape[-2:]))
         down, mid = self.controlnet(
-            noisy_latents, timesteps, encoder_hidden_states=context, controlnet_cond=control_image,
-            conditioning_scale=conditioning_scale, return_dict=False,
+            noisy_latents,
+            timesteps,
+            encoder_hidden_states=context,
+            controlnet_cond=control_image,
+            conditioning_scale=conditioning_scale,
+            return_dict=False,
         )
         return self.unet(
-            noisy_latents, timesteps, encoder_hidden_states=context,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+            noisy_latents,
+            timesteps,
+            encoder_hidden_states=context,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
         )[0]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -125,7 +125,9 @@ def parse(argv=None, description: str = "") -> TrainOptions:
         if isinstance(default, list):
             parser.add_argument(flag, dest=f.name, nargs="+", default=None)
         else:
-            parser.add_argument(flag, dest=f.name, type=_parser_type(default), default=None, help=f"default {default!r}")
+            parser.add_argument(
+                flag, dest=f.name, type=_parser_type(default), default=None, help=f"default {default!r}"
+            )
     args = parser.parse_args(argv)
     values = read_file(args.config) if args.config else {}
     values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})

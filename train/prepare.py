@@ -67,9 +67,18 @@ class Stats:
     """Counts and seconds of one shard (written as its .stats.json)."""
 
     def __init__(self, name: str):
-        self.values = {"name": name, "images": 0, "samples": 0, "faces": 0, "skipped": {}, "no_caption": 0,
-                       "captioned": 0, "errors": {}, "seconds": dict.fromkeys(STAGES, 0.0),
-                       "calls": dict.fromkeys(STAGES, 0)}
+        self.values = {
+            "name": name,
+            "images": 0,
+            "samples": 0,
+            "faces": 0,
+            "skipped": {},
+            "no_caption": 0,
+            "captioned": 0,
+            "errors": {},
+            "seconds": dict.fromkeys(STAGES, 0.0),
+            "calls": dict.fromkeys(STAGES, 0),
+        }
 
     def skip(self, reason: str, source: str = "", detail: str = "") -> None:
         self.values["skipped"][reason] = self.values["skipped"].get(reason, 0) + 1
@@ -162,8 +171,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Preparer:
     """The stages of one process; ``run_job`` writes one shard."""
 
-    def __init__(self, args: argparse.Namespace, analyzer, pose: PoseSource, captions: dict[str, str] | None = None,
-                 captioner=None, latents=None):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        analyzer,
+        pose: PoseSource,
+        captions: dict[str, str] | None = None,
+        captioner=None,
+        latents=None,
+    ):
         self.args, self.analyzer, self.pose = args, analyzer, pose
         self.captions, self.captioner, self.latents = captions or {}, captioner, latents
         self.warned_caption = False
@@ -190,11 +206,15 @@ class Preparer:
             if not len(boxes):
                 continue
             labelled = _json_boxes(path.with_suffix(".json"))
-            best = int(box_iou(labelled[:1], boxes)[0].argmax()) if len(labelled) else \
-                int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+            best = (
+                int(box_iou(labelled[:1], boxes)[0].argmax())
+                if len(labelled)
+                else int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+            )
             with stats.timed("recognize"):
-                return self.analyzer.recognize(rgb, boxes[best:best + 1], keypoints[best:best + 1],
-                                               scores[best:best + 1])[0], path
+                return self.analyzer.recognize(
+                    rgb, boxes[best : best + 1], keypoints[best : best + 1], scores[best : best + 1]
+                )[0], path
         return None, None
 
     def faces(self, item: Item, rgb: np.ndarray, stats: Stats) -> tuple[list, dict]:
@@ -220,8 +240,15 @@ class Preparer:
             if reference is None:
                 continue
             # Where the person is (group photo), who they are (reference photo).
-            faces.append(replace(reference, box=boxes[best], keypoints=keypoints[best], score=float(scores[best]),
-                                 image_size=rgb.shape[:2]))
+            faces.append(
+                replace(
+                    reference,
+                    box=boxes[best],
+                    keypoints=keypoints[best],
+                    score=float(scores[best]),
+                    image_size=rgb.shape[:2],
+                )
+            )
             references[person.name] = str(path)
         return (faces if len(faces) >= self.args.min_faces else []), {"references": references}
 
@@ -285,8 +312,10 @@ class Preparer:
                     stats.skip("no_caption", sample.item.source)
                     continue
                 if not self.warned_caption:
-                    logger.warning("%s has no caption; it trains with an empty caption (--allow-empty-captions)",
-                                   sample.item.source)
+                    logger.warning(
+                        "%s has no caption; it trains with an empty caption (--allow-empty-captions)",
+                        sample.item.source,
+                    )
                     self.warned_caption = True
             kept.append(sample)
         return kept
@@ -341,9 +370,13 @@ class Preparer:
             with stats.timed("write"):
                 rgb = sample.rgb
                 meta = {"source": sample.item.source, "height": rgb.shape[0], "width": rgb.shape[1], **sample.meta}
-                members = {sample.ext: sample.data, "txt": (sample.caption or "").encode(), "pose.json": sample.pose,
-                           "faces.npz": encode_faces(sample.faces, rgb.shape[:2], np.dtype(self.args.feature_dtype)),
-                           "meta.json": json.dumps(meta).encode()}
+                members = {
+                    sample.ext: sample.data,
+                    "txt": (sample.caption or "").encode(),
+                    "pose.json": sample.pose,
+                    "faces.npz": encode_faces(sample.faces, rgb.shape[:2], np.dtype(self.args.feature_dtype)),
+                    "meta.json": json.dumps(meta).encode(),
+                }
                 if sample.latent is not None:
                     from .latents import MEMBER
 
@@ -362,39 +395,60 @@ def _json_boxes(path: Path) -> np.ndarray:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.prepare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True,
-                   help="image folders, WebDataset .tar shards (paths, globs, brace patterns), img2dataset folders")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="image folders, WebDataset .tar shards (paths, globs, brace patterns), img2dataset folders",
+    )
     p.add_argument("--output", required=True, help="folder for shard-NNNNNN.tar files and manifest.json")
-    p.add_argument("--insightface-root", required=True, help="folder containing models/<pack>/ (ComfyUI's models/insightface)")
+    p.add_argument(
+        "--insightface-root", required=True, help="folder containing models/<pack>/ (ComfyUI's models/insightface)"
+    )
     p.add_argument("--pack", default="antelopev2", help="insightface model pack (the one the nodes will use)")
     p.add_argument("--provider", default="auto", help="onnxruntime provider: auto, CPU, CUDA")
     p.add_argument("--det-size", type=int, default=640)
-    p.add_argument("--detect-retry", action="store_true",
-                   help="retry face detection at smaller sizes and padded (up to 8 passes on a face-less image)")
+    p.add_argument(
+        "--detect-retry",
+        action="store_true",
+        help="retry face detection at smaller sizes and padded (up to 8 passes on a face-less image)",
+    )
     p.add_argument("--min-score", type=float, default=0.5, help="drop faces detected with a lower score")
     p.add_argument("--min-face-size", type=float, default=32, help="drop faces whose box is smaller (px, shorter side)")
     p.add_argument("--min-faces", type=int, default=1, help="skip images with fewer faces left")
     p.add_argument("--min-side", type=int, default=256, help="skip images whose shorter side is smaller (px)")
     p.add_argument("--max-side", type=int, default=1024, help="downscale larger images before analysis and storage")
-    p.add_argument("--dwpose", default="",
-                   help="folder with yolox_l.onnx + dw-ll_ucoco_384.onnx (for images without .pose.json)")
-    p.add_argument("--pose-boxes", choices=("detector", "faces"), default="detector",
-                   help="DWPose person boxes: its YOLOX detector, or estimated from the detected faces (much "
-                        "cheaper; people without a detected face then get no skeleton)")
+    p.add_argument(
+        "--dwpose", default="", help="folder with yolox_l.onnx + dw-ll_ucoco_384.onnx (for images without .pose.json)"
+    )
+    p.add_argument(
+        "--pose-boxes",
+        choices=("detector", "faces"),
+        default="detector",
+        help="DWPose person boxes: its YOLOX detector, or estimated from the detected faces (much "
+        "cheaper; people without a detected face then get no skeleton)",
+    )
     p.add_argument("--allow-missing-pose", action="store_true", help="keep images without pose (no skeletons drawn)")
     p.add_argument("--captions-file", default="", help=".jsonl or .csv of file/key -> caption")
     p.add_argument("--captioner", default="", help="local transformers image-to-text model folder (BLIP-2, Florence-2)")
     p.add_argument("--caption-prompt", default="", help="prompt for the captioner (e.g. '<MORE_DETAILED_CAPTION>')")
     p.add_argument("--caption-max-tokens", type=int, default=40)
     p.add_argument("--allow-empty-captions", action="store_true", help="keep images without caption (empty text)")
-    p.add_argument("--pretrained", default=None,
-                   help="SD1.5 weights whose VAE caches latents (as train.train's --pretrained; '' = random, tests)")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="SD1.5 weights whose VAE caches latents (as train.train's --pretrained; '' = random, tests)",
+    )
     p.add_argument("--model-config", default="sd15", help="configs for --pretrained (as train.train)")
     p.add_argument("--seed", type=int, default=0, help="seed of a random --pretrained '' (as train.train)")
     p.add_argument("--latent-resolution", type=int, default=0, help="cache VAE latents for this training resolution")
     p.add_argument("--latent-dtype", choices=("float16", "float32"), default="float16", help="stored latent dtype")
-    p.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
-                   help="dtype of the VAE and captioner")
+    p.add_argument(
+        "--precision",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="dtype of the VAE and captioner",
+    )
     p.add_argument("--references", default="", help="MultiID-2M reference folder (<name>/*.jpg + .json)")
     p.add_argument("--reference-rotation", type=int, default=1, help="1: vary the reference photo per sample")
     p.add_argument("--batch-size", type=int, default=16, help="images per captioner / VAE batch")
@@ -406,8 +460,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--openpose", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.openpose:
-        p.error("--openpose (controlnet_aux's pickled .pth models) is gone: use --dwpose with the ONNX files "
-                "yolox_l.onnx and dw-ll_ucoco_384.onnx")
+        p.error(
+            "--openpose (controlnet_aux's pickled .pth models) is gone: use --dwpose with the ONNX files "
+            "yolox_l.onnx and dw-ll_ucoco_384.onnx"
+        )
     if args.latent_resolution and args.pretrained is None:
         p.error("--latent-resolution needs --pretrained (the SD1.5 weights training will use)")
     return args
@@ -437,8 +493,13 @@ def build_preparer(args: argparse.Namespace, device: str):
     if args.latent_resolution:
         from .latents import LatentEncoder, load_vae
 
-        latents = LatentEncoder(load_vae(args.pretrained, args.model_config, args.seed), args.latent_resolution,
-                                device, args.precision, args.latent_dtype)
+        latents = LatentEncoder(
+            load_vae(args.pretrained, args.model_config, args.seed),
+            args.latent_resolution,
+            device,
+            args.precision,
+            args.latent_dtype,
+        )
     pose = PoseSource(estimator, args.allow_missing_pose, boxes_from_faces=args.pose_boxes == "faces")
     return Preparer(args, analyzer, pose, captions, captioner, latents)
 
@@ -458,8 +519,14 @@ def main(argv=None) -> int:
     jobs = plan_jobs(args.input, args.shard_size)
     mine = [j for j in jobs if j.number % world == rank]
     todo = [j for j in mine if not stats_path(output / shard_name(j.number)).is_file()]
-    logger.info("rank %d of %d: %d of %d shards to do (%d already finished)", rank, world, len(todo), len(mine),
-                len(mine) - len(todo))
+    logger.info(
+        "rank %d of %d: %d of %d shards to do (%d already finished)",
+        rank,
+        world,
+        len(todo),
+        len(mine),
+        len(mine) - len(todo),
+    )
     preparer = build_preparer(args, device)
     total = sum(j.size or 0 for j in todo) or None
     with tqdm(total=total, desc=f"prepare[{rank}]", disable=args.no_progress) as progress:
@@ -469,10 +536,12 @@ def main(argv=None) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in skip}
     manifest = write_manifest(output, preparer.analyzer.info, settings, planned=len(jobs))
     totals = manifest["totals"]
-    print(f"{output}: {totals['samples']} samples with {totals['faces']} faces from {totals['images']} images "
-          f"({len(manifest['shards'])} of {len(jobs)} shards finished); skipped {totals['skipped']}; "
-          f"{totals['no_caption']} without caption, {totals['captioned']} captioned by the model; "
-          f"damaged input {totals['errors']}")
+    print(
+        f"{output}: {totals['samples']} samples with {totals['faces']} faces from {totals['images']} images "
+        f"({len(manifest['shards'])} of {len(jobs)} shards finished); skipped {totals['skipped']}; "
+        f"{totals['no_caption']} without caption, {totals['captioned']} captioned by the model; "
+        f"damaged input {totals['errors']}"
+    )
     return 0
 
 

@@ -54,21 +54,26 @@ class LogWindow:
 
     def scalars(self) -> dict[str, float]:
         """Window means: loss, grad norm, images/s, and ``loss_t/<lo>-<hi>`` for each bucket that had samples."""
-        values = {"train/loss": float(np.mean(self.losses)), "train/grad_norm": float(np.mean(self.grad_norms)),
-                  "train/images_per_s": self.images / max(self.seconds, 1e-9)}
+        values = {
+            "train/loss": float(np.mean(self.losses)),
+            "train/grad_norm": float(np.mean(self.grad_norms)),
+            "train/images_per_s": self.images / max(self.seconds, 1e-9),
+        }
         k = len(self.edges) - 1
         for i in range(k):
             if self.buckets[k + i] > 0:
-                values[f"loss_t/{self.edges[i]:04d}-{self.edges[i + 1] - 1:04d}"] = \
-                    float(self.buckets[i] / self.buckets[k + i])
+                values[f"loss_t/{self.edges[i]:04d}-{self.edges[i + 1] - 1:04d}"] = float(
+                    self.buckets[i] / self.buckets[k + i]
+                )
         return values
 
 
 class RunLog:
     """The main process's writers; every method is a no-op on other ranks."""
 
-    def __init__(self, output: Path, *, enabled: bool, tensorboard: bool, wandb_project: str = "",
-                 options: dict | None = None):
+    def __init__(
+        self, output: Path, *, enabled: bool, tensorboard: bool, wandb_project: str = "", options: dict | None = None
+    ):
         self.output, self.enabled = Path(output), enabled
         self.tensorboard = self.wandb = None
         if not enabled:
@@ -84,10 +89,13 @@ class RunLog:
             try:
                 import wandb
             except ImportError as error:
-                raise RuntimeError(f"wandb_project = {wandb_project!r} but wandb is not installed: pip install wandb, "
-                                   "or leave wandb_project empty (TensorBoard and losses.jsonl still log)") from error
-            self.wandb = wandb.init(project=wandb_project, dir=str(self.output), name=self.output.name,
-                                    config=options or {}, resume="allow")
+                raise RuntimeError(
+                    f"wandb_project = {wandb_project!r} but wandb is not installed: pip install wandb, "
+                    "or leave wandb_project empty (TensorBoard and losses.jsonl still log)"
+                ) from error
+            self.wandb = wandb.init(
+                project=wandb_project, dir=str(self.output), name=self.output.name, config=options or {}, resume="allow"
+            )
 
     def step(self, record: dict) -> None:
         """One optimizer step's figures (``record["step"]`` included) -> ``losses.jsonl``."""

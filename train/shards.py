@@ -94,12 +94,13 @@ class ShardIndex:
     offsets: (S, E) int64 data offset of member e (-1 = the sample has no such member); sizes: (S, E) int64.
     """
 
-    def __init__(self, keys: np.ndarray, shard: np.ndarray, extensions: list[str], offsets: np.ndarray,
-                 sizes: np.ndarray):
+    def __init__(
+        self, keys: np.ndarray, shard: np.ndarray, extensions: list[str], offsets: np.ndarray, sizes: np.ndarray
+    ):
         self.keys, self.shard, self.extensions, self.offsets, self.sizes = keys, shard, extensions, offsets, sizes
 
     @classmethod
-    def from_entries(cls, shards_entries: Iterable[list[dict]]) -> "ShardIndex":
+    def from_entries(cls, shards_entries: Iterable[list[dict]]) -> ShardIndex:
         """From each shard's ``index_tar`` entries (one shard's Python objects alive at a time)."""
         columns: dict[str, int] = {}
         keys, numbers, offsets, sizes = [], [], [], []
@@ -123,9 +124,13 @@ class ShardIndex:
                 return np.zeros((0, width), np.int64)
             return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) for p in parts])
 
-        return cls(np.concatenate(keys) if keys else np.zeros(0, bytes),
-                   np.concatenate(numbers) if numbers else np.zeros(0, np.int32),
-                   list(columns), padded(offsets, -1), padded(sizes, 0))
+        return cls(
+            np.concatenate(keys) if keys else np.zeros(0, bytes),
+            np.concatenate(numbers) if numbers else np.zeros(0, np.int32),
+            list(columns),
+            padded(offsets, -1),
+            padded(sizes, 0),
+        )
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -136,8 +141,11 @@ class ShardIndex:
 
     def sample(self, index: int) -> tuple[int, str, dict[str, tuple[int, int]]]:
         """(shard number, key, {ext: (offset, size)}) of sample ``index``."""
-        members = {ext: (int(self.offsets[index, e]), int(self.sizes[index, e]))
-                   for e, ext in enumerate(self.extensions) if self.offsets[index, e] >= 0}
+        members = {
+            ext: (int(self.offsets[index, e]), int(self.sizes[index, e]))
+            for e, ext in enumerate(self.extensions)
+            if self.offsets[index, e] >= 0
+        }
         return int(self.shard[index]), self.keys[index].decode(), members
 
 

@@ -143,8 +143,9 @@ def load_checkpoint_dir(path: str | Path, rank: int = 0) -> dict:
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     weights = load_file(str(path / "trainable.safetensors"))
-    optimizer = optimizer_from_files(load_file(str(path / "optimizer.safetensors")),
-                                     json.loads((path / "optimizer.json").read_text()))
+    optimizer = optimizer_from_files(
+        load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())
+    )
     rng_file = path / f"rng-{rank}.safetensors"
     if rng_file.is_file():
         set_rng_state(load_file(str(rng_file)), json.loads((path / f"rng-{rank}.json").read_text()))

@@ -48,17 +48,27 @@ def feature_shapes(reader: ShardReader, recognizer: RecognizerInfo | None) -> Re
         if "faces.npz" in members:
             faces = decode_faces(members["faces.npz"])
             if len(faces["boxes"]):
-                return RecognizerInfo(global_shape=tuple(faces["global_features"].shape[1:]),
-                                      local_shape=tuple(faces["local_features"].shape[1:]))
+                return RecognizerInfo(
+                    global_shape=tuple(faces["global_features"].shape[1:]),
+                    local_shape=tuple(faces["local_features"].shape[1:]),
+                )
     return RecognizerInfo()
 
 
 def instantfamily_config(opts: TrainOptions, recognizer: RecognizerInfo, d_K: int) -> InstantFamilyConfig:
     d_lf, L, _ = recognizer.local_shape
     config = InstantFamilyConfig(
-        d_gf=recognizer.global_shape[0], d_lf=d_lf, L=L, d_K=d_K, projector_hidden=opts.projector_hidden,
-        mask_mode=opts.mask_mode, mask_margin=opts.mask_margin, overlap=opts.overlap,
-        circle_radius_fraction=opts.circle_radius_fraction, max_ids_trained=opts.max_faces, recognizer=recognizer,
+        d_gf=recognizer.global_shape[0],
+        d_lf=d_lf,
+        L=L,
+        d_K=d_K,
+        projector_hidden=opts.projector_hidden,
+        mask_mode=opts.mask_mode,
+        mask_margin=opts.mask_margin,
+        overlap=opts.overlap,
+        circle_radius_fraction=opts.circle_radius_fraction,
+        max_ids_trained=opts.max_faces,
+        recognizer=recognizer,
     )
     config.validate()
     return config
@@ -78,8 +88,11 @@ class Trainer:
 
         self.opts = opts
         _allow_new_precision(opts.mixed_precision)
-        self.accelerator = Accelerator(mixed_precision=opts.mixed_precision, cpu=not torch.cuda.is_available(),
-                                       gradient_accumulation_steps=opts.gradient_accumulation)
+        self.accelerator = Accelerator(
+            mixed_precision=opts.mixed_precision,
+            cpu=not torch.cuda.is_available(),
+            gradient_accumulation_steps=opts.gradient_accumulation,
+        )
         acc = self.accelerator
         self.output = Path(opts.output_dir)
         self.checkpoints = self.output / "checkpoints"
@@ -95,21 +108,30 @@ class Trainer:
         if opts.validation_data:
             held_out, held_out_recognizer = find_shards(opts.validation_data)
             if recognizer and held_out_recognizer and held_out_recognizer.sha256 != recognizer.sha256:
-                raise ValueError("validation_data was prepared with another face recognizer than data: prepare "
-                                 "both with the same pack")
+                raise ValueError(
+                    "validation_data was prepared with another face recognizer than data: prepare "
+                    "both with the same pack"
+                )
             self.validation_reader = ShardReader(held_out)
         base = load_base(opts.pretrained, opts.model_config, opts.tokenizer, seed=opts.seed)
         self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler = (
-            base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler)
-        self.config = instantfamily_config(opts, feature_shapes(self.reader, recognizer), base.unet.config.cross_attention_dim)
+            base.vae,
+            base.text_encoder,
+            base.tokenizer,
+            base.noise_scheduler,
+        )
+        self.config = instantfamily_config(
+            opts, feature_shapes(self.reader, recognizer), base.unet.config.cross_attention_dim
+        )
         controlnet = build_controlnet(base.unet, opts.controlnet)
         net = InstantFamilyNet(base.unet, controlnet, Projector(self.config), self.config)
         self._freeze(net)
         self.optimizer = self._optimizer(net)
         from diffusers.optimization import get_scheduler
 
-        self.lr_scheduler = get_scheduler(opts.lr_scheduler, self.optimizer, num_warmup_steps=opts.warmup_steps,
-                                          num_training_steps=opts.max_steps)
+        self.lr_scheduler = get_scheduler(
+            opts.lr_scheduler, self.optimizer, num_warmup_steps=opts.warmup_steps, num_training_steps=opts.max_steps
+        )
         self.net, self.optimizer = acc.prepare(net, self.optimizer)
         self.ema = EMA(net.trainable_state(), opts.ema_decay) if opts.ema_decay > 0 else None
         self.step, self.batches = 0, 0
@@ -119,22 +141,42 @@ class Trainer:
             logger.info("resumed from %s at step %d", resume, self.step)
         else:
             set_seed(opts.seed + acc.process_index)  # distinct noise per rank
-        self.dataset = TrainDataset(self.reader, self.config, opts.resolution, opts.max_faces, opts.text_dropout,
-                                    opts.face_dropout, opts.random_crop, opts.seed)
-        self.sampler = ResumableBatchSampler(len(self.reader), opts.batch_size, opts.seed, acc.process_index,
-                                             acc.num_processes, start_batch=self.batches)
+        self.dataset = TrainDataset(
+            self.reader,
+            self.config,
+            opts.resolution,
+            opts.max_faces,
+            opts.text_dropout,
+            opts.face_dropout,
+            opts.random_crop,
+            opts.seed,
+        )
+        self.sampler = ResumableBatchSampler(
+            len(self.reader), opts.batch_size, opts.seed, acc.process_index, acc.num_processes, start_batch=self.batches
+        )
         # Its own generator: starting an iterator must not draw from the global RNG (exact resume).
-        self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
-                                                  num_workers=opts.num_workers, persistent_workers=opts.num_workers > 0,
-                                                  generator=torch.Generator().manual_seed(opts.seed))
-        self.log = RunLog(self.output, enabled=acc.is_main_process, tensorboard=opts.tensorboard,
-                          wandb_project=opts.wandb_project, options=json.loads(to_json(opts)))
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=opts.num_workers,
+            persistent_workers=opts.num_workers > 0,
+            generator=torch.Generator().manual_seed(opts.seed),
+        )
+        self.log = RunLog(
+            self.output,
+            enabled=acc.is_main_process,
+            tensorboard=opts.tensorboard,
+            wandb_project=opts.wandb_project,
+            options=json.loads(to_json(opts)),
+        )
         self.identity_encoder = None
         if opts.validation_insightface_root and opts.validate_every and acc.is_main_process:
             from .validate import load_identity_encoder
 
-            self.identity_encoder = load_identity_encoder(opts.validation_insightface_root, opts.validation_pack,
-                                                          self.config)
+            self.identity_encoder = load_identity_encoder(
+                opts.validation_insightface_root, opts.validation_pack, self.config
+            )
         self.losses: list[float] = []
 
     # --- setup -----------------------------------------------------------------------------
@@ -171,7 +213,10 @@ class Trainer:
         opts = self.opts
         projector = [p for p in net.projector.parameters()]
         others = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("projector.")]
-        groups = [{"params": others, "lr": opts.learning_rate}, {"params": projector, "lr": opts.projector_learning_rate}]
+        groups = [
+            {"params": others, "lr": opts.learning_rate},
+            {"params": projector, "lr": opts.projector_learning_rate},
+        ]
         if opts.adam_8bit:
             try:
                 import bitsandbytes as bnb
@@ -211,8 +256,11 @@ class Trainer:
         acc, dtype = self.accelerator, self.weight_dtype
         with torch.no_grad():
             if "latent_mean" in batch:  # cached by train.prepare --latent-resolution: no VAE pass
-                latents = sample_latents(batch["latent_mean"].to(acc.device, dtype),
-                                         batch["latent_std"].to(acc.device, dtype), self.vae.config.scaling_factor)
+                latents = sample_latents(
+                    batch["latent_mean"].to(acc.device, dtype),
+                    batch["latent_std"].to(acc.device, dtype),
+                    self.vae.config.scaling_factor,
+                )
             else:
                 pixels = batch["pixel_values"].to(acc.device, dtype)
                 latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
@@ -284,8 +332,11 @@ class Trainer:
         if acc.is_main_process:
             from .export import export
 
-            export(ckpt.list_checkpoints(self.checkpoints)[-1], self.output / "instantfamily.safetensors",
-                   use_ema=self.ema is not None)
+            export(
+                ckpt.list_checkpoints(self.checkpoints)[-1],
+                self.output / "instantfamily.safetensors",
+                use_ema=self.ema is not None,
+            )
         self.log.close()
         acc.wait_for_everyone()
         return self.losses
@@ -295,8 +346,9 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         lr = self.lr_scheduler.get_last_lr()[0]
-        self.log.step({"step": self.step, "loss": value, "lr": lr, "grad_norm": grad_norm,
-                       "images_per_s": images_per_s})
+        self.log.step(
+            {"step": self.step, "loss": value, "lr": lr, "grad_norm": grad_norm, "images_per_s": images_per_s}
+        )
         if self.step % self.opts.log_every == 0:
             self.log.scalars(self.step, {**window.scalars(), "train/lr": lr})
             window.reset()
@@ -311,17 +363,27 @@ class Trainer:
         if self.ema is not None:
             weights.update(self.ema.state())
         state = {
-            "batches": self.batches, "seed": opts.seed, "world_size": acc.num_processes,
+            "batches": self.batches,
+            "seed": opts.seed,
+            "world_size": acc.num_processes,
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-            "options": json.loads(to_json(opts)), "instantfamily": json.loads(self.config.to_json()),
-            "unet_config": dict(net.unet.config), "controlnet_config": dict(net.controlnet.config),
+            "options": json.loads(to_json(opts)),
+            "instantfamily": json.loads(self.config.to_json()),
+            "unet_config": dict(net.unet.config),
+            "controlnet_config": dict(net.controlnet.config),
             "unet_kv_base": str((self.output / KV_BASE).resolve()) if opts.train_unet_kv else "",
             "ema": self.ema is not None,
         }
         return ckpt.save_checkpoint_dir(
-            self.checkpoints, self.step, weights=weights, optimizer_state=self.optimizer.state_dict(), state=state,
-            rank=acc.process_index, is_main=acc.is_main_process, barrier=acc.wait_for_everyone,
+            self.checkpoints,
+            self.step,
+            weights=weights,
+            optimizer_state=self.optimizer.state_dict(),
+            state=state,
+            rank=acc.process_index,
+            is_main=acc.is_main_process,
+            barrier=acc.wait_for_everyone,
             keep=opts.keep_checkpoints,
         )
 
@@ -342,9 +404,18 @@ class Trainer:
             for index in range(min(opts.validation_samples, len(reader))):
                 key, members = reader.read(index)
                 example = plain.example(key, members, sample_rng(opts.seed, 0, index))
-                image = sample(net, self.vae, self.text_encoder, self.tokenizer, self.noise_scheduler.config, example,
-                               steps=opts.validation_steps, guidance_scale=opts.guidance_scale, seed=opts.seed,
-                               dtype=self.weight_dtype)
+                image = sample(
+                    net,
+                    self.vae,
+                    self.text_encoder,
+                    self.tokenizer,
+                    self.noise_scheduler.config,
+                    example,
+                    steps=opts.validation_steps,
+                    guidance_scale=opts.guidance_scale,
+                    seed=opts.seed,
+                    dtype=self.weight_dtype,
+                )
                 rows.append([to_uint8(example["pixel_values"], -1.0), to_uint8(example["control"], 0.0), image])
                 if self.identity_encoder is not None and len(example["global_features"]):
                     scores.append(identity_scores(self.identity_encoder, image, example["global_features"].numpy()))
@@ -355,13 +426,23 @@ class Trainer:
         picture = grid(rows)
         picture.save(folder / f"step-{self.step:08d}.png")
         self.log.image(self.step, "validation", picture)
-        record = {"step": self.step, "held_out": self.validation_reader is not None, "ema": self.ema is not None,
-                  "samples": len(rows), **summarise_scores(scores)}
+        record = {
+            "step": self.step,
+            "held_out": self.validation_reader is not None,
+            "ema": self.ema is not None,
+            "samples": len(rows),
+            **summarise_scores(scores),
+        }
         self.log.record("validation", record)
         prefix = "validation_held_out" if record["held_out"] else "validation_train"
-        self.log.scalars(self.step, {f"{prefix}/{name}": record[name] for name in ("identity", "multi_sim",
-                                                                                   "missing_faces")
-                                     if record[name] is not None})
+        self.log.scalars(
+            self.step,
+            {
+                f"{prefix}/{name}": record[name]
+                for name in ("identity", "multi_sim", "missing_faces")
+                if record[name] is not None
+            },
+        )
         logger.info("validation at step %d: %s", self.step, record)
         return record
 

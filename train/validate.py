@@ -22,8 +22,19 @@ from .net import FaceInputs, InstantFamilyNet
 
 
 @torch.no_grad()
-def sample(net: InstantFamilyNet, vae, text_encoder, tokenizer, scheduler_config, example: dict, *,
-           steps: int = 20, guidance_scale: float = 5.0, seed: int = 0, dtype=torch.float32) -> np.ndarray:
+def sample(
+    net: InstantFamilyNet,
+    vae,
+    text_encoder,
+    tokenizer,
+    scheduler_config,
+    example: dict,
+    *,
+    steps: int = 20,
+    guidance_scale: float = 5.0,
+    seed: int = 0,
+    dtype=torch.float32,
+) -> np.ndarray:
     """One image (H, W, 3) uint8 for a dataset example (its caption, faces, masks and control image)."""
     from diffusers import DDIMScheduler
 
@@ -39,8 +50,11 @@ def sample(net: InstantFamilyNet, vae, text_encoder, tokenizer, scheduler_config
     text = encode_text(text_encoder, tokenizer, ["", example["caption"]], device).to(dtype)  # (2, 77, d)
     cond = FaceInputs([example["global_features"]], [example["local_features"]], [example["masks"]])
     uncond = FaceInputs.empty(1, net.config)
-    faces = FaceInputs(uncond.global_features + cond.global_features, uncond.local_features + cond.local_features,
-                       uncond.masks + cond.masks)
+    faces = FaceInputs(
+        uncond.global_features + cond.global_features,
+        uncond.local_features + cond.local_features,
+        uncond.masks + cond.masks,
+    )
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
         timesteps = torch.full((2,), int(t), device=device)
@@ -69,13 +83,17 @@ def load_identity_encoder(root: str, pack: str, config: InstantFamilyConfig):
 
     pack = pack or config.recognizer.pack
     if not pack:
-        raise ValueError("validation_insightface_root is set but the data names no face pack: set validation_pack "
-                         "(e.g. antelopev2) to the pack the data was prepared with")
+        raise ValueError(
+            "validation_insightface_root is set but the data names no face pack: set validation_pack "
+            "(e.g. antelopev2) to the pack the data was prepared with"
+        )
     analyzer = load_face_analyzer([root], pack=pack, provider="auto")
     trained, found = config.recognizer.sha256, getattr(analyzer.info, "sha256", "")
     if trained and found and trained != found:
-        raise ValueError(f"validation pack {pack!r} under {root} has another recognizer (sha256 {found[:12]}) than "
-                         f"the one the data was prepared with ({trained[:12]}): point to the same pack")
+        raise ValueError(
+            f"validation pack {pack!r} under {root} has another recognizer (sha256 {found[:12]}) than "
+            f"the one the data was prepared with ({trained[:12]}): point to the same pack"
+        )
     return InsightfaceEncoder(analyzer)
 
 
@@ -92,6 +110,9 @@ def summarise_scores(scores: list[IdentityScores]) -> dict:
         return {"identity": None, "multi_sim": None, "missing_faces": None, "scored": 0}
     multi = [s.multi_sim for s in scores if s.multi_sim is not None]
     references = sum(s.num_references for s in scores)
-    return {"identity": float(np.mean([s.identity for s in scores])),
-            "multi_sim": float(np.mean(multi)) if multi else None,
-            "missing_faces": sum(s.num_missing for s in scores) / references, "scored": len(scores)}
+    return {
+        "identity": float(np.mean([s.identity for s in scores])),
+        "multi_sim": float(np.mean(multi)) if multi else None,
+        "missing_faces": sum(s.num_missing for s in scores) / references,
+        "scored": len(scores),
+    }

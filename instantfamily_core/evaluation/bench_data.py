@@ -68,8 +68,10 @@ def read_multiid(root: str) -> BenchSet:
         else:
             samples.append(sample)
     if not samples:
-        raise ValueError(f"{root!r} holds no usable MultiID-Bench sample (<sample>/ori.jpg, ref_1.jpg .. ref_K.jpg, "
-                         f"meta.json with a 'prompt'); problems: {skipped[:3]}")
+        raise ValueError(
+            f"{root!r} holds no usable MultiID-Bench sample (<sample>/ori.jpg, ref_1.jpg .. ref_K.jpg, "
+            f"meta.json with a 'prompt'); problems: {skipped[:3]}"
+        )
     return BenchSet("multiid", root, samples, skipped)
 
 
@@ -97,8 +99,11 @@ def _read_multiid_sample(folder: str, key: str) -> tuple[str, BenchSample | None
     if ground_truth is None:
         return "no ori image (the ground-truth photo places the people)", None
     names = meta.get("names") if isinstance(meta.get("names"), list) else None
-    labels = [str(x) for x in names][: len(refs)] if names and len(names) >= len(refs) else \
-        [f"ref_{k + 1}" for k in range(len(refs))]
+    labels = (
+        [str(x) for x in names][: len(refs)]
+        if names and len(names) >= len(refs)
+        else [f"ref_{k + 1}" for k in range(len(refs))]
+    )
     return "", BenchSample(key, prompt.strip(), refs, ground_truth, labels)
 
 

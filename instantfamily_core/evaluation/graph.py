@@ -15,11 +15,28 @@ import numpy as np
 from .comfy_client import SUBFOLDER
 
 # A standing person in COCO-18 order, in head heights relative to the nose (x right, y down).
-_STANDING = np.array([
-    (0.0, 0.0), (0.0, 0.9), (-0.9, 1.0), (-1.2, 2.2), (-1.3, 3.3), (0.9, 1.0), (1.2, 2.2), (1.3, 3.3),
-    (-0.5, 3.4), (-0.5, 4.9), (-0.5, 6.4), (0.5, 3.4), (0.5, 4.9), (0.5, 6.4),
-    (-0.2, -0.15), (0.2, -0.15), (-0.4, -0.05), (0.4, -0.05),
-])
+_STANDING = np.array(
+    [
+        (0.0, 0.0),
+        (0.0, 0.9),
+        (-0.9, 1.0),
+        (-1.2, 2.2),
+        (-1.3, 3.3),
+        (0.9, 1.0),
+        (1.2, 2.2),
+        (1.3, 3.3),
+        (-0.5, 3.4),
+        (-0.5, 4.9),
+        (-0.5, 6.4),
+        (0.5, 3.4),
+        (0.5, 4.9),
+        (0.5, 6.4),
+        (-0.2, -0.15),
+        (0.2, -0.15),
+        (-0.4, -0.05),
+        (0.4, -0.05),
+    ]
+)
 
 
 @dataclass
@@ -42,8 +59,9 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.toy_base is None):
-            raise ValueError("give exactly one base model: an SD1.5 checkpoint (--checkpoint) or the demo's toy "
-                             "base (--toy-base)")
+            raise ValueError(
+                "give exactly one base model: an SD1.5 checkpoint (--checkpoint) or the demo's toy base (--toy-base)"
+            )
 
 
 def add_generation_options(parser) -> None:
@@ -70,9 +88,21 @@ def settings_from_args(args) -> GenerationSettings:
     if not args.instantfamily:
         raise SystemExit("generation needs --instantfamily (a file in ComfyUI's models/instantfamily)")
     try:
-        return GenerationSettings(args.instantfamily, args.checkpoint, args.toy_base, args.insightface_pack,
-                                  args.negative, args.steps, args.cfg, args.sampler, args.scheduler, args.width,
-                                  args.height, args.weight, args.controlnet_strength)
+        return GenerationSettings(
+            args.instantfamily,
+            args.checkpoint,
+            args.toy_base,
+            args.insightface_pack,
+            args.negative,
+            args.steps,
+            args.cfg,
+            args.sampler,
+            args.scheduler,
+            args.width,
+            args.height,
+            args.weight,
+            args.controlnet_strength,
+        )
     except ValueError as e:
         raise SystemExit(str(e)) from None
 
@@ -90,7 +120,7 @@ def side_by_side_layout(n: int, width: int = 512, height: int = 512, margin: flo
         x0, y0 = cx * width, (cy - 0.05 * head * width / height) * height
         mask = np.zeros((height, width), np.uint8)
         top, bottom = int(max(0, y0 - half_h)), int(min(height, y0 + half_h))
-        mask[top:bottom, int(max(0, x0 - half_w)):int(min(width, x0 + half_w))] = 255
+        mask[top:bottom, int(max(0, x0 - half_w)) : int(min(width, x0 + half_w))] = 255
         masks.append(mask)
     return np.stack(bodies), np.stack(masks)
 
@@ -98,8 +128,12 @@ def side_by_side_layout(n: int, width: int = 512, height: int = 512, margin: flo
 def _base_nodes(settings, text: str) -> tuple[dict, list, list, list]:
     """(nodes, model, positive, negative) of the base model."""
     if getattr(settings, "toy_base", None):
-        nodes = {"base": {"class_type": "InstantFamilyToyBaseModel",
-                          "inputs": {"base_file": settings.toy_base, "caption": text}}}
+        nodes = {
+            "base": {
+                "class_type": "InstantFamilyToyBaseModel",
+                "inputs": {"base_file": settings.toy_base, "caption": text},
+            }
+        }
         return nodes, ["base", 0], ["base", 1], ["base", 2]
     nodes = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": settings.checkpoint}},
@@ -117,47 +151,106 @@ def build_prompt(settings, refs: list[str], masks: str, pose: str | None, text: 
     """
     g, model, positive, negative = _base_nodes(settings, text)
     g["if"] = {"class_type": "InstantFamilyModelLoader", "inputs": {"instantfamily_file": settings.instantfamily}}
-    g["analyzer"] = {"class_type": "InstantFamilyLoadFaceAnalyzer", "inputs": {
-        "pack": settings.insightface_pack, "provider": "auto", "det_size": 640, "det_thresh": 0.5}}
+    g["analyzer"] = {
+        "class_type": "InstantFamilyLoadFaceAnalyzer",
+        "inputs": {"pack": settings.insightface_pack, "provider": "auto", "det_size": 640, "det_thresh": 0.5},
+    }
     faces = None
     for k, ref in enumerate(refs):  # one Load Faces per identity, chained: slot k = identity k
         g[f"ref{k}"] = {"class_type": "LoadImage", "inputs": {"image": ref}}
-        inputs = {"analyzer": ["analyzer", 0], "images": [f"ref{k}", 0], "mode": "largest face per image",
-                  "order": "left to right", "combine": "separate", "face_indices": ""}
+        inputs = {
+            "analyzer": ["analyzer", 0],
+            "images": [f"ref{k}", 0],
+            "mode": "largest face per image",
+            "order": "left to right",
+            "combine": "separate",
+            "face_indices": "",
+        }
         if faces is not None:
             inputs["faces"] = faces
         g[f"faces{k}"] = {"class_type": "InstantFamilyLoadFaces", "inputs": inputs}
         faces = [f"faces{k}", 0]
     g["masks"] = {"class_type": "LoadImage", "inputs": {"image": masks}}
-    g["regions"] = {"class_type": "InstantFamilyFaceMask", "inputs": {
-        "margin": 0.25, "order": "", "overlap": "both", "faces": faces, "masks": ["masks", 1],
-        "instantfamily": ["if", 0]}}
+    g["regions"] = {
+        "class_type": "InstantFamilyFaceMask",
+        "inputs": {
+            "margin": 0.25,
+            "order": "",
+            "overlap": "both",
+            "faces": faces,
+            "masks": ["masks", 1],
+            "instantfamily": ["if", 0],
+        },
+    }
     if pose is None:
-        g["pose"] = {"class_type": "EmptyImage", "inputs": {"width": settings.width, "height": settings.height,
-                                                            "batch_size": 1, "color": 0}}
+        g["pose"] = {
+            "class_type": "EmptyImage",
+            "inputs": {"width": settings.width, "height": settings.height, "batch_size": 1, "color": 0},
+        }
     else:
         g["pose"] = {"class_type": "LoadImage", "inputs": {"image": pose}}
-    g["control"] = {"class_type": "InstantFamilyPoseCircleImage", "inputs": {
-        "pose_image": ["pose", 0], "face_masks": ["regions", 0], "instantfamily": ["if", 0]}}
-    g["stack"] = {"class_type": "InstantFamilyBuildEmbeddingStack", "inputs": {"instantfamily": ["if", 0],
-                                                                                "faces": faces}}
-    g["cn"] = {"class_type": "InstantFamilyPoseCircleControlNet", "inputs": {
-        "positive": positive, "negative": negative, "model": model, "instantfamily": ["if", 0],
-        "stack": ["stack", 0], "face_masks": ["regions", 0], "control_image": ["control", 0],
-        "strength": settings.controlnet_strength, "start_percent": 0.0, "end_percent": 1.0}}
-    g["apply"] = {"class_type": "InstantFamilyApply", "inputs": {
-        "model": model, "instantfamily": ["if", 0], "stack": ["stack", 0], "face_masks": ["regions", 0],
-        "weight": settings.weight, "start_at": 0.0, "end_at": 1.0, "mask_mode": "as trained", "overlap": "both"}}
-    g["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": settings.width, "height": settings.height,
-                                                                "batch_size": 1}}
-    g["sample"] = {"class_type": "KSampler", "inputs": {
-        "model": ["apply", 0], "positive": ["cn", 0], "negative": ["cn", 1], "latent_image": ["latent", 0],
-        "seed": seed, "steps": settings.steps, "cfg": settings.cfg, "sampler_name": settings.sampler,
-        "scheduler": settings.scheduler, "denoise": 1.0}}
+    g["control"] = {
+        "class_type": "InstantFamilyPoseCircleImage",
+        "inputs": {"pose_image": ["pose", 0], "face_masks": ["regions", 0], "instantfamily": ["if", 0]},
+    }
+    g["stack"] = {
+        "class_type": "InstantFamilyBuildEmbeddingStack",
+        "inputs": {"instantfamily": ["if", 0], "faces": faces},
+    }
+    g["cn"] = {
+        "class_type": "InstantFamilyPoseCircleControlNet",
+        "inputs": {
+            "positive": positive,
+            "negative": negative,
+            "model": model,
+            "instantfamily": ["if", 0],
+            "stack": ["stack", 0],
+            "face_masks": ["regions", 0],
+            "control_image": ["control", 0],
+            "strength": settings.controlnet_strength,
+            "start_percent": 0.0,
+            "end_percent": 1.0,
+        },
+    }
+    g["apply"] = {
+        "class_type": "InstantFamilyApply",
+        "inputs": {
+            "model": model,
+            "instantfamily": ["if", 0],
+            "stack": ["stack", 0],
+            "face_masks": ["regions", 0],
+            "weight": settings.weight,
+            "start_at": 0.0,
+            "end_at": 1.0,
+            "mask_mode": "as trained",
+            "overlap": "both",
+        },
+    }
+    g["latent"] = {
+        "class_type": "EmptyLatentImage",
+        "inputs": {"width": settings.width, "height": settings.height, "batch_size": 1},
+    }
+    g["sample"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["apply", 0],
+            "positive": ["cn", 0],
+            "negative": ["cn", 1],
+            "latent_image": ["latent", 0],
+            "seed": seed,
+            "steps": settings.steps,
+            "cfg": settings.cfg,
+            "sampler_name": settings.sampler,
+            "scheduler": settings.scheduler,
+            "denoise": 1.0,
+        },
+    }
     if getattr(settings, "toy_base", None):
         g["decode"] = {"class_type": "InstantFamilyToyDecode", "inputs": {"samples": ["sample", 0], "scale": 8}}
     else:
         g["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}}
-    g["save"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0],
-                                                       "filename_prefix": f"{SUBFOLDER}/{prefix}"}}
+    g["save"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["decode", 0], "filename_prefix": f"{SUBFOLDER}/{prefix}"},
+    }
     return g

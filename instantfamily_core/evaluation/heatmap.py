@@ -35,8 +35,14 @@ def _shorten(text: str, n: int = 14) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def render_confusion(matrix, row_labels: list[str], col_labels: list[str], title: str = "",
-                     vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+def render_confusion(
+    matrix,
+    row_labels: list[str],
+    col_labels: list[str],
+    title: str = "",
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> np.ndarray:
     """(N, M) matrix (NaN = missing) -> (H, W, 3) uint8 heatmap with values in the cells.
 
     Rows are references, columns generated faces. Colours span [vmin, vmax] (default: the finite
@@ -94,8 +100,12 @@ def render_confusion(matrix, row_labels: list[str], col_labels: list[str], title
             draw.rectangle(box, fill=fill, outline=(255, 255, 255))
             light = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] > 140
             tw, th = _text_size(draw, text, font)
-            draw.text((box[0] + (cell - tw) // 2, box[1] + (cell - th) // 2), text,
-                      fill=(0, 0, 0) if light else (255, 255, 255), font=font)
+            draw.text(
+                (box[0] + (cell - tw) // 2, box[1] + (cell - th) // 2),
+                text,
+                fill=(0, 0, 0) if light else (255, 255, 255),
+                font=font,
+            )
 
     # colour bar with its range
     bx, bh = x0 + n_cols * cell + 14, n_rows * cell

@@ -97,11 +97,20 @@ class SlotScores:
         def floats(values):
             return [None if not np.isfinite(v) else float(v) for v in values]
 
-        return {"slots": self.num_slots, "slot_accuracy": self.slot_accuracy, "swaps": len(self.swaps),
-                "swapped_pairs": [list(p) for p in self.swaps], "missing": self.num_missing, "extra": self.extra,
-                "verdicts": list(self.verdicts), "own": floats(self.own), "best_other": floats(self.best_other),
-                "mean_other": floats(self.mean_other), "best_match": self.best_match.tolist(),
-                "confusion_by_slot": [floats(row) for row in self.confusion]}
+        return {
+            "slots": self.num_slots,
+            "slot_accuracy": self.slot_accuracy,
+            "swaps": len(self.swaps),
+            "swapped_pairs": [list(p) for p in self.swaps],
+            "missing": self.num_missing,
+            "extra": self.extra,
+            "verdicts": list(self.verdicts),
+            "own": floats(self.own),
+            "best_other": floats(self.best_other),
+            "mean_other": floats(self.mean_other),
+            "best_match": self.best_match.tolist(),
+            "confusion_by_slot": [floats(row) for row in self.confusion],
+        }
 
 
 def _verdict(n: int, best: np.ndarray) -> str:

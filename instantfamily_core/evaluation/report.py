@@ -34,15 +34,19 @@ def references_from_faces(faces, encoder: FaceEncoder) -> np.ndarray:
         raise ValueError("FACES holds no identity to evaluate against")
     analyzer_info = getattr(getattr(encoder, "analyzer", None), "info", None)
     if encoder.name == "insightface" and analyzer_info is not None:
-        same = not faces.recognizer.sha256 or not analyzer_info.sha256 or faces.recognizer.sha256 == analyzer_info.sha256
+        same = (
+            not faces.recognizer.sha256 or not analyzer_info.sha256 or faces.recognizer.sha256 == analyzer_info.sha256
+        )
         if same:
             return faces.global_features()
     refs = []
     for n, ident in enumerate(faces.identities):
         crops = [s.crop for s in ident.sources if getattr(s, "crop", None) is not None]
         if not crops:
-            raise ValueError(f"identity {n + 1} ('{identity_labels(faces)[n]}') carries no face crop to embed with "
-                             f"the {encoder.name} encoder: build FACES with Load Faces, or use the insightface encoder")
+            raise ValueError(
+                f"identity {n + 1} ('{identity_labels(faces)[n]}') carries no face crop to embed with "
+                f"the {encoder.name} encoder: build FACES with Load Faces, or use the insightface encoder"
+            )
         e = np.stack([encoder.embed_crop(c) for c in crops])  # (K, d)
         e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
         refs.append(e.mean(0))
@@ -60,8 +64,9 @@ class ImageReport:
     by_position: bool  # slots come from the ID regions (False: from the Hungarian matching)
 
 
-def score_image(encoder: FaceEncoder, refs: np.ndarray, image: np.ndarray, face_masks=None,
-                clamp: bool = True) -> ImageReport:
+def score_image(
+    encoder: FaceEncoder, refs: np.ndarray, image: np.ndarray, face_masks=None, clamp: bool = True
+) -> ImageReport:
     """Encode the faces of one (H, W, 3) image and score them against ``refs`` (N, d)."""
     found = encoder.encode(image)
     gens = np.stack([f.embedding for f in found]) if found else np.zeros((0, refs.shape[1]))
@@ -69,8 +74,10 @@ def score_image(encoder: FaceEncoder, refs: np.ndarray, image: np.ndarray, face_
     identity = score_identities(refs, gens, clamp=clamp)
     if face_masks is not None:
         if len(face_masks) != len(refs):
-            raise ValueError(f"face_masks hold {len(face_masks)} regions but FACES has {len(refs)} identities: "
-                             "connect the Face Mask node that was built for these faces")
+            raise ValueError(
+                f"face_masks hold {len(face_masks)} regions but FACES has {len(refs)} identities: "
+                "connect the Face Mask node that was built for these faces"
+            )
         face_slots = faces_in_slots(boxes, image.shape[:2], _numpy(face_masks.masks), _numpy(face_masks.centres))
     else:  # slot n = the face the Hungarian matching gave to identity n
         face_slots = np.full(len(found), -1, np.int64)
@@ -161,31 +168,39 @@ def identity_report(encoder: FaceEncoder, faces, images: list[np.ndarray], clamp
 
         region_boxes = slot_boxes(face_masks)
     how = "by position (face_masks)" if face_masks is not None else "by similarity (no face_masks: swaps are invisible)"
-    lines = [f"InstantFamily identity report: encoder {encoder.name}, {n} identities, {len(images)} images"
-             + ("" if clamp else " (similarities not clamped)") + f"; slots {how}"]
+    lines = [
+        f"InstantFamily identity report: encoder {encoder.name}, {n} identities, {len(images)} images"
+        + ("" if clamp else " (similarities not clamped)")
+        + f"; slots {how}"
+    ]
     reports, heatmaps, drawn = [], [], []
     for b, image in enumerate(images):
         r = score_image(encoder, refs, image, face_masks, clamp)
         reports.append(r)
         s, ident = r.slots, r.identity
-        head = (f"image {b}: {len(r.face_boxes)} faces found, {ident.num_missing} missing | "
-                f"identity {ident.identity:.3f}")
+        head = (
+            f"image {b}: {len(r.face_boxes)} faces found, {ident.num_missing} missing | identity {ident.identity:.3f}"
+        )
         if ident.multi_sim is not None:
             head += f" | mixing {ident.mixing:.3f} | MultiSim {ident.multi_sim:.3f}"
         lines.append(head)
-        lines.append(f"  slots: accuracy {s.slot_accuracy:.2f}, {len(s.swaps)} swapped pairs, {s.num_missing} "
-                     f"missing, {s.extra} extra faces")
+        lines.append(
+            f"  slots: accuracy {s.slot_accuracy:.2f}, {len(s.swaps)} swapped pairs, {s.num_missing} "
+            f"missing, {s.extra} extra faces"
+        )
         lines.extend(_slot_lines(r, labels, clamp))
         title = f"image {b}: references x slots ({encoder.name})"
-        heatmaps.append(render_confusion(s.confusion, [f"ref {x}" for x in labels], [f"slot {x}" for x in labels],
-                                         title=title))
+        heatmaps.append(
+            render_confusion(s.confusion, [f"ref {x}" for x in labels], [f"slot {x}" for x in labels], title=title)
+        )
         drawn.append(draw_verdicts(image, r, labels, region_boxes))
     if len(images) > 1:
         ident = np.array([r.identity.identity for r in reports])
         lines.append(f"mean identity {ident.mean():.3f} ± {ident.std():.3f}")
         accuracy = np.array([r.slots.slot_accuracy for r in reports])
-        lines.append(f"mean slot accuracy {accuracy.mean():.3f}; swapped pairs in all "
-                     f"{sum(len(r.slots.swaps) for r in reports)}")
+        lines.append(
+            f"mean slot accuracy {accuracy.mean():.3f}; swapped pairs in all {sum(len(r.slots.swaps) for r in reports)}"
+        )
         if n > 1:
             ms = np.array([r.identity.multi_sim for r in reports])
             lines.append(f"mean MultiSim {ms.mean():.3f} ± {ms.std():.3f}")

@@ -45,7 +45,9 @@ class FaceAnalyzer:
         return f"FaceAnalyzer(pack={self.pack!r}, det_size={self.det_size}, providers={list(self.providers)})"
 
     def _detect_once(self, image_rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        boxes, keypoints = self.detector.detect(np.ascontiguousarray(image_rgb[:, :, ::-1]), input_size=(size, size), max_num=0)
+        boxes, keypoints = self.detector.detect(
+            np.ascontiguousarray(image_rgb[:, :, ::-1]), input_size=(size, size), max_num=0
+        )
         boxes = np.asarray(boxes, np.float32).reshape(-1, 5)
         if keypoints is None:
             if len(boxes):
@@ -77,7 +79,12 @@ class FaceAnalyzer:
             boxes, keypoints = self._detect_once(candidate, size)
             if len(boxes):
                 if (padded, size) != attempts[0]:
-                    logger.info("image %d: faces found at detection size %d%s", image_index, size, " with padding" if padded else "")
+                    logger.info(
+                        "image %d: faces found at detection size %d%s",
+                        image_index,
+                        size,
+                        " with padding" if padded else "",
+                    )
                 return _to_source(boxes, keypoints, where, (height, width))
         return np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32), np.zeros((0,), np.float32)
 
@@ -86,8 +93,9 @@ class FaceAnalyzer:
         rgb = to_rgb_uint8(image, f"image {image_index}")
         return self.recognize(rgb, *self.detect(rgb, image_index), image_index=image_index)
 
-    def recognize(self, image, boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
-                  image_index: int = 0) -> list[DetectedFace]:
+    def recognize(
+        self, image, boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, image_index: int = 0
+    ) -> list[DetectedFace]:
         """Both features of already detected faces (``detect``'s outputs, possibly filtered)."""
         rgb = to_rgb_uint8(image, f"image {image_index}")
         if not len(boxes):

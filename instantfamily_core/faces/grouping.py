@@ -34,8 +34,10 @@ def parse_indices(text: str) -> list[int]:
         if not part.isdigit():
             raise ValueError(f"face indices: {part!r} is not a face number; write e.g. '0,2,3' (counting from 0)")
         if int(part) in indices:
-            raise ValueError(f"face indices: face {part} is listed twice; each face can be one identity only "
-                             "(to weight a person more, give several photos and combine them)")
+            raise ValueError(
+                f"face indices: face {part} is listed twice; each face can be one identity only "
+                "(to weight a person more, give several photos and combine them)"
+            )
         indices.append(int(part))
     return indices
 
@@ -91,7 +93,12 @@ def combine_faces(faces: list[DetectedFace], how: str) -> Identity:
     else:
         global_feature, local_feature = _normalised_mean(globals_), _normalised_mean(locals_)
     images = sorted({f.image_index for f in faces})
-    return Identity(global_feature, local_feature, label=f"{how} of {len(faces)} face(s) from image(s) {images}", sources=list(faces))
+    return Identity(
+        global_feature,
+        local_feature,
+        label=f"{how} of {len(faces)} face(s) from image(s) {images}",
+        sources=list(faces),
+    )
 
 
 def build_faces(

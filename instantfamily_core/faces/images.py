@@ -27,7 +27,9 @@ def to_rgb_uint8(image, name: str = "image") -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or min(array.shape[:2]) < 1:
-        raise ValueError(f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {array.shape}")
+        raise ValueError(
+            f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {array.shape}"
+        )
     if array.dtype == np.uint8 and array.shape[-1] != 4:  # fast path, no float copy
         return np.ascontiguousarray(array if array.shape[-1] == 3 else np.repeat(array, 3, axis=2))
     if array.dtype == np.uint8:
@@ -60,7 +62,7 @@ class Placement:
         """(..., 2) xy points in the detection image -> source image pixels."""
         return (np.asarray(points, np.float32) - np.asarray(self.offset, np.float32)) / np.float32(self.scale)
 
-    def then(self, scale: float, offset: tuple[float, float]) -> "Placement":
+    def then(self, scale: float, offset: tuple[float, float]) -> Placement:
         """This placement followed by another scale/offset."""
         return Placement(self.scale * scale, (self.offset[0] * scale + offset[0], self.offset[1] * scale + offset[1]))
 

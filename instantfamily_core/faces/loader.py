@@ -12,6 +12,7 @@ from .recognizer import OnePassRecognizer
 
 logger = logging.getLogger(__name__)
 
+
 def _insightface_models(pack_dir: str, root: str, providers: list[str], options):
     """insightface FaceAnalysis restricted to detection + recognition (routing by ONNX shapes)."""
     try:

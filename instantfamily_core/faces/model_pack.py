@@ -46,7 +46,11 @@ def _onnx_in(folder: str) -> list[str]:
         names = os.listdir(folder)
     except OSError:
         return []
-    return sorted(os.path.join(folder, n) for n in names if n.lower().endswith(".onnx") and os.path.isfile(os.path.join(folder, n)))
+    return sorted(
+        os.path.join(folder, n)
+        for n in names
+        if n.lower().endswith(".onnx") and os.path.isfile(os.path.join(folder, n))
+    )
 
 
 def _subfolders(folder: str) -> list[str]:

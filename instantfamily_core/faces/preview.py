@@ -42,5 +42,7 @@ def draw_preview(
         top = max(0, y1 - th - base - 2)
         x1 = min(x1, max(0, canvas.shape[1] - tw - 4))  # keep a long label inside the image
         cv2.rectangle(canvas, (x1, top), (x1 + tw + 4, top + th + base + 2), (0, 0, 0), -1)
-        cv2.putText(canvas, text, (x1 + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness + 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas, text, (x1 + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness + 1, cv2.LINE_AA
+        )
     return canvas

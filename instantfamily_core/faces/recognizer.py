@@ -20,7 +20,19 @@ logger = logging.getLogger(__name__)
 
 FC_OPS = ("Gemm", "MatMul")
 # Between the graph output and the final FC (embedding BN, bias add, scaling, ...).
-_AFTER_FC_OPS = {"BatchNormalization", "Identity", "Add", "Sub", "Mul", "Div", "Dropout", "Reshape", "Flatten", "Squeeze", "Cast"}
+_AFTER_FC_OPS = {
+    "BatchNormalization",
+    "Identity",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Dropout",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Cast",
+}
 # Between the FC input and the flatten (a BatchNorm1d after flatten, dropout).
 _BEFORE_FLATTEN_OPS = {"Dropout", "Identity", "BatchNormalization"}
 _FLATTEN_OPS = {"Flatten", "Reshape"}
@@ -146,7 +158,12 @@ class OnePassRecognizer:
             global_shape=tuple(int(v) for v in global_feature.shape[1:]),
             local_shape=tuple(int(v) for v in local_feature.shape[1:]),
         )
-        logger.debug("one-pass recognizer %s: global %s, local %s", self.info.file_name, self.info.global_shape, self.info.local_shape)
+        logger.debug(
+            "one-pass recognizer %s: global %s, local %s",
+            self.info.file_name,
+            self.info.global_shape,
+            self.info.local_shape,
+        )
 
     def blob(self, crops_rgb: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB crops -> (N, 3, S, S) float32 network input."""
@@ -157,7 +174,9 @@ class OnePassRecognizer:
         """(N, S, S, 3) uint8 RGB aligned crops -> global (N, D) and local (N, C, L, L), float32."""
         crops_rgb = np.asarray(crops_rgb)
         if crops_rgb.ndim != 4 or crops_rgb.shape[1:] != (self.input_size, self.input_size, 3):
-            raise ValueError(f"recognizer input must be (N, {self.input_size}, {self.input_size}, 3) crops, got {crops_rgb.shape}")
+            raise ValueError(
+                f"recognizer input must be (N, {self.input_size}, {self.input_size}, 3) crops, got {crops_rgb.shape}"
+            )
         if len(crops_rgb) == 0 and hasattr(self, "info"):
             return np.zeros((0, *self.info.global_shape), np.float32), np.zeros((0, *self.info.local_shape), np.float32)
         blob = self.blob(crops_rgb)

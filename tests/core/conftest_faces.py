@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from face_fixtures import build_tiny_pack
 
 TINY_PACK = "tinypack"

@@ -50,21 +50,44 @@ def export_standin_detector(path: str, boxes=((240, 120, 400, 600),), score: flo
         helper.make_node("Mul", ["mask", "objectness"], ["placed"]),
         helper.make_node("Add", ["base", "placed"], ["output"]),
     ]
-    inits = [numpy_helper.from_array(base, "base"), numpy_helper.from_array(mask, "mask"),
-             numpy_helper.from_array(np.array(20 / 255, np.float32), "gain"),
-             numpy_helper.from_array(np.array(-10.0, np.float32), "offset")]
-    graph = helper.make_graph(nodes, "yolox_standin",
-                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *DET_SIZE])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, ANCHORS, 85])], inits)
+    inits = [
+        numpy_helper.from_array(base, "base"),
+        numpy_helper.from_array(mask, "mask"),
+        numpy_helper.from_array(np.array(20 / 255, np.float32), "gain"),
+        numpy_helper.from_array(np.array(-10.0, np.float32), "offset"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "yolox_standin",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *DET_SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, ANCHORS, 85])],
+        inits,
+    )
     return _save(graph, path)
 
 
 def standin_layout() -> np.ndarray:
     """(133, 2) model-input pixels (x, y) of every whole-body point: a standing figure in the crop."""
     w, h = POSE_SIZE[1], POSE_SIZE[0]
-    body = {0: (0.5, 0.2), 1: (0.46, 0.18), 2: (0.54, 0.18), 3: (0.42, 0.2), 4: (0.58, 0.2),
-            5: (0.38, 0.32), 6: (0.62, 0.32), 7: (0.32, 0.45), 8: (0.68, 0.45), 9: (0.3, 0.57), 10: (0.7, 0.57),
-            11: (0.42, 0.58), 12: (0.58, 0.58), 13: (0.42, 0.72), 14: (0.58, 0.72), 15: (0.42, 0.86), 16: (0.58, 0.86)}
+    body = {
+        0: (0.5, 0.2),
+        1: (0.46, 0.18),
+        2: (0.54, 0.18),
+        3: (0.42, 0.2),
+        4: (0.58, 0.2),
+        5: (0.38, 0.32),
+        6: (0.62, 0.32),
+        7: (0.32, 0.45),
+        8: (0.68, 0.45),
+        9: (0.3, 0.57),
+        10: (0.7, 0.57),
+        11: (0.42, 0.58),
+        12: (0.58, 0.58),
+        13: (0.42, 0.72),
+        14: (0.58, 0.72),
+        15: (0.42, 0.86),
+        16: (0.58, 0.86),
+    }
     points = np.tile([0.5 * w, 0.5 * h], (133, 1)).astype(np.float32)
     for index, (x, y) in body.items():
         points[index] = (x * w, y * h)
@@ -87,18 +110,29 @@ def export_standin_pose(path: str, layout: np.ndarray | None = None, peak: float
         simcc["x"][0, k, int(round(2 * x))] = peak
         simcc["y"][0, k, int(round(2 * y))] = peak
     kind = TensorProto.FLOAT16 if half else TensorProto.FLOAT
-    nodes = [helper.make_node("Cast", ["input"], ["input32"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["input32"], ["mean"], keepdims=0),
-             helper.make_node("Mul", ["mean", "zero"], ["nothing"])]
+    nodes = [
+        helper.make_node("Cast", ["input"], ["input32"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["input32"], ["mean"], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+    ]
     for axis in ("x", "y"):
         nodes.append(helper.make_node("Add", [f"base_{axis}", "nothing"], [f"sum_{axis}"]))
         nodes.append(helper.make_node("Cast", [f"sum_{axis}"], [f"simcc_{axis}"], to=kind))
-    inits = [numpy_helper.from_array(simcc["x"], "base_x"), numpy_helper.from_array(simcc["y"], "base_y"),
-             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
-    graph = helper.make_graph(nodes, "rtmpose_standin",
-                              [helper.make_tensor_value_info("input", kind, [1, 3, h, w])],
-                              [helper.make_tensor_value_info("simcc_x", kind, [1, 133, 2 * w]),
-                               helper.make_tensor_value_info("simcc_y", kind, [1, 133, 2 * h])], inits)
+    inits = [
+        numpy_helper.from_array(simcc["x"], "base_x"),
+        numpy_helper.from_array(simcc["y"], "base_y"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "rtmpose_standin",
+        [helper.make_tensor_value_info("input", kind, [1, 3, h, w])],
+        [
+            helper.make_tensor_value_info("simcc_x", kind, [1, 133, 2 * w]),
+            helper.make_tensor_value_info("simcc_y", kind, [1, 133, 2 * h]),
+        ],
+        inits,
+    )
     return _save(graph, path)
 
 

@@ -36,7 +36,7 @@ def face_region(image: np.ndarray, box, scale: float = 1.8) -> np.ndarray:
     x1, y1, x2, y2 = box
     cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, scale * max(x2 - x1, y2 - y1) / 2
     h, w = image.shape[:2]
-    return image[int(max(0, cy - half)):int(min(h, cy + half)), int(max(0, cx - half)):int(min(w, cx + half))]
+    return image[int(max(0, cy - half)) : int(min(h, cy + half)), int(max(0, cx - half)) : int(min(w, cx + half))]
 
 
 def paste(regions, size: int = 220, gap: int = 40) -> np.ndarray:
@@ -44,7 +44,7 @@ def paste(regions, size: int = 220, gap: int = 40) -> np.ndarray:
     canvas = np.full((size + 2 * gap, len(regions) * (size + gap) + gap, 3), 90, np.uint8)
     for k, r in enumerate(regions):
         x = gap + k * (size + gap)
-        canvas[gap:gap + size, x:x + size] = np.asarray(Image.fromarray(r).resize((size, size), Image.BICUBIC))
+        canvas[gap : gap + size, x : x + size] = np.asarray(Image.fromarray(r).resize((size, size), Image.BICUBIC))
     return canvas
 
 
@@ -61,16 +61,31 @@ def build_tiny_clip(folder: str) -> str:
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
-                         pad_token_id=eos),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(folder)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
     processor.save_pretrained(folder)
     return folder

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from instantfamily_core.attention import FaceAttention, masked_cross_attention, sdpa_attention
-from instantfamily_core.region_plan import RegionPlan
 from instantfamily_core.masks import masks_from_boxes
+from instantfamily_core.region_plan import RegionPlan
 
 HEADS, DIM, TOKENS, TEXT = 2, 8, 5, 7
 
@@ -55,8 +55,9 @@ def test_shared_regions_match_reference(n_faces, mode, weight, cond_rows_only):
     face_rows = torch.tensor([True, False]) if cond_rows_only else None
     expected = reference(q, k, v, visibility, [0] if cond_rows_only else [0, 1], mode, weight)
     for kernel in ("auto", "dense", "region"):
-        out = masked_cross_attention(q, k, v, HEADS, RegionPlan(visibility), TOKENS,
-                                     face_rows=face_rows, mode=mode, weight=weight, kernel=kernel)
+        out = masked_cross_attention(
+            q, k, v, HEADS, RegionPlan(visibility), TOKENS, face_rows=face_rows, mode=mode, weight=weight, kernel=kernel
+        )
         assert torch.allclose(out, expected, atol=2e-6), (kernel, (out - expected).abs().max())
 
 
@@ -82,8 +83,10 @@ def test_all_masks_off_is_text_only():
 def test_weight_zero_is_text_only_and_all_ones_mask_is_unmasked():
     q, k, v, _ = random_inputs(3)
     everywhere = RegionPlan(torch.ones(1, 3, q.shape[1], dtype=torch.bool))
-    assert torch.equal(masked_cross_attention(q, k, v, HEADS, everywhere, TOKENS, weight=0.0),
-                       sdpa_attention(q, k[:, :TEXT], v[:, :TEXT], HEADS))
+    assert torch.equal(
+        masked_cross_attention(q, k, v, HEADS, everywhere, TOKENS, weight=0.0),
+        sdpa_attention(q, k[:, :TEXT], v[:, :TEXT], HEADS),
+    )
     for mode in ("hard", "paper"):
         out = masked_cross_attention(q, k, v, HEADS, everywhere, TOKENS, mode=mode)
         assert torch.allclose(out, sdpa_attention(q, k, v, HEADS), atol=1e-6)
@@ -96,7 +99,10 @@ def test_paper_mode_leaks_outside_the_region_and_hard_mode_does_not():
     visibility[0, 1, 30:40] = True
     plan = RegionPlan(visibility)
     k2, v2 = k.clone(), v.clone()
-    k2[:, TEXT + TOKENS:], v2[:, TEXT + TOKENS:] = torch.randn_like(k2[:, TEXT + TOKENS:]), torch.randn_like(v2[:, TEXT + TOKENS:])
+    k2[:, TEXT + TOKENS :], v2[:, TEXT + TOKENS :] = (
+        torch.randn_like(k2[:, TEXT + TOKENS :]),
+        torch.randn_like(v2[:, TEXT + TOKENS :]),
+    )
     outside = torch.ones(q.shape[1], dtype=torch.bool)
     outside[30:40] = False
     for mode, leaks in (("hard", False), ("paper", True)):
@@ -116,7 +122,7 @@ def test_face_attention_builds_each_grid_once_and_rejects_mismatched_context():
     out2 = attention(q, k, v, HEADS, latent_size=(8, 8))
     assert attention.plan((8, 8)) is plan and torch.equal(out1, out2)
     with pytest.raises(ValueError, match="faces x 5 tokens"):
-        attention(q, k[:, :TEXT + 2], v[:, :TEXT + 2], HEADS, latent_size=(8, 8))
+        attention(q, k[:, : TEXT + 2], v[:, : TEXT + 2], HEADS, latent_size=(8, 8))
 
 
 def test_attn1_isolation_matches_a_reference_and_blocks_only_cross_face_pairs():
@@ -129,8 +135,9 @@ def test_attn1_isolation_matches_a_reference_and_blocks_only_cross_face_pairs():
     visibility[0, 1, 3:7] = True  # position 3 belongs to both faces
     out = isolated_self_attention(q, k, v, HEADS, RegionPlan(visibility), face_rows=torch.tensor([True, False]))
     face_of = [{0}, {0}, {0}, {0, 1}, {1}, {1}, {1}] + [set()] * 5
-    allowed = torch.tensor([[not (face_of[i] and face_of[j] and not face_of[i] & face_of[j]) for j in range(12)]
-                            for i in range(12)])
+    allowed = torch.tensor(
+        [[not (face_of[i] and face_of[j] and not face_of[i] & face_of[j]) for j in range(12)] for i in range(12)]
+    )
     assert not allowed[0, 4] and allowed[0, 3] and allowed[0, 8] and allowed[8, 0]
     expected = sdpa_attention(q[:1], k[:1], v[:1], HEADS, allowed[None, None])
     assert torch.allclose(out[:1], expected, atol=1e-6)

@@ -38,7 +38,7 @@ def scene(people, width=120, height=60):
     for k, who in enumerate(people):
         if who is not None:
             x = k * step + step // 2
-            image[20:36, x - 8:x + 8] = COLOURS[who]
+            image[20:36, x - 8 : x + 8] = COLOURS[who]
     return image
 
 
@@ -88,8 +88,7 @@ def test_people_are_placed_where_the_ground_truth_photo_has_them(bench_dir):
 
 def test_evaluate_only_scores_by_position_and_both_ways_of_the_field(bench_dir, tmp_path):
     out = tmp_path / "out"
-    result = benchmark.run(read_multiid(str(bench_dir)), ColourEncoder(), str(out), evaluate_only=True,
-                           progress=False)
+    result = benchmark.run(read_multiid(str(bench_dir)), ColourEncoder(), str(out), evaluate_only=True, progress=False)
     by_key = {r["sample"]: r for r in result["samples"]}
     assert by_key["a_right"]["verdicts"] == ["ok", "ok"] and by_key["a_right"]["swaps"] == 0
     assert by_key["b_swapped"]["verdicts"] == ["swapped", "swapped"] and by_key["b_swapped"]["swaps"] == 1
@@ -115,8 +114,7 @@ def test_evaluate_only_scores_by_position_and_both_ways_of_the_field(bench_dir, 
     record = json.loads(stored.read_text())
     record["slot_accuracy"] = 0.25
     stored.write_text(json.dumps(record))
-    again = benchmark.run(read_multiid(str(bench_dir)), ColourEncoder(), str(out), evaluate_only=True,
-                          progress=False)
+    again = benchmark.run(read_multiid(str(bench_dir)), ColourEncoder(), str(out), evaluate_only=True, progress=False)
     assert again["summary"]["2"]["slot_accuracy"]["mean"] == pytest.approx((0.25 + 0 + 0.5) / 3)
 
 
@@ -125,8 +123,9 @@ def test_a_ground_truth_with_too_few_faces_skips_the_sample_with_its_reason(tmp_
     root.mkdir()
     write_sample(root, "short", ["G", "R"], ["R", None], ["R", "G"])
     write_sample(root, "fine", ["R"], ["R"], ["R"])
-    result = benchmark.run(read_multiid(str(root)), ColourEncoder(), str(tmp_path / "out"), evaluate_only=True,
-                           progress=False)
+    result = benchmark.run(
+        read_multiid(str(root)), ColourEncoder(), str(tmp_path / "out"), evaluate_only=True, progress=False
+    )
     assert [r["sample"] for r in result["samples"]] == ["fine"]
     (skip,) = result["skipped"]
     assert skip["sample"] == "short"
@@ -146,12 +145,19 @@ def test_fastcomposer_layout_reads_the_manifest_and_places_people_side_by_side(t
     for who in ("R", "G"):
         (tmp_path / "refs" / who).mkdir(parents=True)
         Image.fromarray(scene([who], 40, 40)).save(tmp_path / "refs" / who / "0.png")
-    manifest = {"instances": 2, "cases": [{"identities": ["R", "G"], "prompts": ["two people", "a painting"]},
-                                          {"identities": ["G"], "prompts": ["one person"]}]}
+    manifest = {
+        "instances": 2,
+        "cases": [
+            {"identities": ["R", "G"], "prompts": ["two people", "a painting"]},
+            {"identities": ["G"], "prompts": ["one person"]},
+        ],
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     bench = read_fastcomposer(str(tmp_path / "manifest.json"), str(tmp_path / "refs"))
-    assert [s.key for s in bench.samples][:2] == ["subject_0000_prompt_0000_instance_0000",
-                                                  "subject_0000_prompt_0000_instance_0001"]
+    assert [s.key for s in bench.samples][:2] == [
+        "subject_0000_prompt_0000_instance_0000",
+        "subject_0000_prompt_0000_instance_0001",
+    ]
     assert len(bench.samples) == 6 and [s.seed_offset for s in bench.samples[:2]] == [0, 1]
     assert bench.samples[0].labels == ["R", "G"] and bench.samples[-1].num_ids == 1
     refs, targets, face_masks, bodies = benchmark.place(ColourEncoder(), bench.samples[0], (64, 128))
@@ -169,7 +175,8 @@ def test_unusable_sets_and_unreachable_servers_say_what_to_do(tmp_path):
     root.mkdir()
     write_sample(root, "short", ["G", "R"], ["R", None], ["R", "G"])
     with pytest.raises(ValueError, match="no sample .* could be scored; the first reasons: short: .*shows 1 faces"):
-        benchmark.run(read_multiid(str(root)), ColourEncoder(), str(tmp_path / "out"), evaluate_only=True,
-                      progress=False)
+        benchmark.run(
+            read_multiid(str(root)), ColourEncoder(), str(tmp_path / "out"), evaluate_only=True, progress=False
+        )
     with pytest.raises(RuntimeError, match="cannot reach ComfyUI at http://127.0.0.1:9 .*--server"):
         ComfyClient("http://127.0.0.1:9").queue({})

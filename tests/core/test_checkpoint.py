@@ -2,7 +2,6 @@
 
 import json
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -34,8 +33,12 @@ def write_checkpoint(path, config=None):
 
 def test_round_trip_restores_config_projector_and_extras(tmp_path):
     path = tmp_path / "family.safetensors"
-    config = small_config(mask_mode="paper", recognizer=RecognizerInfo(pack="antelopev2", file_name="glintr100.onnx",
-                                                                      sha256="ab" * 32, global_shape=(16,), local_shape=(8, 3, 3)))
+    config = small_config(
+        mask_mode="paper",
+        recognizer=RecognizerInfo(
+            pack="antelopev2", file_name="glintr100.onnx", sha256="ab" * 32, global_shape=(16,), local_shape=(8, 3, 3)
+        ),
+    )
     projector = write_checkpoint(path, config)
     loaded = load_checkpoint(path)
     assert loaded.config == config
@@ -108,8 +111,10 @@ def test_stack_preserves_order_for_any_number_of_faces(tmp_path):
     config = small_config()
     projector = Projector(config).eval()
     rng = np.random.default_rng(0)
-    identities = [Identity(rng.normal(size=16).astype(np.float32), rng.normal(size=(8, 3, 3)).astype(np.float32), f"p{i}")
-                  for i in range(17)]
+    identities = [
+        Identity(rng.normal(size=16).astype(np.float32), rng.normal(size=(8, 3, 3)).astype(np.float32), f"p{i}")
+        for i in range(17)
+    ]
     for n in (0, 1, 4, 17):
         stack = build_stack(projector, Faces(identities[:n]))
         assert stack.face_tokens.shape == (n, config.tokens_per_face, config.d_K)
@@ -121,7 +126,7 @@ def test_stack_preserves_order_for_any_number_of_faces(tmp_path):
     extended = append_face_tokens(context, full.flat_tokens())
     assert extended.shape == (2, 5 + 4 * config.tokens_per_face, 12)
     assert torch.equal(extended[:, :5], context)
-    assert torch.equal(extended[1, 5 + config.tokens_per_face:5 + 2 * config.tokens_per_face], full.face_tokens[1])
+    assert torch.equal(extended[1, 5 + config.tokens_per_face : 5 + 2 * config.tokens_per_face], full.face_tokens[1])
 
 
 def test_recognizer_mismatch_is_refused():

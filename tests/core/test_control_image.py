@@ -97,8 +97,9 @@ def test_all_people_get_skeletons_and_only_id_slots_get_circles():
     # outside the circles the image is exactly the skeleton drawing of all three people
     np.testing.assert_array_equal(image[~circles], skeletons[~circles])
     assert (image[circles] == skeletons[circles]).all(axis=-1).mean() < 0.5
-    alone = draw_control_image(frame.size, cfg, face_boxes=slot_boxes(face_masks),
-                               face_centres=face_masks.centres.numpy())  # the circles without skeletons
+    alone = draw_control_image(
+        frame.size, cfg, face_boxes=slot_boxes(face_masks), face_centres=face_masks.centres.numpy()
+    )  # the circles without skeletons
     for person, slot in ((1, 0), (2, 1)):
         centre = face_masks.centres[slot].numpy() * [W, H]
         rows, cols = np.nonzero(colour_pixels(alone, PALETTE[slot]))

@@ -4,10 +4,15 @@ import json
 
 import numpy as np
 import pytest
-
 from dwpose_fixtures import POSE_SIZE, build_dwpose_folder, export_standin_pose, standin_layout
-from instantfamily_core.dwpose import (DWPoseEstimator, box_to_centre_scale, decode_yolox, person_boxes_from_faces,
-                                      to_openpose)
+
+from instantfamily_core.dwpose import (
+    DWPoseEstimator,
+    box_to_centre_scale,
+    decode_yolox,
+    person_boxes_from_faces,
+    to_openpose,
+)
 from instantfamily_core.pose import parse_pose_keypoint
 
 

@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
 from PIL import Image
 
-from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table
 from instantfamily_core.evaluation.encoders import DlibEncoder
-
-from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
+from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,8 +55,10 @@ def eval_set(tmp_path_factory, encoder):
         "instances": 2,
         "seeds": [42, 43],
         "cases": [
-            {"identities": ["astronaut", "hopper"], "prompts": ["a photo of a woman and a woman together",
-                                                               "a watercolor painting of two women"]},
+            {
+                "identities": ["astronaut", "hopper"],
+                "prompts": ["a photo of a woman and a woman together", "a watercolor painting of two women"],
+            },
             {"identities": ["astronaut"], "prompts": ["a photo of a woman", "a woman on the beach"]},
         ],
     }
@@ -70,9 +71,23 @@ def eval_set(tmp_path_factory, encoder):
 def test_cli_writes_the_report_files(eval_set, tmp_path):
     clip = build_tiny_clip(str(tmp_path / "clip"))
     out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "train.evaluate", "--manifest", f"{eval_set}/manifest.json",
-           "--references", f"{eval_set}/references", "--generated", f"{eval_set}/generated", "--out", str(out),
-           "--encoder", "dlib", "--clip", clip]
+    cmd = [
+        sys.executable,
+        "-m",
+        "train.evaluate",
+        "--manifest",
+        f"{eval_set}/manifest.json",
+        "--references",
+        f"{eval_set}/references",
+        "--generated",
+        f"{eval_set}/generated",
+        "--out",
+        str(out),
+        "--encoder",
+        "dlib",
+        "--clip",
+        clip,
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MultiSim" in done.stdout and "wrote" in done.stdout
@@ -141,8 +156,16 @@ def test_bad_layouts_give_clear_errors(eval_set, encoder, tmp_path):
 def test_cli_without_clip_skips_textsim(eval_set, tmp_path):
     from train.evaluate import main
 
-    args = ["--manifest", f"{eval_set}/manifest.json", "--references", f"{eval_set}/references",
-            "--generated", f"{eval_set}/generated", "--no-progress", "--no-clamp"]
+    args = [
+        "--manifest",
+        f"{eval_set}/manifest.json",
+        "--references",
+        f"{eval_set}/references",
+        "--generated",
+        f"{eval_set}/generated",
+        "--no-progress",
+        "--no-clamp",
+    ]
     out = tmp_path / "r"
     assert main(args + ["--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())

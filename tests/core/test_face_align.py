@@ -4,8 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from face_fixtures import astronaut
+
 from instantfamily_core.faces.align import align_crop, similarity_transform, template
 
 

@@ -6,8 +6,8 @@ import logging
 import cv2
 import numpy as np
 import pytest
-
 from face_fixtures import TOY_BOX_HALF, TOY_KEYPOINTS, disc_image
+
 from instantfamily_core.faces.pipeline import load_faces
 
 
@@ -26,7 +26,9 @@ def test_discs_are_found_with_box_keypoints_and_features(tiny_analyzer):
     faces = tiny_analyzer.analyze(disc_image(centres=((160, 320), (480, 224))))
     assert len(faces) == 2
     for face, (cx, cy) in zip(sorted(faces, key=lambda f: f.box[0]), ((160, 320), (480, 224))):
-        np.testing.assert_allclose(face.box, [cx - TOY_BOX_HALF, cy - TOY_BOX_HALF, cx + TOY_BOX_HALF, cy + TOY_BOX_HALF], atol=1e-3)
+        np.testing.assert_allclose(
+            face.box, [cx - TOY_BOX_HALF, cy - TOY_BOX_HALF, cx + TOY_BOX_HALF, cy + TOY_BOX_HALF], atol=1e-3
+        )
         np.testing.assert_allclose(face.keypoints, np.array(TOY_KEYPOINTS) * 32 + (cx, cy), atol=1e-3)
         assert face.score > 0.9 and face.image_size == (640, 640)
         assert face.global_feature.shape == (512,) and face.local_feature.shape == (512, 7, 7)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
 from PIL import Image
 
 from instantfamily_core.evaluation.encoders import (
@@ -15,8 +16,6 @@ from instantfamily_core.evaluation.encoders import (
     make_encoder,
 )
 from instantfamily_core.evaluation.metrics import score_identities, single_sim
-
-from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_same_person_scores_higher_than_different_people(dlib_encoder, photos):
     assert min(same.values()) - max(different) > 0.05
     # the six people of the group photo are all told apart from each other as well
     group = [f.embedding for f in photos["faces"]["group"]]
-    pairwise = [single_sim(a, b) for i, a in enumerate(group) for b in group[i + 1:]]
+    pairwise = [single_sim(a, b) for i, a in enumerate(group) for b in group[i + 1 :]]
     assert max(pairwise) < min(same.values()) - 0.05
 
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from face_fixtures import disc_image
+
 from instantfamily_core.config import InstantFamilyConfig, RecognizerInfo
 from instantfamily_core.faces.grouping import append_faces, build_faces, choose_faces, parse_indices
 from instantfamily_core.faces.pipeline import load_faces
@@ -62,14 +62,20 @@ def test_separate_average_and_normalized_average():
 
     average = build_faces([[f] for f in faces], INFO, combine="average")
     assert len(average) == 1 and average.identities[0].sources == faces
-    np.testing.assert_allclose(average.identities[0].global_feature, np.mean([f.global_feature for f in faces], 0), rtol=1e-6)
-    np.testing.assert_allclose(average.identities[0].local_feature, np.mean([f.local_feature for f in faces], 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        average.identities[0].global_feature, np.mean([f.global_feature for f in faces], 0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        average.identities[0].local_feature, np.mean([f.local_feature for f in faces], 0), rtol=1e-5, atol=1e-6
+    )
 
     normalized = build_faces([[f] for f in faces], INFO, combine="normalized average").identities[0]
     g = np.stack([f.global_feature for f in faces]).astype(np.float64)
     norms = np.linalg.norm(g, axis=1)
     direction = (g / norms[:, None]).mean(0)
-    np.testing.assert_allclose(normalized.global_feature, direction / np.linalg.norm(direction) * norms.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        normalized.global_feature, direction / np.linalg.norm(direction) * norms.mean(), rtol=1e-5
+    )
     assert np.linalg.norm(normalized.global_feature) == pytest.approx(norms.mean(), rel=1e-5)
     # each photo weighs the same: the normalized mean leans less to the largest-norm face than the plain mean
     cos = lambda u, v: float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))  # noqa: E731

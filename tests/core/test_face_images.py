@@ -9,7 +9,9 @@ from instantfamily_core.faces.images import Placement, for_detection, pad_border
 def test_layouts_and_dtypes_become_rgb_uint8():
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
     out = to_rgb_uint8(gray)
-    assert out.shape == (3, 4, 3) and out.dtype == np.uint8 and (out[..., 0] == gray).all() and (out[..., 2] == gray).all()
+    assert (
+        out.shape == (3, 4, 3) and out.dtype == np.uint8 and (out[..., 0] == gray).all() and (out[..., 2] == gray).all()
+    )
     assert (to_rgb_uint8(gray[:, :, None]) == out).all()
     sixteen = gray.astype(np.uint16) * 257
     assert (to_rgb_uint8(sixteen) == out).all()

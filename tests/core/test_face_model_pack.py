@@ -138,4 +138,6 @@ def test_damaged_onnx_file_is_named(tmp_path, tiny_pack, no_network):
         stream.truncate(200)  # an interrupted download
     with pytest.raises(RuntimeError) as error:
         load_face_analyzer(str(tmp_path), "damaged", provider="CPU")
-    assert f"could not open the .onnx files of {folder}" in str(error.value) and "download that pack again" in str(error.value)
+    assert f"could not open the .onnx files of {folder}" in str(error.value) and "download that pack again" in str(
+        error.value
+    )

@@ -16,7 +16,10 @@ ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvid
 
 def test_auto_prefers_gpu_and_keeps_cpu_fallback():
     assert choose_providers("auto", ALL, cuda_visible=True) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert choose_providers("auto", ["CoreMLExecutionProvider", "CPUExecutionProvider"], False)[0] == "CoreMLExecutionProvider"
+    assert (
+        choose_providers("auto", ["CoreMLExecutionProvider", "CPUExecutionProvider"], False)[0]
+        == "CoreMLExecutionProvider"
+    )
     assert choose_providers("ROCm", ["ROCMExecutionProvider", "CPUExecutionProvider"], False) == [
         "ROCMExecutionProvider",
         "CPUExecutionProvider",

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from face_fixtures import TinyRecognizer, _export, _randomise_batchnorm, astronaut, disc_image
 from torch import nn
 
-from face_fixtures import TinyRecognizer, _export, _randomise_batchnorm, astronaut, disc_image
 from instantfamily_core.faces import OnePassRecognizer, align_crop, find_feature_map
 
 
@@ -69,7 +69,12 @@ def test_recognizer_info_records_file_shapes_and_sha256(tiny_pack, tiny_analyzer
     info = tiny_analyzer.info
     with open(os.path.join(folder, "rec_tiny.onnx"), "rb") as stream:
         assert info.sha256 == hashlib.sha256(stream.read()).hexdigest()
-    assert (info.pack, info.file_name, info.global_shape, info.local_shape) == (pack, "rec_tiny.onnx", (512,), (512, 7, 7))
+    assert (info.pack, info.file_name, info.global_shape, info.local_shape) == (
+        pack,
+        "rec_tiny.onnx",
+        (512,),
+        (512, 7, 7),
+    )
 
 
 class _ReshapeHead(nn.Module):

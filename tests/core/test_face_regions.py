@@ -25,7 +25,13 @@ def head(cx, cy, ear_px=40.0):
     """Normalised (18, 3) body with only nose, eyes and ears: face box = ear_px wide, 1.25 x tall."""
     body = np.zeros((18, 3))
     half = ear_px / 2
-    for index, (dx, dy) in {0: (0, 0), 14: (-0.4 * half, 0), 15: (0.4 * half, 0), 16: (-half, 0), 17: (half, 0)}.items():
+    for index, (dx, dy) in {
+        0: (0, 0),
+        14: (-0.4 * half, 0),
+        15: (0.4 * half, 0),
+        16: (-half, 0),
+        17: (half, 0),
+    }.items():
         body[index] = ((cx + dx) / W, (cy + dy) / H, 1.0)
     return body
 
@@ -85,11 +91,16 @@ def test_count_mismatch_messages_say_what_to_do():
     )
     with pytest.raises(ValueError, match="1 ID in the stack but the template image has 0 faces|no face was found"):
         face_masks_from_detections([], (H, W), n_ids=1)
-    with pytest.raises(ValueError, match=r"^3 IDs in the stack but the template image has 2 faces: remove an ID or use a template image with 3 faces$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^3 IDs in the stack but the template image has 2 faces: remove an ID or use a template image with 3 faces$",
+    ):
         face_masks_from_detections([detected(0, 0, 10, 10), detected(50, 0, 60, 10)], (H, W), n_ids=3)
     masks = torch.zeros(2, H, W)
     masks[:, :10, :10] = 1
-    with pytest.raises(ValueError, match=r"^3 IDs in the stack but the mask batch has 2 masks: remove an ID or give one mask per ID$"):
+    with pytest.raises(
+        ValueError, match=r"^3 IDs in the stack but the mask batch has 2 masks: remove an ID or give one mask per ID$"
+    ):
         face_masks_from_user_masks(masks, n_ids=3)
     with pytest.raises(ValueError, match="1 ID in the stack but the mask batch has 2 masks: give one mask per ID"):
         face_masks_from_user_masks(masks, n_ids=1)
@@ -141,7 +152,9 @@ def test_user_masks_in_batch_order_or_by_order_without_margin():
     assert torch.equal(face_masks.masks, masks)  # batch order, no margin
     picked = face_masks_from_user_masks(masks, n_ids=2, order="2,0")
     assert torch.equal(picked.masks, masks[[2, 0]])
-    assert slot_boxes(picked) == pytest.approx(np.array([[150 / W, 50 / H, 160 / W, 60 / H], [300 / W, 10 / H, 340 / W, 30 / H]]))
+    assert slot_boxes(picked) == pytest.approx(
+        np.array([[150 / W, 50 / H, 160 / W, 60 / H], [300 / W, 10 / H, 340 / W, 30 / H]])
+    )
     with pytest.raises(ValueError, match="mask 0 is empty"):
         face_masks_from_user_masks(torch.zeros(1, H, W))
 

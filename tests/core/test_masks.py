@@ -20,11 +20,14 @@ def test_box_masks_cover_the_enlarged_box_in_pixels():
     assert torch.allclose(masks.centres, torch.tensor([[40 / 200, 60 / 100]]))
 
 
-@pytest.mark.parametrize("latent, expected", [
-    ((64, 64), [(64, 64), (32, 32), (16, 16), (8, 8)]),
-    ((64, 36), [(64, 36), (32, 18), (16, 9), (8, 5)]),
-    ((75, 43), [(75, 43), (38, 22), (19, 11), (10, 6)]),
-])
+@pytest.mark.parametrize(
+    "latent, expected",
+    [
+        ((64, 64), [(64, 64), (32, 32), (16, 16), (8, 8)]),
+        ((64, 36), [(64, 36), (32, 18), (16, 9), (8, 5)]),
+        ((75, 43), [(75, 43), (38, 22), (19, 11), (10, 6)]),
+    ],
+)
 def test_latent_grid_follows_ceil_division(latent, expected):
     for grid in expected:
         assert latent_grid(grid[0] * grid[1], latent) == grid

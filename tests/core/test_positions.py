@@ -17,7 +17,7 @@ def two_regions(size=(64, 128)):
     """Left and right halves as the slot regions, centres at their middles."""
     masks = np.zeros((2, *size))
     masks[0, :, : size[1] // 2] = 1
-    masks[1, :, size[1] // 2:] = 1
+    masks[1, :, size[1] // 2 :] = 1
     return masks, np.array([[0.25, 0.5], [0.75, 0.5]])
 
 
@@ -57,10 +57,13 @@ def test_three_way_cycle_is_wrong_not_swapped():
 
 def test_faces_are_placed_by_the_region_holding_their_centre():
     masks, centres = two_regions()
-    boxes = np.array([[70, 10, 100, 40],  # centre x = 85 of 128: right region
-                      [5, 10, 35, 40],  # left
-                      [0, 0, 10, 10],  # also left, farther from the left centre (32, 32): extra
-                      ])
+    boxes = np.array(
+        [
+            [70, 10, 100, 40],  # centre x = 85 of 128: right region
+            [5, 10, 35, 40],  # left
+            [0, 0, 10, 10],  # also left, farther from the left centre (32, 32): extra
+        ]
+    )
     assert faces_in_slots(boxes, (64, 128), masks, centres).tolist() == [1, 0, -1]
     # a face outside every region is in no slot; the masks may have any resolution
     small = masks[:, ::4, ::4].copy()

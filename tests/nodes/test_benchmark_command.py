@@ -10,9 +10,8 @@ import uuid
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from comfy_host import PACK_DIR_NAME, REPO_ROOT
+from PIL import Image
 
 PACK = "tinybench"
 TOY_ASSETS = REPO_ROOT / "train" / "toyworld" / "assets"
@@ -31,8 +30,10 @@ def discs(centres, patterns, size=640):
 
 def write_bench(root):
     """Two samples: one person, and two people (references listed right person first)."""
-    samples = {"one": ([0], [ANCHORS[0]], [0], "one person on a teal gradient background"),
-               "two": ([1, 0], list(ANCHORS), [0, 1], "two people on a teal gradient background")}
+    samples = {
+        "one": ([0], [ANCHORS[0]], [0], "one person on a teal gradient background"),
+        "two": ([1, 0], list(ANCHORS), [0, 1], "two people on a teal gradient background"),
+    }
     for key, (refs, centres, patterns, prompt) in samples.items():
         folder = root / key
         folder.mkdir(parents=True)
@@ -49,8 +50,10 @@ def build_pack(models_dir):
     folder = models_dir / "insightface" / "models" / PACK
     folder.mkdir(parents=True, exist_ok=True)
     fixtures.export_toy_detector(str(folder / "det_toy.onnx"))
-    shutil.copyfile(TOY_ASSETS / "insightface" / "models" / "toyface" / "toyface_recognizer.onnx",
-                    folder / "toyface_recognizer.onnx")
+    shutil.copyfile(
+        TOY_ASSETS / "insightface" / "models" / "toyface" / "toyface_recognizer.onnx",
+        folder / "toyface_recognizer.onnx",
+    )
 
 
 class InProcessClient:
@@ -90,8 +93,14 @@ def check_outputs(result, out):
         assert image.shape == (256, 256, 3) and image.std() > 0  # the toy model's own picture
         assert len(record["verdicts"]) == record["n"] == len(record["own"])
         # the toy scenes hold no disc "faces": every person is missing, and each way of counting says so
-        assert record["missing"] + record["verdicts"].count("ok") + record["verdicts"].count("swapped") \
-            + record["verdicts"].count("duplicate") + record["verdicts"].count("wrong") == record["n"]
+        assert (
+            record["missing"]
+            + record["verdicts"].count("ok")
+            + record["verdicts"].count("swapped")
+            + record["verdicts"].count("duplicate")
+            + record["verdicts"].count("wrong")
+            == record["n"]
+        )
         if record["faces"] == 0:
             assert record["sim_ref"] is None and record["sim_ref_all"] == 0.0 and not record["count_ok"]
     md = (out / "benchmark.md").read_text()
@@ -113,10 +122,21 @@ def test_benchmark_command_end_to_end(comfy_host, bench, tmp_path):
     if comfy_host.version == "2024":  # in-process
         build_pack(comfy_host.models_dir)
         bench_set = comfy_host.pack_import("instantfamily_core.evaluation.bench_data").read_multiid(str(bench))
-        args = benchmark.parse_args(["--out", str(out), "--encoder", "insightface", "--insightface-pack", PACK,
-                                     "--insightface-root", str(comfy_host.models_dir / "insightface")])
-        generation = benchmark.GenerationSettings("toy_instantfamily_demo.safetensors", toy_base="toy_base.safetensors",
-                                                  insightface_pack=PACK, **settings)
+        args = benchmark.parse_args(
+            [
+                "--out",
+                str(out),
+                "--encoder",
+                "insightface",
+                "--insightface-pack",
+                PACK,
+                "--insightface-root",
+                str(comfy_host.models_dir / "insightface"),
+            ]
+        )
+        generation = benchmark.GenerationSettings(
+            "toy_instantfamily_demo.safetensors", toy_base="toy_base.safetensors", insightface_pack=PACK, **settings
+        )
         client = InProcessClient(comfy_host)
         result = benchmark.run(bench_set, benchmark.build_encoder(args), str(out), client, generation, progress=False)
         assert client.prompts == 2
@@ -135,11 +155,39 @@ def test_benchmark_command_end_to_end(comfy_host, bench, tmp_path):
     server = ComfyServer(comfy_host.root, base)
     server.start()
     try:
-        argv = ["--data", str(bench), "--out", str(out), "--server", server.url, "--toy-base", "toy_base.safetensors",
-                "--instantfamily", "toy_instantfamily_demo.safetensors", "--insightface-pack", PACK,
-                "--encoder", "insightface", "--insightface-root", str(base / "models" / "insightface"),
-                "--steps", "2", "--cfg", "2", "--sampler", "euler", "--scheduler", "normal",
-                "--width", "256", "--height", "256", "--no-progress", "--timeout", "120"]
+        argv = [
+            "--data",
+            str(bench),
+            "--out",
+            str(out),
+            "--server",
+            server.url,
+            "--toy-base",
+            "toy_base.safetensors",
+            "--instantfamily",
+            "toy_instantfamily_demo.safetensors",
+            "--insightface-pack",
+            PACK,
+            "--encoder",
+            "insightface",
+            "--insightface-root",
+            str(base / "models" / "insightface"),
+            "--steps",
+            "2",
+            "--cfg",
+            "2",
+            "--sampler",
+            "euler",
+            "--scheduler",
+            "normal",
+            "--width",
+            "256",
+            "--height",
+            "256",
+            "--no-progress",
+            "--timeout",
+            "120",
+        ]
         assert benchmark.main(argv) == 0
         result = json.loads((out / "benchmark.json").read_text())
         check_outputs(result, out)

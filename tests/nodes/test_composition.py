@@ -70,8 +70,11 @@ def base(comfy_host):
 def instantfamily(comfy_host, pack):
     config = pack.config.InstantFamilyConfig(**SMALL)
     torch.manual_seed(0)
-    pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / "composition_test.safetensors", config,
-                                    pack.projector.Projector(config).state_dict())
+    pack.checkpoint.save_checkpoint(
+        comfy_host.models_dir / "instantfamily" / "composition_test.safetensors",
+        config,
+        pack.projector.Projector(config).state_dict(),
+    )
     comfy_host.folder_paths.filename_list_cache.clear()
     (model,) = comfy_host.node_class("InstantFamilyModelLoader")().load("composition_test.safetensors")
     return model
@@ -80,9 +83,14 @@ def instantfamily(comfy_host, pack):
 @pytest.fixture(scope="module")
 def faces(comfy_host, pack, instantfamily):
     rng = np.random.default_rng(0)
-    identities = pack.identity.Faces([pack.identity.Identity(rng.normal(size=16).astype(np.float32),
-                                                             rng.normal(size=(8, 3, 3)).astype(np.float32))
-                                      for _ in range(2)])
+    identities = pack.identity.Faces(
+        [
+            pack.identity.Identity(
+                rng.normal(size=16).astype(np.float32), rng.normal(size=(8, 3, 3)).astype(np.float32)
+            )
+            for _ in range(2)
+        ]
+    )
     (stack,) = comfy_host.node_class("InstantFamilyBuildEmbeddingStack")().build(instantfamily, identities)
     boxes = torch.tensor([[5, 10, 30, 35], [55, 10, 80, 35]], dtype=torch.float32)
     return stack, pack.masks.masks_from_boxes(boxes, IMAGE_SIZE)
@@ -90,8 +98,9 @@ def faces(comfy_host, pack, instantfamily):
 
 def apply(comfy_host, model, instantfamily, faces):
     stack, masks = faces
-    (patched,) = comfy_host.node_class("InstantFamilyApply")().apply(model, instantfamily, stack, masks, 1.0, 0.0, 1.0,
-                                                                     "hard", "both")
+    (patched,) = comfy_host.node_class("InstantFamilyApply")().apply(
+        model, instantfamily, stack, masks, 1.0, 0.0, 1.0, "hard", "both"
+    )
     return patched
 
 
@@ -174,7 +183,9 @@ def test_an_unknown_protocol_is_told_which_order_works(comfy_host, pack, base, i
         replace.set_new_condition(weight=1.0)
 
 
-def test_a_replace_keyed_with_a_transformer_index_is_wrapped_under_its_key(comfy_host, pack, base, instantfamily, faces):
+def test_a_replace_keyed_with_a_transformer_index_is_wrapped_under_its_key(
+    comfy_host, pack, base, instantfamily, faces
+):
     adapted = base.clone()
     for block, index in keys_of(pack, base):
         adapted.set_model_attn2_replace(AdapterStyleReplace(adapter_term), block, index, 0)

@@ -40,8 +40,12 @@ def instantfamily(comfy_host, pack, base, family):
     ifconfig = pack.config.InstantFamilyConfig(**SMALL, base_model=family)
     torch.manual_seed(0)
     name = f"controlnet_test_{family}.safetensors"
-    pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / name, ifconfig,
-                                    pack.projector.Projector(ifconfig).state_dict(), control.state_dict())
+    pack.checkpoint.save_checkpoint(
+        comfy_host.models_dir / "instantfamily" / name,
+        ifconfig,
+        pack.projector.Projector(ifconfig).state_dict(),
+        control.state_dict(),
+    )
     comfy_host.folder_paths.filename_list_cache.clear()
     (model,) = comfy_host.node_class("InstantFamilyModelLoader")().load(name)
     return model
@@ -49,9 +53,14 @@ def instantfamily(comfy_host, pack, base, family):
 
 def stack_and_masks(comfy_host, pack, instantfamily, n=3, seed=0):
     rng = np.random.default_rng(seed)
-    faces = pack.identity.Faces([pack.identity.Identity(rng.normal(size=16).astype(np.float32),
-                                                        rng.normal(size=(8, 3, 3)).astype(np.float32))
-                                 for _ in range(n)])
+    faces = pack.identity.Faces(
+        [
+            pack.identity.Identity(
+                rng.normal(size=16).astype(np.float32), rng.normal(size=(8, 3, 3)).astype(np.float32)
+            )
+            for _ in range(n)
+        ]
+    )
     (stack,) = comfy_host.node_class("InstantFamilyBuildEmbeddingStack")().build(instantfamily, faces)
     boxes = torch.tensor([[5 + 25 * i, 10, 20 + 25 * i, 30] for i in range(n)], dtype=torch.float32)
     return stack, pack.masks.masks_from_boxes(boxes, IMAGE_SIZE)
@@ -161,8 +170,15 @@ def test_hard_mode_controlnet_attention_changes_only_inside_face_n(comfy_host, p
         def attend(fk, fv, q=q, k=k, v=v, options=options, latent=latent, rows=rows):
             k_all = torch.cat([k, fk.expand(q.shape[0], -1, -1)], dim=1)
             v_all = torch.cat([v, fv.expand(q.shape[0], -1, -1)], dim=1)
-            return patch.face_attention(q, k_all, v_all, options["n_heads"], latent_size=latent, face_rows=rows,
-                                        text_attention=lambda a, b, c, h: pack.engine.host_attention(a, b, c, h, options))
+            return patch.face_attention(
+                q,
+                k_all,
+                v_all,
+                options["n_heads"],
+                latent_size=latent,
+                face_rows=rows,
+                text_attention=lambda a, b, c, h: pack.engine.host_attention(a, b, c, h, options),
+            )
 
         assert torch.equal(attend(face_k, face_v), out)
         for n in range(3):
@@ -225,11 +241,13 @@ def test_weight_zero_with_the_controlnet_equals_the_stock_controlnet(comfy_host,
     (Advanced) with the same weights; bit for bit."""
     import comfy.controlnet
     import comfy.model_management
+
     import nodes as comfy_nodes
 
     stack, masks = stack_and_masks(comfy_host, pack, instantfamily)
-    (plain,) = comfy_host.node_class("InstantFamilyApply")().apply(base, instantfamily, stack, masks, 0.0, 0.0, 1.0,
-                                                                   "as trained", "both")
+    (plain,) = comfy_host.node_class("InstantFamilyApply")().apply(
+        base, instantfamily, stack, masks, 0.0, 0.0, 1.0, "as trained", "both"
+    )
     positive, negative = apply_controlnet(comfy_host, plain, instantfamily, stack, masks)
     ours = sample(comfy_host, plain, positive, negative)
 
@@ -237,16 +255,17 @@ def test_weight_zero_with_the_controlnet_equals_the_stock_controlnet(comfy_host,
     stock = comfy.controlnet.ControlNet(control_model, load_device=comfy.model_management.get_torch_device())
     image = torch.rand(1, *IMAGE_SIZE, 3, generator=torch.Generator().manual_seed(0))
     stock_positive, stock_negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
-        conditioning(comfy_host, pack, base, 2), conditioning(comfy_host, pack, base, 3),
-        stock, image, 1.0, 0.0, 1.0)[:2]
+        conditioning(comfy_host, pack, base, 2), conditioning(comfy_host, pack, base, 3), stock, image, 1.0, 0.0, 1.0
+    )[:2]
     assert torch.equal(ours, sample(comfy_host, base, stock_positive, stock_negative))
 
 
 def test_controlnet_refuses_stack_or_masks_other_than_applys(comfy_host, pack, base, instantfamily):
     stack, masks = stack_and_masks(comfy_host, pack, instantfamily)
     other_stack, _ = stack_and_masks(comfy_host, pack, instantfamily, seed=7)
-    (patched,) = comfy_host.node_class("InstantFamilyApply")().apply(base, instantfamily, stack, masks, 1.0, 0.0, 1.0,
-                                                                     "as trained", "both")
+    (patched,) = comfy_host.node_class("InstantFamilyApply")().apply(
+        base, instantfamily, stack, masks, 1.0, 0.0, 1.0, "as trained", "both"
+    )
     with pytest.raises(ValueError, match="not the ones Apply InstantFamily used"):
         apply_controlnet(comfy_host, patched, instantfamily, other_stack, masks)
 
@@ -274,8 +293,11 @@ def test_controlnet_chains_after_an_existing_controlnet(comfy_host, pack, base, 
 
 def test_checkpoint_without_controlnet_is_explained(comfy_host, pack, base, family):
     ifconfig = pack.config.InstantFamilyConfig(**SMALL, base_model=family)
-    pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / "no_cn.safetensors", ifconfig,
-                                    pack.projector.Projector(ifconfig).state_dict())
+    pack.checkpoint.save_checkpoint(
+        comfy_host.models_dir / "instantfamily" / "no_cn.safetensors",
+        ifconfig,
+        pack.projector.Projector(ifconfig).state_dict(),
+    )
     comfy_host.folder_paths.filename_list_cache.clear()
     (model,) = comfy_host.node_class("InstantFamilyModelLoader")().load("no_cn.safetensors")
     stack, masks = stack_and_masks(comfy_host, pack, model)

@@ -50,10 +50,18 @@ def toy_assets(tmp_path_factory):
     onnx = export_onnx(ToyFaceNet(), root / "insightface" / "models" / "toyface" / ONNX_NAME)
     recognizer = OnePassRecognizer(str(onnx), providers=["CPUExecutionProvider"], pack="toyface")
     controlnet = ControlNetModel.from_unet(base.unet, conditioning_channels=3)
-    config = InstantFamilyConfig(d_K=base_model.TEXT_WIDTH, projector_hidden=64, recognizer=recognizer.info,
-                                 controlnet=ldm_controlnet_kwargs(controlnet.config))
-    save_checkpoint(root / "instantfamily" / "toy_instantfamily_demo.safetensors", config,
-                    Projector(config).state_dict(), controlnet_to_ldm(controlnet.state_dict(), controlnet.config))
+    config = InstantFamilyConfig(
+        d_K=base_model.TEXT_WIDTH,
+        projector_hidden=64,
+        recognizer=recognizer.info,
+        controlnet=ldm_controlnet_kwargs(controlnet.config),
+    )
+    save_checkpoint(
+        root / "instantfamily" / "toy_instantfamily_demo.safetensors",
+        config,
+        Projector(config).state_dict(),
+        controlnet_to_ldm(controlnet.state_dict(), controlnet.config),
+    )
     return root, base
 
 
@@ -94,8 +102,9 @@ def test_toy_base_model_in_comfy_computes_the_diffusers_unet(comfy_host, demo_no
 
 def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes, toy_assets, tmp_path):
     run_demo = _run_demo_module()
-    prompt = run_demo.demo_prompt("3000, 3001, 3002", "three people on a teal gradient background", seed=0,
-                                  steps=2, cfg=3.0)
+    prompt = run_demo.demo_prompt(
+        "3000, 3001, 3002", "three people on a teal gradient background", seed=0, steps=2, cfg=3.0
+    )
     outputs = comfy_host.run_prompt(prompt)
     generated = outputs["decode"][0]
     assert generated.shape == (1, 256, 256, 3) and torch.isfinite(generated).all()
@@ -134,8 +143,11 @@ def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes, toy_assets, tmp
     sheet.save(tmp_path / "demo.png")
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 
-    other = comfy_host.run_prompt(run_demo.demo_prompt("3100, 3101, 3102", "three people on a teal gradient background",
-                                                       seed=0, steps=2, cfg=3.0, compare=False))
+    other = comfy_host.run_prompt(
+        run_demo.demo_prompt(
+            "3100, 3101, 3102", "three people on a teal gradient background", seed=0, steps=2, cfg=3.0, compare=False
+        )
+    )
     assert "decode_swapped" not in other
     assert not torch.allclose(other["decode"][0], generated), "the generated image ignores the identities"
 
@@ -165,8 +177,9 @@ def test_demo_graph_runs_unet_and_controlnet_once_per_step_with_cond_and_uncond_
         elif isinstance(module, openaimodel.UNetModel):
             calls.append(("unet", x.shape[0]))
 
-    prompt = _run_demo_module().demo_prompt("3000, 3001, 3002", "three people", seed=0, steps=steps, cfg=3.0,
-                                            compare=False)  # one generation: no swapped / no-faces branches
+    prompt = _run_demo_module().demo_prompt(
+        "3000, 3001, 3002", "three people", seed=0, steps=steps, cfg=3.0, compare=False
+    )  # one generation: no swapped / no-faces branches
     original_call = torch.nn.Module.__call__
 
     def counting_call(self, *args, **kwargs):

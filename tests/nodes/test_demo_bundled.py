@@ -12,8 +12,11 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLED = ("toy_base.safetensors", "instantfamily/toy_instantfamily_demo.safetensors",
-           "insightface/models/toyface/toyface_recognizer.onnx")
+BUNDLED = (
+    "toy_base.safetensors",
+    "instantfamily/toy_instantfamily_demo.safetensors",
+    "insightface/models/toyface/toyface_recognizer.onnx",
+)
 
 
 def test_bundled_demo_model_runs_in_comfy(comfy_host):

@@ -26,8 +26,9 @@ def save_and_load(comfy_host, pack, name, family, unet_deltas=None):
     config = pack.config.InstantFamilyConfig(**SMALL, base_model=family)
     torch.manual_seed(0)
     projector = pack.projector.Projector(config)
-    pack.checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / name, config, projector.state_dict(),
-                                    unet_deltas=unet_deltas)
+    pack.checkpoint.save_checkpoint(
+        comfy_host.models_dir / "instantfamily" / name, config, projector.state_dict(), unet_deltas=unet_deltas
+    )
     comfy_host.folder_paths.filename_list_cache.clear()
     (model,) = comfy_host.node_class("InstantFamilyModelLoader")().load(name)
     return model
@@ -43,8 +44,11 @@ def instantfamily(comfy_host, pack, family):
 def with_deltas(comfy_host, pack, base, family):
     """A checkpoint that also changes the UNet's attn2 K/V (as the trainer's export writes)."""
     g = torch.Generator().manual_seed(9)
-    deltas = {name: torch.randn(tensor.shape, generator=g) * 0.05
-              for name, tensor in base.model.state_dict().items() if "attn2.to_k" in name or "attn2.to_v" in name}
+    deltas = {
+        name: torch.randn(tensor.shape, generator=g) * 0.05
+        for name, tensor in base.model.state_dict().items()
+        if "attn2.to_k" in name or "attn2.to_v" in name
+    }
     layers = sum(len(m) for m in pack.unet_keys.cross_attention_layers(base.model.diffusion_model).values())
     assert len(deltas) == 2 * layers  # every attn2 layer x (to_k, to_v)
     return save_and_load(comfy_host, pack, f"engine_deltas_{family}.safetensors", family, unet_deltas=deltas)
@@ -52,9 +56,12 @@ def with_deltas(comfy_host, pack, base, family):
 
 def make_faces(pack, n, seed):
     rng = np.random.default_rng(seed)
-    identities = [pack.identity.Identity(rng.normal(size=16).astype(np.float32),
-                                         rng.normal(size=(8, 3, 3)).astype(np.float32), f"id{i}")
-                  for i in range(n)]
+    identities = [
+        pack.identity.Identity(
+            rng.normal(size=16).astype(np.float32), rng.normal(size=(8, 3, 3)).astype(np.float32), f"id{i}"
+        )
+        for i in range(n)
+    ]
     return pack.identity.Faces(identities)
 
 
@@ -71,9 +78,18 @@ def build_stack(comfy_host, instantfamily, faces):
 
 def apply(comfy_host, model, instantfamily, stack, masks, weight=1.0, **kw):
     node = comfy_host.node_class("InstantFamilyApply")()
-    (patched,) = node.apply(model, instantfamily, stack, masks, weight, kw.get("start_at", 0.0),
-                            kw.get("end_at", 1.0), kw.get("mask_mode", "as trained"), "both",
-                            kw.get("attn1_isolation", False))
+    (patched,) = node.apply(
+        model,
+        instantfamily,
+        stack,
+        masks,
+        weight,
+        kw.get("start_at", 0.0),
+        kw.get("end_at", 1.0),
+        kw.get("mask_mode", "as trained"),
+        "both",
+        kw.get("attn1_isolation", False),
+    )
     return patched
 
 
@@ -84,8 +100,10 @@ def base(comfy_host, family):
 
 @pytest.fixture(scope="module")
 def conds(comfy_host, family):
-    return (comfy_host.random_conditioning(CONTEXT, seed=2, pooled=POOLED[family]),
-            comfy_host.random_conditioning(CONTEXT, seed=3, pooled=POOLED[family]))
+    return (
+        comfy_host.random_conditioning(CONTEXT, seed=2, pooled=POOLED[family]),
+        comfy_host.random_conditioning(CONTEXT, seed=3, pooled=POOLED[family]),
+    )
 
 
 def sample(comfy_host, model, conds, seed=5, latent=LATENT):
@@ -123,17 +141,27 @@ def test_weight_zero_is_the_plain_model_bit_for_bit(comfy_host, pack, instantfam
     stack = build_stack(comfy_host, with_deltas, make_faces(pack, 3, seed=0))
     masks = make_masks(pack, 3)
     empty_stack = build_stack(comfy_host, with_deltas, make_faces(pack, 0, seed=0))
-    for plain in (apply(comfy_host, base, with_deltas, stack, masks, weight=0.0),  # UNet deltas included
-                  apply(comfy_host, base, with_deltas, empty_stack, make_masks(pack, 0))):
+    for plain in (
+        apply(comfy_host, base, with_deltas, stack, masks, weight=0.0),  # UNet deltas included
+        apply(comfy_host, base, with_deltas, empty_stack, make_masks(pack, 0)),
+    ):
         assert "patches_replace" not in plain.model_options["transformer_options"]
         assert torch.equal(sample(comfy_host, plain, conds), reference)
     # weight > 0: the deltas and the faces change the result
-    assert (sample(comfy_host, apply(comfy_host, base, with_deltas, stack, masks), conds) - reference).abs().max() > 1e-4
+    assert (
+        sample(comfy_host, apply(comfy_host, base, with_deltas, stack, masks), conds) - reference
+    ).abs().max() > 1e-4
     # masks that are all off: the text model, within float rounding, in both modes
     off = pack.masks.FaceMasks(torch.zeros_like(masks.masks), masks.centres, masks.boxes)
     for mode in ("hard", "paper"):
-        patched = apply(comfy_host, base, instantfamily, build_stack(comfy_host, instantfamily, make_faces(pack, 3, 0)),
-                        off, mask_mode=mode)
+        patched = apply(
+            comfy_host,
+            base,
+            instantfamily,
+            build_stack(comfy_host, instantfamily, make_faces(pack, 3, 0)),
+            off,
+            mask_mode=mode,
+        )
         assert (sample(comfy_host, patched, conds) - reference).abs().max() <= 1e-6
 
 
@@ -174,15 +202,24 @@ def full_context_attention(pack, patch, replace, q, k, v, options, face_k=None, 
     k_all = torch.cat([k, face_k.expand(batch, -1, -1)], dim=1)
     v_all = torch.cat([v, face_v.expand(batch, -1, -1)], dim=1)
     rows = pack.comfy_patch.face_rows_from_options(options, batch)
-    return patch.face_attention(q, k_all, v_all, options["n_heads"], latent_size=patch.latent_size(options),
-                                face_rows=rows, text_attention=lambda a, b, c, h: patch.host_attention(a, b, c, h, options))
+    return patch.face_attention(
+        q,
+        k_all,
+        v_all,
+        options["n_heads"],
+        latent_size=patch.latent_size(options),
+        face_rows=rows,
+        text_attention=lambda a, b, c, h: patch.host_attention(a, b, c, h, options),
+    )
 
 
 def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, instantfamily, base, conds, family):
     """Record every attn2 call of a real forward, then swap face n's keys/values: only positions
     inside face n's region (cond rows) may change; uncond rows never change."""
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
-    patched, recorded = record_calls(apply(comfy_host, base, instantfamily, stack, make_masks(pack, 3), mask_mode="hard"))
+    patched, recorded = record_calls(
+        apply(comfy_host, base, instantfamily, stack, make_masks(pack, 3), mask_mode="hard")
+    )
     sample(comfy_host, patched, conds)
     patch = patched.model_options["transformer_options"]["instantfamily"]
     grids = set()
@@ -216,8 +253,9 @@ def test_paper_mode_leak_is_measured(comfy_host, pack, instantfamily, base, cond
     masks = make_masks(pack, 2)
     leaks = {}
     for mode in ("hard", "paper"):
-        patch = pack.comfy_patch.FacePatch(pack.comfy_patch.FaceSettings(stack, masks, mode=mode),
-                                           pack.engine.host_attention)
+        patch = pack.comfy_patch.FacePatch(
+            pack.comfy_patch.FaceSettings(stack, masks, mode=mode), pack.engine.host_attention
+        )
         q = torch.randn(1, 8 * 12, CONTEXT)
         k = torch.randn(1, 77 + 2 * stack.tokens_per_face, CONTEXT)
         v = torch.randn_like(k)
@@ -225,18 +263,30 @@ def test_paper_mode_leak_is_measured(comfy_host, pack, instantfamily, base, cond
         visibility = patch.face_attention.plan((8, 12), (8, 12)).visibility[0]
         outside_all = ~visibility.any(dim=0)
         text_only = pack.engine.host_attention(q, k[:, :77], v[:, :77], 1, options)
-        out = patch.face_attention(q, k, v, 1, latent_size=(8, 12),
-                                   text_attention=lambda a, b, c, h, o=options: pack.engine.host_attention(a, b, c, h, o))
+        out = patch.face_attention(
+            q,
+            k,
+            v,
+            1,
+            latent_size=(8, 12),
+            text_attention=lambda a, b, c, h, o=options: pack.engine.host_attention(a, b, c, h, o),
+        )
         leaks[mode] = (out - text_only)[:, outside_all].abs().mean().item()
-    print(f"\nmean |output - text-only| outside every face region: hard {leaks['hard']:.2e}, paper {leaks['paper']:.2e}")
+    print(
+        f"\nmean |output - text-only| outside every face region: hard {leaks['hard']:.2e}, paper {leaks['paper']:.2e}"
+    )
     assert leaks["hard"] < 1e-6 < leaks["paper"]
 
 
 def test_patched_model_is_a_clone_and_prompts_do_not_share_faces(comfy_host, pack, instantfamily, base, conds):
     before = sample(comfy_host, base, conds)
     masks = make_masks(pack, 2)
-    first = apply(comfy_host, base, instantfamily, build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=10)), masks)
-    second = apply(comfy_host, base, instantfamily, build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=11)), masks)
+    first = apply(
+        comfy_host, base, instantfamily, build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=10)), masks
+    )
+    second = apply(
+        comfy_host, base, instantfamily, build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=11)), masks
+    )
     out_first = sample(comfy_host, first, conds)
     out_second = sample(comfy_host, second, conds)
     assert "patches_replace" not in base.model_options.get("transformer_options", {})
@@ -248,8 +298,9 @@ def test_patched_model_is_a_clone_and_prompts_do_not_share_faces(comfy_host, pac
 def test_start_end_window_limits_the_patch(comfy_host, pack, instantfamily, base, conds):
     """start_at=0.5: the first step (sigma_max) runs without faces, the last one with them."""
     stack = build_stack(comfy_host, instantfamily, make_faces(pack, 2, seed=0))
-    patched, recorded = record_calls(apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2),
-                                           start_at=0.5, end_at=1.0))
+    patched, recorded = record_calls(
+        apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2), start_at=0.5, end_at=1.0)
+    )
     sample(comfy_host, patched, conds)
     text_only_by_sigma = {}
     for _, q, k, v, options, out in recorded:
@@ -267,7 +318,9 @@ def test_count_mismatch_between_stack_and_masks_is_explained(comfy_host, pack, i
         apply(comfy_host, base, instantfamily, stack, make_masks(pack, 2))
 
 
-def test_attn1_isolation_patches_self_attention_and_is_a_no_op_for_one_face(comfy_host, pack, instantfamily, base, conds):
+def test_attn1_isolation_patches_self_attention_and_is_a_no_op_for_one_face(
+    comfy_host, pack, instantfamily, base, conds
+):
     one = build_stack(comfy_host, instantfamily, make_faces(pack, 1, seed=0))
     plain_one = sample(comfy_host, apply(comfy_host, base, instantfamily, one, make_masks(pack, 1)), conds)
     isolated_one = apply(comfy_host, base, instantfamily, one, make_masks(pack, 1), attn1_isolation=True)
@@ -275,7 +328,9 @@ def test_attn1_isolation_patches_self_attention_and_is_a_no_op_for_one_face(comf
     assert torch.allclose(sample(comfy_host, isolated_one, conds), plain_one, atol=1e-5)
     three = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
     plain = sample(comfy_host, apply(comfy_host, base, instantfamily, three, make_masks(pack, 3)), conds)
-    isolated = sample(comfy_host, apply(comfy_host, base, instantfamily, three, make_masks(pack, 3), attn1_isolation=True), conds)
+    isolated = sample(
+        comfy_host, apply(comfy_host, base, instantfamily, three, make_masks(pack, 3), attn1_isolation=True), conds
+    )
     assert (plain - isolated).abs().max() > 1e-4
 
 
@@ -293,8 +348,17 @@ def test_cached_face_kv_equal_projecting_the_extended_context(comfy_host, pack, 
         cached_k, cached_v = patch.face_kv(layer, q.device, k.dtype)
         assert (layer.to_k(extended)[:, 77:] - cached_k).abs().max() <= 1e-6
         assert (layer.to_v(extended)[:, 77:] - cached_v).abs().max() <= 1e-6
-        uncached = full_context_attention(pack, patch, replace, q, k, v, options,
-                                          layer.to_k(stack.flat_tokens()[None]), layer.to_v(stack.flat_tokens()[None]))
+        uncached = full_context_attention(
+            pack,
+            patch,
+            replace,
+            q,
+            k,
+            v,
+            options,
+            layer.to_k(stack.flat_tokens()[None]),
+            layer.to_v(stack.flat_tokens()[None]),
+        )
         assert (uncached - out).abs().max() <= 1e-6
     layer = recorded[0][0].layers[0]
     before = patch.face_kv(layer, "cpu", torch.float32)[0]
@@ -320,7 +384,8 @@ def test_the_hosts_attention_function_and_its_options_are_used(comfy_host, pack,
     masks = make_masks(pack, 2)
     off = pack.masks.FaceMasks(torch.zeros_like(masks.masks), masks.centres, masks.boxes)
     takes_options = "transformer_options" in inspect.signature(host.optimized_attention).parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(host.optimized_attention).parameters.values())
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(host.optimized_attention).parameters.values()
+    )
     seen = []
     original = host.optimized_attention
 
@@ -361,19 +426,23 @@ def test_two_apply_nodes_stop_with_a_clear_error(comfy_host, pack, instantfamily
         apply(comfy_host, once, instantfamily, stack, make_masks(pack, 2))
 
 
-def test_masks_follow_comfyuis_crop_of_the_control_image_on_another_aspect(comfy_host, pack, instantfamily, base,
-                                                                          conds, caplog):
+def test_masks_follow_comfyuis_crop_of_the_control_image_on_another_aspect(
+    comfy_host, pack, instantfamily, base, conds, caplog
+):
     """A 768x512 latent with a square 256x256 template: ComfyUI centre-crops the control image to
     3:2; every mask cell lies under its circle in that crop, a face cut off gets no cells, and
     the log says what happened and how to avoid it."""
     import comfy.utils
 
     size = (256, 256)
-    boxes = torch.tensor([[20, 100, 60, 140], [100, 90, 150, 140], [180, 110, 220, 150], [110, 5, 140, 35]], dtype=torch.float32)
+    boxes = torch.tensor(
+        [[20, 100, 60, 140], [100, 90, 150, 140], [180, 110, 220, 150], [110, 5, 140, 35]], dtype=torch.float32
+    )
     masks = pack.masks.masks_from_boxes(boxes, size)
     config = pack.config.InstantFamilyConfig(**SMALL)
-    control = pack.control_image.draw_control_image(size, config, face_boxes=masks.boxes.numpy(),
-                                                    face_centres=masks.centres.numpy())
+    control = pack.control_image.draw_control_image(
+        size, config, face_boxes=masks.boxes.numpy(), face_centres=masks.centres.numpy()
+    )
     hint = torch.from_numpy(control).float().permute(2, 0, 1)[None] / 255  # (1, 3, 256, 256)
     latent = (64, 96)  # 512 x 768 px
     placed = comfy.utils.common_upscale(hint, latent[1] * 8, latent[0] * 8, "nearest-exact", "center")[0]

@@ -8,9 +8,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from comfy_host import REPO_ROOT
+from PIL import Image
 
 NODE = "InstantFamilyIdentityReport"
 CENTRES = ((160, 320), (480, 320))  # on the toy detector's stride-32 anchors at 640 px
@@ -62,19 +61,36 @@ def test_identity_report_runs_in_a_real_prompt(comfy_host, tiny_pack):
     Image.fromarray(disc_scene([0, None])).save(os.path.join(input_dir, "eval_missing.png"))  # second person absent
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "eval_ref.png"}},
-        "2": {"class_type": "InstantFamilyLoadFaceAnalyzer",
-              "inputs": {"pack": "tinypack_eval", "provider": "CPU", "det_size": 640, "det_thresh": 0.5}},
-        "3": {"class_type": "InstantFamilyLoadFaces",
-              "inputs": {"analyzer": ["2", 0], "images": ["1", 0], "mode": "every face", "order": "left to right",
-                         "combine": "separate", "face_indices": ""}},
+        "2": {
+            "class_type": "InstantFamilyLoadFaceAnalyzer",
+            "inputs": {"pack": "tinypack_eval", "provider": "CPU", "det_size": 640, "det_thresh": 0.5},
+        },
+        "3": {
+            "class_type": "InstantFamilyLoadFaces",
+            "inputs": {
+                "analyzer": ["2", 0],
+                "images": ["1", 0],
+                "mode": "every face",
+                "order": "left to right",
+                "combine": "separate",
+                "face_indices": "",
+            },
+        },
         "4": {"class_type": "LoadImage", "inputs": {"image": "eval_swapped.png"}},
         "5": {"class_type": "LoadImage", "inputs": {"image": "eval_wrong.png"}},
         "6": {"class_type": "LoadImage", "inputs": {"image": "eval_missing.png"}},
         "7": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["5", 0]}},
         "8": {"class_type": "ImageBatch", "inputs": {"image1": ["7", 0], "image2": ["6", 0]}},
-        "9": {"class_type": NODE, "inputs": {"images": ["8", 0], "faces": ["3", 0],
-                                             "encoder": "insightface (analyzer)", "clamp": True,
-                                             "analyzer": ["2", 0]}},
+        "9": {
+            "class_type": NODE,
+            "inputs": {
+                "images": ["8", 0],
+                "faces": ["3", 0],
+                "encoder": "insightface (analyzer)",
+                "clamp": True,
+                "analyzer": ["2", 0],
+            },
+        },
         "10": {"class_type": "PreviewImage", "inputs": {"images": ["9", 1]}},
     }
     outputs = comfy_host.run_prompt(prompt)
@@ -117,11 +133,19 @@ def photo_faces(comfy_host):
         face = dlib.encode(image)[0]
         x1, y1, x2, y2 = face.box.astype(int)
         crop = np.asarray(Image.fromarray(image[y1:y2, x1:x2]).resize((112, 112), Image.BICUBIC))
-        source = identity.DetectedFace(box=face.box, keypoints=np.zeros((5, 2), np.float32), score=1.0,
-                                       global_feature=np.zeros(512, np.float32),
-                                       local_feature=np.zeros((512, 7, 7), np.float32), crop=crop)
-        identities.append(identity.Identity(np.zeros(512, np.float32), np.zeros((512, 7, 7), np.float32),
-                                            label=label, sources=[source]))
+        source = identity.DetectedFace(
+            box=face.box,
+            keypoints=np.zeros((5, 2), np.float32),
+            score=1.0,
+            global_feature=np.zeros(512, np.float32),
+            local_feature=np.zeros((512, 7, 7), np.float32),
+            crop=crop,
+        )
+        identities.append(
+            identity.Identity(
+                np.zeros(512, np.float32), np.zeros((512, 7, 7), np.float32), label=label, sources=[source]
+            )
+        )
         regions.append(photos.face_region(image, face.box))
     group = photos.group_photo()
     stranger = photos.face_region(group, dlib.encode(group)[3].box)
@@ -151,7 +175,7 @@ def halves(comfy_host, width, height):
     masks_mod = comfy_host.pack_import("instantfamily_core.masks")
     masks = torch.zeros(2, height, width)
     masks[0, :, : width // 2] = 1
-    masks[1, :, width // 2:] = 1
+    masks[1, :, width // 2 :] = 1
     return masks_mod.FaceMasks(masks, torch.tensor([[0.25, 0.5], [0.75, 0.5]]))
 
 
@@ -225,13 +249,32 @@ def test_generation_script_graph_passes_comfyuis_validator(comfy_host, tiny_pack
     draw = comfy_host.pack_import("instantfamily_core.control_image")
     Image.fromarray(draw.draw_skeletons(list(bodies), (512, 512))).save(os.path.join(input_dir, "pose_3.png"))
 
-    args = script.parse_args(["--manifest", "m.json", "--references", "r", "--out", "o",
-                              "--checkpoint", "eval_dummy.safetensors", "--instantfamily", "eval_dummy.safetensors",
-                              "--insightface-pack", "tinypack_eval"])
+    args = script.parse_args(
+        [
+            "--manifest",
+            "m.json",
+            "--references",
+            "r",
+            "--out",
+            "o",
+            "--checkpoint",
+            "eval_dummy.safetensors",
+            "--instantfamily",
+            "eval_dummy.safetensors",
+            "--insightface-pack",
+            "tinypack_eval",
+        ]
+    )
     assert (args.seed, args.steps, args.cfg, args.width, args.height) == (42, 50, 5.0, 512, 512)
-    prompt = script.build_prompt(args, [f"{sub}/ref_{k}.png" for k in range(3)], f"{sub}/masks_3.tiff",
-                                 f"{sub}/pose_3.png", "a photo of three people", 43,
-                                 "subject_0000_prompt_0000_instance_0001")
+    prompt = script.build_prompt(
+        args,
+        [f"{sub}/ref_{k}.png" for k in range(3)],
+        f"{sub}/masks_3.tiff",
+        f"{sub}/pose_3.png",
+        "a photo of three people",
+        43,
+        "subject_0000_prompt_0000_instance_0001",
+    )
     ok, errors = comfy_host.validate(prompt)
     assert ok, errors
     assert prompt["sample"]["inputs"]["seed"] == 43 and prompt["faces2"]["inputs"]["faces"] == ["faces1", 0]

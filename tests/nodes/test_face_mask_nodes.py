@@ -55,8 +55,9 @@ def test_pose_to_face_masks_to_control_image(comfy_host, pack):
     config = pack.config.InstantFamilyConfig(palette=(RED, BLUE), circle_radius_fraction=0.25)
     model = FakeModel(config)
     node = comfy_host.node_class("InstantFamilyFaceMask")()
-    face_masks, preview = node.build(0.25, "", "both", faces=faces(pack, 2), pose_keypoint=pose_value,
-                                     instantfamily=model)
+    face_masks, preview = node.build(
+        0.25, "", "both", faces=faces(pack, 2), pose_keypoint=pose_value, instantfamily=model
+    )
     assert isinstance(face_masks, pack.masks.FaceMasks) and len(face_masks) == 2
     assert face_masks.centres[:, 0].tolist() == pytest.approx([40 / W, 80 / W], abs=1e-6)  # left to right
     assert preview.shape == (1, H, W, 3) and 0 <= float(preview.min()) and float(preview.max()) <= 1
@@ -78,7 +79,9 @@ def test_pose_to_face_masks_to_control_image(comfy_host, pack):
 def test_count_mismatch_and_source_errors(comfy_host, pack):
     node = comfy_host.node_class("InstantFamilyFaceMask")()
     pose_value = pack.pose.encode_pose_keypoint([head(40, 40), head(120, 40)], W, H)
-    with pytest.raises(ValueError, match="3 IDs in the stack but the pose has 2 people: remove an ID or use a pose with 3 people"):
+    with pytest.raises(
+        ValueError, match="3 IDs in the stack but the pose has 2 people: remove an ID or use a pose with 3 people"
+    ):
         node.build(0.25, "", "both", faces=faces(pack, 3), pose_keypoint=pose_value)
     empty = [{"people": [], "canvas_width": W, "canvas_height": H}]
     with pytest.raises(ValueError, match="the pose has no people"):
@@ -107,8 +110,10 @@ def test_prompt_with_a_drawn_mask_and_an_existing_pose_image(comfy_host, pack):
     Image.fromarray(canvas).save(comfy_host.session_dir / "input" / "face_region.png")
     prompt = {
         "1": {"class_type": "LoadImageMask", "inputs": {"image": "face_region.png", "channel": "red"}},
-        "2": {"class_type": "InstantFamilyFaceMask", "inputs": {"margin": 0.25, "order": "", "overlap": "both",
-                                                                "masks": ["1", 0]}},
+        "2": {
+            "class_type": "InstantFamilyFaceMask",
+            "inputs": {"margin": 0.25, "order": "", "overlap": "both", "masks": ["1", 0]},
+        },
         "3": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": 1, "color": 0}},
         "4": {"class_type": "InstantFamilyPoseCircleImage", "inputs": {"pose_image": ["3", 0], "face_masks": ["2", 0]}},
         "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
@@ -148,8 +153,7 @@ def test_template_faces_through_the_analyzer_with_order_and_nearest_overlap(comf
     analyzer = BoxAnalyzer(pack, [[100, 20, 140, 60], [20, 30, 60, 70], [50, 30, 90, 70]])  # detector order
     template = torch.full((1, H, W, 3), 0.5)
     node = comfy_host.node_class("InstantFamilyFaceMask")()
-    face_masks, preview = node.build(0.25, "2,0", "nearest", faces=faces(pack, 2), template=template,
-                                     analyzer=analyzer)
+    face_masks, preview = node.build(0.25, "2,0", "nearest", faces=faces(pack, 2), template=template, analyzer=analyzer)
     seen = analyzer.seen[0]
     assert seen.shape == (H, W, 3) and seen.dtype == np.uint8 and int(seen[0, 0, 0]) == 128
     # positions left to right: 0 = box x 20..60, 1 = x 50..90, 2 = x 100..140; order "2,0"
@@ -181,9 +185,16 @@ def test_a_training_sample_through_the_nodes_gives_the_masks_and_circles_the_tra
     rng = np.random.default_rng(3)
     scene = world.make_scene([11, 22, 33, 44, 55], rng)
     people = [data.person_dict(p) for p in scene.people]
-    detected = [DetectedFace(box=np.asarray(p["face_box"], np.float32) * 8, keypoints=np.zeros((5, 2), np.float32),
-                             score=1.0, global_feature=rng.normal(size=8).astype(np.float32),
-                             local_feature=rng.normal(size=(8, 2, 2)).astype(np.float32)) for p in people]
+    detected = [
+        DetectedFace(
+            box=np.asarray(p["face_box"], np.float32) * 8,
+            keypoints=np.zeros((5, 2), np.float32),
+            score=1.0,
+            global_feature=rng.normal(size=8).astype(np.float32),
+            local_feature=rng.normal(size=(8, 2, 2)).astype(np.float32),
+        )
+        for p in people
+    ]
     members = data.shard_members(scene.image, scene.caption, people, detected)
     config = InstantFamilyConfig(d_gf=8, d_lf=8, L=2)
     dataset = TrainDataset(None, config, 256, max_faces=4, text_dropout=0, face_dropout=0, random_crop=False)
@@ -197,8 +208,14 @@ def test_a_training_sample_through_the_nodes_gives_the_masks_and_circles_the_tra
         colours = list(example["colours"])
         palette = tuple(colours) + tuple(c for c in config.palette if c not in colours)
         model = FakeModel(pack.config.InstantFamilyConfig(palette=palette, mask_margin=config.mask_margin))
-        face_masks, _ = mask_node.build(config.mask_margin, example["order"], "both", faces=faces(pack, 4),
-                                        pose_keypoint=example["pose_keypoint"], instantfamily=model)
+        face_masks, _ = mask_node.build(
+            config.mask_margin,
+            example["order"],
+            "both",
+            faces=faces(pack, 4),
+            pose_keypoint=example["pose_keypoint"],
+            instantfamily=model,
+        )
         pooled = F.avg_pool2d(face_masks.masks[:, None], 8)[:, 0]  # the trainer keeps latent-resolution masks
         assert torch.equal(pooled, example["masks"].masks)
         assert torch.equal(face_masks.centres, example["masks"].centres)
@@ -213,8 +230,9 @@ def test_more_ids_than_trained_are_noted_and_more_than_colours_refused(comfy_hos
     node = comfy_host.node_class("InstantFamilyFaceMask")()
     model = FakeModel(pack.config.InstantFamilyConfig(max_ids_trained=4))
     with caplog.at_level("WARNING"):
-        face_masks, preview = node.build(0.25, "", "both", faces=faces(pack, 5), pose_keypoint=pose_value,
-                                         instantfamily=model)
+        face_masks, preview = node.build(
+            0.25, "", "both", faces=faces(pack, 5), pose_keypoint=pose_value, instantfamily=model
+        )
     assert "5 IDs: this checkpoint was trained with at most 4 per image (works, not trained)" in caplog.text
     band = (preview[0, -6:].numpy() * 255).round()
     assert band.max() > 100 and (band == 0).mean() > 0.5  # the note: light text on a black band

@@ -6,9 +6,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from comfy_host import PromptExecutionError
+from PIL import Image
 
 PACK = "tinypack_nodes"
 CONTEXT = 32  # the fixture pack's tiny model's cross-attention width
@@ -49,21 +48,35 @@ def checkpoint(comfy_host, tiny_pack):
     projector_mod = comfy_host.pack_import("instantfamily_core.projector")
     checkpoint_mod = comfy_host.pack_import("instantfamily_core.checkpoint")
     model_pack = comfy_host.pack_import("instantfamily_core.faces.model_pack")
-    recognizer = config_mod.RecognizerInfo(PACK, "rec_tiny.onnx", model_pack.file_sha256(os.path.join(tiny_pack, "rec_tiny.onnx")))
+    recognizer = config_mod.RecognizerInfo(
+        PACK, "rec_tiny.onnx", model_pack.file_sha256(os.path.join(tiny_pack, "rec_tiny.onnx"))
+    )
     config = config_mod.InstantFamilyConfig(d_K=CONTEXT, projector_hidden=24, recognizer=recognizer)
     torch.manual_seed(0)
     projector = projector_mod.Projector(config)
-    checkpoint_mod.save_checkpoint(comfy_host.models_dir / "instantfamily" / "faces_test.safetensors", config, projector.state_dict())
+    checkpoint_mod.save_checkpoint(
+        comfy_host.models_dir / "instantfamily" / "faces_test.safetensors", config, projector.state_dict()
+    )
     comfy_host.folder_paths.filename_list_cache.clear()
     return "faces_test.safetensors"
 
 
 def analyzer_node(pack=PACK):
-    return {"class_type": "InstantFamilyLoadFaceAnalyzer", "inputs": {"pack": pack, "provider": "CPU", "det_size": 640, "det_thresh": 0.5}}
+    return {
+        "class_type": "InstantFamilyLoadFaceAnalyzer",
+        "inputs": {"pack": pack, "provider": "CPU", "det_size": 640, "det_thresh": 0.5},
+    }
 
 
 def faces_node(images, mode="every face", combine="separate", indices="", analyzer="2", faces=None):
-    inputs = {"analyzer": [analyzer, 0], "images": images, "mode": mode, "order": "left to right", "combine": combine, "face_indices": indices}
+    inputs = {
+        "analyzer": [analyzer, 0],
+        "images": images,
+        "mode": mode,
+        "order": "left to right",
+        "combine": combine,
+        "face_indices": indices,
+    }
     if faces is not None:
         inputs["faces"] = faces
     return {"class_type": "InstantFamilyLoadFaces", "inputs": inputs}
@@ -73,7 +86,11 @@ def test_nodes_are_registered(comfy_host, tiny_pack):
     analyzer = comfy_host.node_class("InstantFamilyLoadFaceAnalyzer")
     faces = comfy_host.node_class("InstantFamilyLoadFaces")
     assert analyzer.RETURN_TYPES == ("INSTANTFAMILY_ANALYZER",) and analyzer.CATEGORY == "InstantFamily/faces"
-    assert faces.RETURN_TYPES == ("INSTANTFAMILY_FACES", "IMAGE", "IMAGE") and faces.RETURN_NAMES == ("faces", "preview", "crops")
+    assert faces.RETURN_TYPES == ("INSTANTFAMILY_FACES", "IMAGE", "IMAGE") and faces.RETURN_NAMES == (
+        "faces",
+        "preview",
+        "crops",
+    )
     packs = analyzer.INPUT_TYPES()["required"]["pack"][0]
     assert PACK in packs and "antelopev2" in packs and "buffalo_l" in packs
     assert analyzer.INPUT_TYPES()["required"]["provider"][0][0] == "auto"
@@ -86,18 +103,60 @@ def test_load_faces_feeds_the_stack_masks_and_sampler(comfy_host, input_images, 
         "2": analyzer_node(),
         "3": faces_node(["1", 0]),
         "4": {"class_type": "InstantFamilyModelLoader", "inputs": {"instantfamily_file": checkpoint}},
-        "5": {"class_type": "InstantFamilyBuildEmbeddingStack", "inputs": {"instantfamily": ["4", 0], "faces": ["3", 0]}},
-        "6": {"class_type": "InstantFamilyFaceMask", "inputs": {"margin": 0.25, "order": "", "overlap": "both", "faces": ["3", 0],
-                                                                "template": ["1", 0], "analyzer": ["2", 0]}},
+        "5": {
+            "class_type": "InstantFamilyBuildEmbeddingStack",
+            "inputs": {"instantfamily": ["4", 0], "faces": ["3", 0]},
+        },
+        "6": {
+            "class_type": "InstantFamilyFaceMask",
+            "inputs": {
+                "margin": 0.25,
+                "order": "",
+                "overlap": "both",
+                "faces": ["3", 0],
+                "template": ["1", 0],
+                "analyzer": ["2", 0],
+            },
+        },
         "7": {"class_type": "IFTestTinyModel", "inputs": {"seed": 1, "context_dim": CONTEXT}},
-        "8": {"class_type": "InstantFamilyApply", "inputs": {"model": ["7", 0], "instantfamily": ["4", 0], "stack": ["5", 0],
-                                                             "face_masks": ["6", 0], "weight": 1.0, "start_at": 0.0, "end_at": 1.0,
-                                                             "mask_mode": "as trained", "overlap": "both"}},
-        "9": {"class_type": "IFTestConditioning", "inputs": {"seed": 2, "context_dim": CONTEXT, "tokens": 77, "batch": 1}},
-        "10": {"class_type": "IFTestConditioning", "inputs": {"seed": 3, "context_dim": CONTEXT, "tokens": 77, "batch": 1}},
+        "8": {
+            "class_type": "InstantFamilyApply",
+            "inputs": {
+                "model": ["7", 0],
+                "instantfamily": ["4", 0],
+                "stack": ["5", 0],
+                "face_masks": ["6", 0],
+                "weight": 1.0,
+                "start_at": 0.0,
+                "end_at": 1.0,
+                "mask_mode": "as trained",
+                "overlap": "both",
+            },
+        },
+        "9": {
+            "class_type": "IFTestConditioning",
+            "inputs": {"seed": 2, "context_dim": CONTEXT, "tokens": 77, "batch": 1},
+        },
+        "10": {
+            "class_type": "IFTestConditioning",
+            "inputs": {"seed": 3, "context_dim": CONTEXT, "tokens": 77, "batch": 1},
+        },
         "11": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "12": {"class_type": "KSampler", "inputs": {"model": ["8", 0], "positive": ["9", 0], "negative": ["10", 0], "latent_image": ["11", 0],
-                                                    "seed": 7, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "12": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["8", 0],
+                "positive": ["9", 0],
+                "negative": ["10", 0],
+                "latent_image": ["11", 0],
+                "seed": 7,
+                "steps": 2,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
         "13": {"class_type": "IFTestLatentProbe", "inputs": {"samples": ["12", 0]}},
         "14": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
         "15": {"class_type": "PreviewImage", "inputs": {"images": ["3", 2]}},
@@ -139,27 +198,41 @@ def test_batch_progress_and_average(comfy_host, input_images):
     assert preview.shape == (3, 640, 640, 3)
     appended = outputs["6"][0]
     assert len(appended) == 2 and appended.identities[0] is averaged.identities[0]
-    np.testing.assert_allclose(appended.identities[1].global_feature, averaged.identities[0].global_feature, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        appended.identities[1].global_feature, averaged.identities[0].global_feature, rtol=1e-4, atol=1e-4
+    )
     assert (1, 3) in calls and (3, 3) in calls
 
 
 def test_errors_reach_the_user(comfy_host, input_images):
-    missing = {"1": analyzer_node("antelopev2"), "2": {"class_type": "LoadImage", "inputs": {"image": "faces_one.png"}},
-               "3": faces_node(["2", 0], analyzer="1"), "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+    missing = {
+        "1": analyzer_node("antelopev2"),
+        "2": {"class_type": "LoadImage", "inputs": {"image": "faces_one.png"}},
+        "3": faces_node(["2", 0], analyzer="1"),
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
     with pytest.raises(PromptExecutionError) as error:
         comfy_host.run_prompt(missing)
     expected_folder = os.path.join(str(comfy_host.models_dir), "insightface", "models", "antelopev2")
     assert error.value.node_type == "InstantFamilyLoadFaceAnalyzer" and expected_folder in error.value.exception_message
     assert "glintr100.onnx" in error.value.exception_message
 
-    no_face = {"1": analyzer_node(), "2": {"class_type": "LoadImage", "inputs": {"image": "faces_none.png"}},
-               "3": faces_node(["2", 0], analyzer="1"), "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+    no_face = {
+        "1": analyzer_node(),
+        "2": {"class_type": "LoadImage", "inputs": {"image": "faces_none.png"}},
+        "3": faces_node(["2", 0], analyzer="1"),
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
     with pytest.raises(PromptExecutionError) as error:
         comfy_host.run_prompt(no_face)
     assert error.value.node_type == "InstantFamilyLoadFaces"
     assert "no face found in image 0 (300x200 px)" in error.value.exception_message
 
-    bad_index = {"1": analyzer_node(), "2": {"class_type": "LoadImage", "inputs": {"image": "faces_group.png"}},
-                 "3": faces_node(["2", 0], indices="0,7", analyzer="1"), "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+    bad_index = {
+        "1": analyzer_node(),
+        "2": {"class_type": "LoadImage", "inputs": {"image": "faces_group.png"}},
+        "3": faces_node(["2", 0], indices="0,7", analyzer="1"),
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
     with pytest.raises(PromptExecutionError, match=r"face indices \[7\] do not exist: 3 face\(s\)"):
         comfy_host.run_prompt(bad_index)

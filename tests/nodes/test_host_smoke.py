@@ -1,9 +1,9 @@
 """The test host itself: ComfyUI loads the pack, validates and runs real prompts on the CPU."""
+
 import os
 
 import pytest
 import torch
-
 from comfy_host import PACK_DIR_NAME, PATH_ENV, REPO_ROOT, PromptExecutionError
 
 CONTEXT_DIM = 32
@@ -13,16 +13,30 @@ def _tiny_prompt(width=64, height=48, batch=2, steps=2, cfg=2.0):
     """Tiny model + random conditionings + empty latent -> KSampler -> latent probe."""
     return {
         "1": {"class_type": "IFTestTinyModel", "inputs": {"seed": 1, "context_dim": CONTEXT_DIM}},
-        "2": {"class_type": "IFTestConditioning",
-              "inputs": {"seed": 2, "context_dim": CONTEXT_DIM, "tokens": 77, "batch": 1}},
-        "3": {"class_type": "IFTestConditioning",
-              "inputs": {"seed": 3, "context_dim": CONTEXT_DIM, "tokens": 77, "batch": 1}},
-        "4": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": width, "height": height, "batch_size": batch}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": 7, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0}},
+        "2": {
+            "class_type": "IFTestConditioning",
+            "inputs": {"seed": 2, "context_dim": CONTEXT_DIM, "tokens": 77, "batch": 1},
+        },
+        "3": {
+            "class_type": "IFTestConditioning",
+            "inputs": {"seed": 3, "context_dim": CONTEXT_DIM, "tokens": 77, "batch": 1},
+        },
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": 7,
+                "steps": steps,
+                "cfg": cfg,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
         "6": {"class_type": "IFTestLatentProbe", "inputs": {"samples": ["5", 0]}},
     }
 

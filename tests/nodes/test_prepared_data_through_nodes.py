@@ -45,16 +45,23 @@ def trained(comfy_host, tmp_path_factory, one_thread):
     face_fixtures().build_tiny_pack(str(insightface_root), PACK)
     photos = write_photo_folder(root / "photos", names=(PHOTO, "b_three"))
     shard = write_img2dataset(root / "laion", names=("e_four", "f_two"))
-    args = full_prepare_args([photos, shard], root / "prepared", str(insightface_root),
-                             build_prepare_models(root / "models"), pack=PACK)
+    args = full_prepare_args(
+        [photos, shard], root / "prepared", str(insightface_root), build_prepare_models(root / "models"), pack=PACK
+    )
     assert prepare([a for a in args if a != "--allow-empty-captions"]) == 0
     trainer = Trainer(parse(train_args(root / "prepared", root / "run", "--max-steps", "2")))
     losses = trainer.run()
     shutil.copy(root / "run" / "instantfamily.safetensors", comfy_host.models_dir / "instantfamily" / CHECKPOINT)
     comfy_host.folder_paths.filename_list_cache.clear()
     unet = trainer.accelerator.unwrap_model(trainer.net).unet  # frozen: the base the checkpoint was trained on
-    return {"prepared": root / "prepared", "photos": photos, "losses": losses, "unet": unet,
-            "text_encoder": trainer.text_encoder, "tokenizer": trainer.tokenizer}
+    return {
+        "prepared": root / "prepared",
+        "photos": photos,
+        "losses": losses,
+        "unet": unet,
+        "text_encoder": trainer.text_encoder,
+        "tokenizer": trainer.tokenizer,
+    }
 
 
 def photo_sample(prepared, name):
@@ -106,11 +113,13 @@ def test_exported_checkpoint_samples_through_the_nodes(comfy_host, trained):
             np.testing.assert_allclose(stored[name][match], feature, atol=2e-3 * scale, err_msg=name)
 
     (stack,) = node("InstantFamilyBuildEmbeddingStack")().build(instantfamily, faces)
-    face_masks, _ = node("InstantFamilyFaceMask")().build(0.25, "", "both", faces=faces, template=image,
-                                                          analyzer=analyzer, instantfamily=instantfamily)
+    face_masks, _ = node("InstantFamilyFaceMask")().build(
+        0.25, "", "both", faces=faces, template=image, analyzer=analyzer, instantfamily=instantfamily
+    )
     pose = json.loads(members["pose.json"])  # prepare's DWPose output is ComfyUI's POSE_KEYPOINT
-    (control_image,) = node("InstantFamilyPoseCircleImage")().draw(pose_keypoint=pose, face_masks=face_masks,
-                                                                  instantfamily=instantfamily)
+    (control_image,) = node("InstantFamilyPoseCircleImage")().draw(
+        pose_keypoint=pose, face_masks=face_masks, instantfamily=instantfamily
+    )
 
     base = comfy_model_from(trained["unet"])
     with torch.no_grad():
@@ -119,10 +128,12 @@ def test_exported_checkpoint_samples_through_the_nodes(comfy_host, trained):
     latent = torch.zeros(1, 4, 8, 8)  # 64 px, the training resolution
     results = {}
     for weight, strength in ((1.0, 1.0), (0.0, 1.0), (1.0, 0.0)):
-        (patched,) = node("InstantFamilyApply")().apply(base, instantfamily, stack, face_masks, weight, 0.0, 1.0,
-                                                        "as trained", "both")
+        (patched,) = node("InstantFamilyApply")().apply(
+            base, instantfamily, stack, face_masks, weight, 0.0, 1.0, "as trained", "both"
+        )
         pos, neg = node("InstantFamilyPoseCircleControlNet")().apply(
-            positive, negative, patched, instantfamily, stack, face_masks, control_image, strength, 0.0, 1.0)
+            positive, negative, patched, instantfamily, stack, face_masks, control_image, strength, 0.0, 1.0
+        )
         results[weight, strength] = comfy_host.sample(patched, pos, neg, latent, seed=3, steps=2)
     assert all(torch.isfinite(r).all() for r in results.values())
     assert (results[1.0, 1.0] - results[0.0, 1.0]).abs().max() > 1e-4  # the faces take part in the result

@@ -6,39 +6,63 @@ test_workflows.py). The server gets this pack and the test fixture pack as symli
 custom_nodes, the tiny face pack and test checkpoint in its own models folder, and test photos in
 its input folder; weights-dependent nodes are swapped for stand-ins (workflow_fixtures.use_test_models).
 """
+
 import io
 import json
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import workflow_api as api
 import workflow_fixtures as wf
-from comfy_host import FIXTURE_PACK, FIXTURE_DIR_NAME, PACK_DIR_NAME, REPO_ROOT
+from comfy_host import FIXTURE_DIR_NAME, FIXTURE_PACK, PACK_DIR_NAME, REPO_ROOT
 from comfy_server import ComfyServer, execution_error
+from PIL import Image
 
 # The inputs users' workflows store by name (API format) and by position (UI format): a rename or
 # reorder here breaks saved workflows, so it must be deliberate.
 DOCUMENTED = {
     "InstantFamilyModelLoader": (["instantfamily_file"], [], ["INSTANTFAMILY_MODEL"]),
     "InstantFamilyBuildEmbeddingStack": (["instantfamily", "faces"], [], ["INSTANTFAMILY_STACK"]),
-    "InstantFamilyApply": (["model", "instantfamily", "stack", "face_masks", "weight", "start_at", "end_at",
-                            "mask_mode", "overlap"], ["attn1_isolation"], ["MODEL"]),
+    "InstantFamilyApply": (
+        ["model", "instantfamily", "stack", "face_masks", "weight", "start_at", "end_at", "mask_mode", "overlap"],
+        ["attn1_isolation"],
+        ["MODEL"],
+    ),
     "InstantFamilyLoadFaceAnalyzer": (["pack", "provider", "det_size", "det_thresh"], [], ["INSTANTFAMILY_ANALYZER"]),
-    "InstantFamilyLoadFaces": (["analyzer", "images", "mode", "order", "combine", "face_indices"], ["faces", "images_2", "images_3", "images_4"],
-                               ["INSTANTFAMILY_FACES", "IMAGE", "IMAGE"]),
-    "InstantFamilyFaceMask": (["margin", "order", "overlap"],
-                              ["faces", "template", "analyzer", "pose_keypoint", "masks", "instantfamily"],
-                              ["INSTANTFAMILY_FACE_MASKS", "IMAGE"]),
+    "InstantFamilyLoadFaces": (
+        ["analyzer", "images", "mode", "order", "combine", "face_indices"],
+        ["faces", "images_2", "images_3", "images_4"],
+        ["INSTANTFAMILY_FACES", "IMAGE", "IMAGE"],
+    ),
+    "InstantFamilyFaceMask": (
+        ["margin", "order", "overlap"],
+        ["faces", "template", "analyzer", "pose_keypoint", "masks", "instantfamily"],
+        ["INSTANTFAMILY_FACE_MASKS", "IMAGE"],
+    ),
     "InstantFamilyPoseCircleImage": ([], ["pose_keypoint", "pose_image", "face_masks", "instantfamily"], ["IMAGE"]),
-    "InstantFamilyPoseCircleControlNet": (["positive", "negative", "model", "instantfamily", "stack", "face_masks",
-                                           "control_image", "strength", "start_percent", "end_percent"], [],
-                                          ["CONDITIONING", "CONDITIONING"]),
+    "InstantFamilyPoseCircleControlNet": (
+        [
+            "positive",
+            "negative",
+            "model",
+            "instantfamily",
+            "stack",
+            "face_masks",
+            "control_image",
+            "strength",
+            "start_percent",
+            "end_percent",
+        ],
+        [],
+        ["CONDITIONING", "CONDITIONING"],
+    ),
     # new inputs/outputs only at the end: saved workflows keep loading
-    "InstantFamilyIdentityReport": (["images", "faces", "encoder", "clamp"], ["analyzer", "face_masks"],
-                                    ["STRING", "IMAGE", "IMAGE"]),
+    "InstantFamilyIdentityReport": (
+        ["images", "faces", "encoder", "clamp"],
+        ["analyzer", "face_masks"],
+        ["STRING", "IMAGE", "IMAGE"],
+    ),
 }
 BATCH = {"evaluation_identity_report": 2}  # images per prompt after use_test_models (max_batch=2)
 
@@ -46,8 +70,10 @@ BATCH = {"evaluation_identity_report": 2}  # images per prompt after use_test_mo
 @pytest.fixture(scope="module")
 def server(comfy_host, tmp_path_factory):
     if comfy_host.version == "2024":
-        pytest.skip("the HTTP server test runs once, in the nodes@2025 (or COMFYUI_PATH) stage; "
-                    "test_workflows.py runs the workflows in this host")
+        pytest.skip(
+            "the HTTP server test runs once, in the nodes@2025 (or COMFYUI_PATH) stage; "
+            "test_workflows.py runs the workflows in this host"
+        )
     base = tmp_path_factory.mktemp("server")
     for sub in ("custom_nodes", "input", "output", "user", "models/instantfamily", "models/insightface/models"):
         (base / sub).mkdir(parents=True)
@@ -148,8 +174,14 @@ CROSS_TALK_FACES = 6
 def cross_talk_prompt(base, i):
     """Prompt i of the batch: its own pair of faces and seed; previews left out, the latent reported."""
     prompt = {nid: n for nid, n in json.loads(json.dumps(base)).items() if n["class_type"] != "PreviewImage"}
-    loads = sorted((nid for nid, n in prompt.items() if n["class_type"] == "LoadImage"
-                    and n["inputs"]["image"].startswith("person_")), key=lambda nid: prompt[nid]["inputs"]["image"])
+    loads = sorted(
+        (
+            nid
+            for nid, n in prompt.items()
+            if n["class_type"] == "LoadImage" and n["inputs"]["image"].startswith("person_")
+        ),
+        key=lambda nid: prompt[nid]["inputs"]["image"],
+    )
     a, b = i % CROSS_TALK_FACES, (i + 1 + i // CROSS_TALK_FACES) % CROSS_TALK_FACES
     prompt[loads[0]]["inputs"]["image"] = f"xt_face_{a}.png"
     prompt[loads[1]]["inputs"]["image"] = f"xt_face_{b}.png"
@@ -162,8 +194,10 @@ def cross_talk_prompt(base, i):
 
 def flush_prompt(tag):
     """A prompt sharing no node with the others: ComfyUI then drops every cached output."""
-    return {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64 + 8 * tag, "batch_size": 1}},
-            "2": {"class_type": "IFTestLatentProbe", "inputs": {"samples": ["1", 0]}}}
+    return {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64 + 8 * tag, "batch_size": 1}},
+        "2": {"class_type": "IFTestLatentProbe", "inputs": {"samples": ["1", 0]}},
+    }
 
 
 def latent_of(entry):
@@ -195,8 +229,12 @@ def test_twenty_queued_prompts_do_not_cross_talk(server, object_info):
     assert all(len(e["outputs"][save]["images"]) == 1 for e in entries)
     latents = [latent_of(e) for e in entries]
     # Faces matter: the same seed with another pair of faces gives another result.
-    effects = [np.abs(latents[i] - latents[j]).max() for i in range(20) for j in range(i + 1, 20)
-               if batch[i][2] == batch[j][2] and batch[i][1] != batch[j][1]]
+    effects = [
+        np.abs(latents[i] - latents[j]).max()
+        for i in range(20)
+        for j in range(i + 1, 20)
+        if batch[i][2] == batch[j][2] and batch[i][1] != batch[j][1]
+    ]
     print(f"[server] same seed, other faces: latents differ by {min(effects):.3g} .. {max(effects):.3g} (max |diff|)")
     assert min(effects) > 0.02
     # Each result depends only on its own prompt: run alone after the cache is flushed, it is the same.
@@ -214,8 +252,11 @@ def test_twenty_queued_prompts_do_not_cross_talk(server, object_info):
 def test_malformed_prompts_get_validation_errors(server, object_info):
     # Without the previews, SaveImage is the only output: one bad input leaves nothing to run (HTTP 400).
     # (With other valid outputs, ComfyUI answers 200, runs those and lists the bad node in node_errors.)
-    base = {nid: n for nid, n in api_prompt(object_info, "two_people_pose_template", steps=1).items()
-            if n["class_type"] != "PreviewImage"}
+    base = {
+        nid: n
+        for nid, n in api_prompt(object_info, "two_people_pose_template", steps=1).items()
+        if n["class_type"] != "PreviewImage"
+    }
     sampler, apply = node_id(base, "KSampler"), node_id(base, "InstantFamilyApply")
     latent, analyzer = node_id(base, "EmptyLatentImage"), node_id(base, "InstantFamilyLoadFaceAnalyzer")
 

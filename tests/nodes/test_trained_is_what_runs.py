@@ -29,11 +29,17 @@ def test_exported_checkpoint_through_the_nodes_predicts_what_the_trainer_predict
 
     # export: the trainer's weights -> the pack's single safetensors file (ldm naming)
     config = config_mod.InstantFamilyConfig.from_dict(
-        {**{k: v for k, v in net.config.__dict__.items() if k != "recognizer"},
-         "controlnet": ldm_controlnet_kwargs(net.controlnet.config)})
-    checkpoint.save_checkpoint(comfy_host.models_dir / "instantfamily" / "trained.safetensors", config,
-                               net.projector.state_dict(),
-                               controlnet_to_ldm(net.controlnet.state_dict(), net.controlnet.config))
+        {
+            **{k: v for k, v in net.config.__dict__.items() if k != "recognizer"},
+            "controlnet": ldm_controlnet_kwargs(net.controlnet.config),
+        }
+    )
+    checkpoint.save_checkpoint(
+        comfy_host.models_dir / "instantfamily" / "trained.safetensors",
+        config,
+        net.projector.state_dict(),
+        controlnet_to_ldm(net.controlnet.state_dict(), net.controlnet.config),
+    )
     comfy_host.folder_paths.filename_list_cache.clear()
     (loaded,) = comfy_host.node_class("InstantFamilyModelLoader")().load("trained.safetensors")
 
@@ -41,22 +47,30 @@ def test_exported_checkpoint_through_the_nodes_predicts_what_the_trainer_predict
     global_features = torch.randn(3, net.config.d_gf, generator=g)
     local_features = torch.randn(3, net.config.d_lf, net.config.L, net.config.L, generator=g)
     with torch.no_grad():
-        trained = net(latents, torch.tensor([TIMESTEP]), text,
-                      FaceInputs([global_features], [local_features], [core_masks_from_boxes(torch.tensor(BOXES), (64, 64))]),
-                      control)
+        trained = net(
+            latents,
+            torch.tensor([TIMESTEP]),
+            text,
+            FaceInputs([global_features], [local_features], [core_masks_from_boxes(torch.tensor(BOXES), (64, 64))]),
+            control,
+        )
         without_faces = net(latents, torch.tensor([TIMESTEP]), text, FaceInputs.empty(1, net.config), control)
 
     # the same inputs through the nodes
-    faces = identity.Faces([identity.Identity(global_features[i].numpy(), local_features[i].numpy()) for i in range(3)],
-                           recognizer=loaded.config.recognizer)
+    faces = identity.Faces(
+        [identity.Identity(global_features[i].numpy(), local_features[i].numpy()) for i in range(3)],
+        recognizer=loaded.config.recognizer,
+    )
     (stack,) = comfy_host.node_class("InstantFamilyBuildEmbeddingStack")().build(loaded, faces)
     face_masks = masks_mod.masks_from_boxes(torch.tensor(BOXES), (64, 64))
     base = comfy_model_from(net.unet)
     conditioning = [[text, {}]]
     positive, _ = comfy_host.node_class("InstantFamilyPoseCircleControlNet")().apply(
-        conditioning, conditioning, base, loaded, stack, face_masks, control.permute(0, 2, 3, 1), 1.0, 0.0, 1.0)
+        conditioning, conditioning, base, loaded, stack, face_masks, control.permute(0, 2, 3, 1), 1.0, 0.0, 1.0
+    )
     (patched,) = comfy_host.node_class("InstantFamilyApply")().apply(
-        base, loaded, stack, face_masks, 1.0, 0.0, 1.0, "as trained", "both")
+        base, loaded, stack, face_masks, 1.0, 0.0, 1.0, "as trained", "both"
+    )
 
     sampling = patched.model.model_sampling
     sigma = sampling.sigmas[TIMESTEP].reshape(1)

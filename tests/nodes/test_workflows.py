@@ -1,25 +1,34 @@
 """The example workflows against this host: node types exist, widgets match INPUT_TYPES by position,
 sockets and links agree with the real definitions, and each workflow, converted to an API prompt and
 swapped onto the tiny test models, passes ComfyUI's validator and runs."""
+
 import importlib.util
 import os
 import sys
 
 import pytest
 import torch
-from PIL import Image
-
 import workflow_api as api
 import workflow_fixtures as wf
 from comfy_host import REPO_ROOT
+from PIL import Image
 
 WORKFLOWS = wf.workflow_names()
 # Combo widgets whose choices are the user's own files (the test host has other files there).
-USER_FILE_WIDGETS = {("LoadImage", "image"), ("CheckpointLoaderSimple", "ckpt_name"),
-                     ("InstantFamilyModelLoader", "instantfamily_file")}
+USER_FILE_WIDGETS = {
+    ("LoadImage", "image"),
+    ("CheckpointLoaderSimple", "ckpt_name"),
+    ("InstantFamilyModelLoader", "instantfamily_file"),
+}
 WEIGHT_LOADERS = {"CheckpointLoaderSimple", "InstantFamilyModelLoader", "InstantFamilyLoadFaceAnalyzer"}
-EXPECTED = {"two_people_pose_template", "four_people_group_photo", "seven_people", "several_photos_per_person",
-            "evaluation_identity_report", "two_people_dwpose"}
+EXPECTED = {
+    "two_people_pose_template",
+    "four_people_group_photo",
+    "seven_people",
+    "several_photos_per_person",
+    "evaluation_identity_report",
+    "two_people_dwpose",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +58,9 @@ def test_the_promised_workflows_exist_with_thumbnails_and_match_their_generator(
     texts = generator.build_all()
     assert set(texts) == EXPECTED
     for name in WORKFLOWS:
-        assert (wf.WORKFLOW_DIR / f"{name}.json").read_text() == texts[name], \
+        assert (wf.WORKFLOW_DIR / f"{name}.json").read_text() == texts[name], (
             f"{name}.json is stale: run python scripts/make_workflows.py"
+        )
         with Image.open(wf.WORKFLOW_DIR / f"{name}.jpg") as thumb:
             assert thumb.format == "JPEG" and 128 <= min(thumb.size) and max(thumb.size) <= 512
 
@@ -64,13 +74,19 @@ def test_every_node_type_is_stock_or_this_packs(comfy_host, name):
     allowed_optional = wf.OPTIONAL_WORKFLOWS.get(name, set())
     for node in workflow["nodes"]:
         kind = node["type"]
-        assert kind in pack_types | stock | {"Note"} | allowed_optional, \
-            f"{name}: node {node['id']} has type {kind!r}, neither this pack's nor stock ComfyUI {comfy_host.version}'s" \
+        assert kind in pack_types | stock | {"Note"} | allowed_optional, (
+            f"{name}: node {node['id']} has type {kind!r}, neither this pack's nor stock ComfyUI {comfy_host.version}'s"
             " (of the frontend-only nodes, only Note exists in every frontend)"
+        )
         assert kind not in fixture_types
     used = {n["type"] for n in workflow["nodes"]}
-    assert used & pack_types >= {"InstantFamilyModelLoader", "InstantFamilyLoadFaces", "InstantFamilyApply",
-                                 "InstantFamilyBuildEmbeddingStack", "InstantFamilyFaceMask"}
+    assert used & pack_types >= {
+        "InstantFamilyModelLoader",
+        "InstantFamilyLoadFaces",
+        "InstantFamilyApply",
+        "InstantFamilyBuildEmbeddingStack",
+        "InstantFamilyFaceMask",
+    }
     assert allowed_optional <= used  # an optional variant really is one
     note = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "Note")
     assert all(wf.OPTIONAL_NODES[t] in note for t in allowed_optional), "say in the Note which pack it needs"
@@ -116,21 +132,45 @@ def test_converter_follows_the_ui_conventions(comfy_host):
     assert [w.name for w in ksampler][:2] == ["seed", "seed:control_after_generate"]
     load = api.widgets_of(comfy_host.node_class("LoadImage").INPUT_TYPES())
     assert [w.kind for w in load] == ["COMBO", "UPLOAD"]
-    workflow = {"nodes": [
-        {"id": 1, "type": "PrimitiveNode", "inputs": [], "outputs": [], "widgets_values": [96, "fixed"]},
-        {"id": 2, "type": "EmptyLatentImage", "inputs": [{"name": "width", "type": "INT", "link": 2,
-                                                          "widget": {"name": "width"}}],
-         "outputs": [], "widgets_values": [96, 512, 1]},
-        {"id": 3, "type": "Reroute", "inputs": [{"name": "", "type": "*", "link": 3}], "outputs": [],
-         "widgets_values": []},
-        {"id": 4, "type": "IFTestLatentProbe", "inputs": [{"name": "samples", "type": "LATENT", "link": 4}],
-         "outputs": [], "widgets_values": []},
-        {"id": 5, "type": "IFTestConditioning", "inputs": [], "outputs": [], "widgets_values": [3, "fixed", 32, 7, 1]},
-        {"id": 6, "type": "EmptyLatentImage", "inputs": [], "outputs": [], "widgets_values": [64, 48, 1]},
-        {"id": 7, "type": "Note", "inputs": [], "outputs": [], "widgets_values": ["text"]},
-    ], "links": [[2, 1, 0, 2, 0, "INT"], [3, 6, 0, 3, 0, "LATENT"], [4, 3, 0, 4, 0, "LATENT"]]}
-    defs = api.definitions_from_classes(comfy_host.nodes.NODE_CLASS_MAPPINGS,
-                                        ["EmptyLatentImage", "IFTestLatentProbe", "IFTestConditioning"])
+    workflow = {
+        "nodes": [
+            {"id": 1, "type": "PrimitiveNode", "inputs": [], "outputs": [], "widgets_values": [96, "fixed"]},
+            {
+                "id": 2,
+                "type": "EmptyLatentImage",
+                "inputs": [{"name": "width", "type": "INT", "link": 2, "widget": {"name": "width"}}],
+                "outputs": [],
+                "widgets_values": [96, 512, 1],
+            },
+            {
+                "id": 3,
+                "type": "Reroute",
+                "inputs": [{"name": "", "type": "*", "link": 3}],
+                "outputs": [],
+                "widgets_values": [],
+            },
+            {
+                "id": 4,
+                "type": "IFTestLatentProbe",
+                "inputs": [{"name": "samples", "type": "LATENT", "link": 4}],
+                "outputs": [],
+                "widgets_values": [],
+            },
+            {
+                "id": 5,
+                "type": "IFTestConditioning",
+                "inputs": [],
+                "outputs": [],
+                "widgets_values": [3, "fixed", 32, 7, 1],
+            },
+            {"id": 6, "type": "EmptyLatentImage", "inputs": [], "outputs": [], "widgets_values": [64, 48, 1]},
+            {"id": 7, "type": "Note", "inputs": [], "outputs": [], "widgets_values": ["text"]},
+        ],
+        "links": [[2, 1, 0, 2, 0, "INT"], [3, 6, 0, 3, 0, "LATENT"], [4, 3, 0, 4, 0, "LATENT"]],
+    }
+    defs = api.definitions_from_classes(
+        comfy_host.nodes.NODE_CLASS_MAPPINGS, ["EmptyLatentImage", "IFTestLatentProbe", "IFTestConditioning"]
+    )
     prompt = api.ui_to_api(workflow, defs)
     assert set(prompt) == {"2", "4", "5", "6"}  # no PrimitiveNode, Reroute or Note
     assert prompt["2"]["inputs"] == {"width": 96, "height": 512, "batch_size": 1}
@@ -154,7 +194,9 @@ def test_converted_workflow_passes_the_hosts_validator(world, name):
     # ComfyUI accepts a prompt when ANY output validates and drops the others: require all of them.
     _, _, good_outputs, node_errors = world._validate_raw(swapped)
     assert node_errors == {}
-    output_nodes = {nid for nid, n in swapped.items() if getattr(world.node_class(n["class_type"]), "OUTPUT_NODE", False)}
+    output_nodes = {
+        nid for nid, n in swapped.items() if getattr(world.node_class(n["class_type"]), "OUTPUT_NODE", False)
+    }
     assert set(good_outputs) == output_nodes and output_nodes
     # Unswapped, only the loaders of absent weights fail (the test host has no SD1.5 or real checkpoint).
     _, _, _, node_errors = world._validate_raw(wf.without_other_packs(prompt, name))
@@ -162,8 +204,14 @@ def test_converted_workflow_passes_the_hosts_validator(world, name):
     assert {"CheckpointLoaderSimple", "InstantFamilyModelLoader"} <= failing <= WEIGHT_LOADERS
 
 
-IDS = {"two_people_pose_template": 2, "two_people_dwpose": 2, "four_people_group_photo": 4, "seven_people": 7,
-       "several_photos_per_person": 2, "evaluation_identity_report": 2}
+IDS = {
+    "two_people_pose_template": 2,
+    "two_people_dwpose": 2,
+    "four_people_group_photo": 4,
+    "seven_people": 7,
+    "several_photos_per_person": 2,
+    "evaluation_identity_report": 2,
+}
 
 
 def node_id(prompt, class_type):

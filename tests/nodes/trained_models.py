@@ -16,5 +16,8 @@ def comfy_model_from(unet):
     model = model_config.get_model({})
     model.diffusion_model.load_state_dict(unet_to_ldm(unet.state_dict(), unet.config))
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )

@@ -12,6 +12,7 @@ server's ``/object_info`` (``definitions_from_object_info``); both give ``type -
 - frontend-only nodes (Note, MarkdownNote, Reroute, PrimitiveNode) and muted nodes are not sent;
   links through a Reroute are followed to their source.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,8 +81,12 @@ def widgets_of(input_types: dict) -> list[Widget]:
 
 def sockets_of(input_types: dict) -> list[tuple[str, str]]:
     """(name, type) of the link inputs, in the order the frontend creates them."""
-    return [(name, spec[0]) for section in ("required", "optional")
-            for name, spec in (input_types.get(section) or {}).items() if input_kind(spec) == "SOCKET"]
+    return [
+        (name, spec[0])
+        for section in ("required", "optional")
+        for name, spec in (input_types.get(section) or {}).items()
+        if input_kind(spec) == "SOCKET"
+    ]
 
 
 def definitions_from_classes(node_class_mappings: dict, types) -> dict:
@@ -132,14 +137,25 @@ def _is_vector(value, n=2) -> bool:
 def schema_errors(workflow: dict) -> list[str]:
     """Where ``workflow`` departs from the frontend's schema of a version-0.4 UI workflow (zComfyWorkflow)."""
     errors = []
-    for key, kind in (("last_node_id", int), ("last_link_id", int), ("nodes", list), ("links", list),
-                      ("version", (int, float))):
+    for key, kind in (
+        ("last_node_id", int),
+        ("last_link_id", int),
+        ("nodes", list),
+        ("links", list),
+        ("version", (int, float)),
+    ):
         if not isinstance(workflow.get(key), kind):
             errors.append(f"workflow: {key!r} missing or not {kind}")
     for node in workflow.get("nodes", []):
         where = f"node {node.get('id')}"
-        for key, kind in (("id", int), ("type", str), ("flags", dict), ("order", int), ("mode", int),
-                          ("properties", dict)):
+        for key, kind in (
+            ("id", int),
+            ("type", str),
+            ("flags", dict),
+            ("order", int),
+            ("mode", int),
+            ("properties", dict),
+        ):
             if not isinstance(node.get(key), kind):
                 errors.append(f"{where}: {key!r} missing or not {kind}")
         if not (_is_vector(node.get("pos")) and _is_vector(node.get("size"))):
@@ -151,8 +167,12 @@ def schema_errors(workflow: dict) -> list[str]:
             if not isinstance(slot.get("name"), str) or not isinstance(slot.get("links"), (list, type(None))):
                 errors.append(f"{where}: bad output slot {slot}")
     for link in workflow.get("links", []):
-        if not (isinstance(link, list) and len(link) == 6 and all(isinstance(v, int) for v in link[:5])
-                and isinstance(link[5], str)):
+        if not (
+            isinstance(link, list)
+            and len(link) == 6
+            and all(isinstance(v, int) for v in link[:5])
+            and isinstance(link[5], str)
+        ):
             errors.append(f"link {link}: expected [id, origin id, origin slot, target id, target slot, type]")
     for group in workflow.get("groups", []):
         if not isinstance(group.get("title"), str) or not _is_vector(group.get("bounding"), 4):
@@ -165,7 +185,13 @@ def _links(workflow: dict) -> dict:
     out = {}
     for link in workflow.get("links", []):
         if isinstance(link, dict):
-            out[link["id"]] = (link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"], link["type"])
+            out[link["id"]] = (
+                link["origin_id"],
+                link["origin_slot"],
+                link["target_id"],
+                link["target_slot"],
+                link["type"],
+            )
         else:
             out[link[0]] = tuple(link[1:6])
     return out
@@ -204,8 +230,10 @@ def ui_to_api(workflow: dict, definitions: dict) -> dict:
         if isinstance(node.get("widgets_values"), dict):
             raise WorkflowError(f"node {node_id} ({type_}): widgets_values as a dict is not supported")
         if len(values) != len(layout):
-            raise WorkflowError(f"node {node_id} ({type_}): {len(values)} widget values for "
-                                f"{len(layout)} widgets {[w.name for w in layout]}")
+            raise WorkflowError(
+                f"node {node_id} ({type_}): {len(values)} widget values for "
+                f"{len(layout)} widgets {[w.name for w in layout]}"
+            )
         inputs = {w.name: v for w, v in zip(layout, values) if w.sent}
         for slot in node.get("inputs", []):
             if slot.get("link") is None:

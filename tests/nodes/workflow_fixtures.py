@@ -10,6 +10,7 @@
   VAEDecode -> IFTestDecode, DWPreprocessor -> IFTestPoseKeypoint; the face pack and checkpoint
   widgets point at the test files; latents shrink to 64x64 and sampling to a few steps.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from comfy_host import REPO_ROOT
+from PIL import Image
 
 WORKFLOW_DIR = REPO_ROOT / "example_workflows"
 CONTEXT = 32  # the fixture pack's tiny model's cross-attention width
@@ -41,10 +41,21 @@ DW_PREPROCESSOR = {  # comfyui_controlnet_aux node_wrappers/dwpose.py, DWPose_Pr
         "detect_body": (["enable", "disable"], {"default": "enable"}),
         "detect_face": (["enable", "disable"], {"default": "enable"}),
         "resolution": ("INT", {"default": 512, "min": 64, "max": 16384, "step": 64}),
-        "bbox_detector": (["None", "yolox_l.torchscript.pt", "yolox_l.onnx", "yolo_nas_l_fp16.onnx",
-                           "yolo_nas_m_fp16.onnx", "yolo_nas_s_fp16.onnx"], {"default": "yolox_l.onnx"}),
-        "pose_estimator": (["dw-ll_ucoco_384_bs5.torchscript.pt", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco.onnx"],
-                           {"default": "dw-ll_ucoco_384_bs5.torchscript.pt"}),
+        "bbox_detector": (
+            [
+                "None",
+                "yolox_l.torchscript.pt",
+                "yolox_l.onnx",
+                "yolo_nas_l_fp16.onnx",
+                "yolo_nas_m_fp16.onnx",
+                "yolo_nas_s_fp16.onnx",
+            ],
+            {"default": "yolox_l.onnx"},
+        ),
+        "pose_estimator": (
+            ["dw-ll_ucoco_384_bs5.torchscript.pt", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco.onnx"],
+            {"default": "dw-ll_ucoco_384_bs5.torchscript.pt"},
+        ),
         "scale_stick_for_xinsr_cn": (["disable", "enable"], {"default": "disable"}),
     },
 }
@@ -67,8 +78,12 @@ def load_test_module(name: str):
 # -- photos -----------------------------------------------------------------------------------
 # Face centres on the tiny detector's stride-32 anchors of a 640x640 image.
 ROW = [(96, 320), (256, 320), (416, 320), (576, 320)]
-CENTRES = {1: [(320, 320)], 2: [(160, 320), (480, 320)], 4: ROW,
-           7: [(96, 192), (256, 192), (416, 192), (576, 192), (160, 480), (320, 480), (480, 480)]}
+CENTRES = {
+    1: [(320, 320)],
+    2: [(160, 320), (480, 320)],
+    4: ROW,
+    7: [(96, 192), (256, 192), (416, 192), (576, 192), (160, 480), (320, 480), (480, 480)],
+}
 SHIFTED = [(320, 320), (160, 320), (480, 320)]  # several photos of one person: same face, elsewhere
 
 
@@ -87,7 +102,7 @@ def pose_image(size: int = 64) -> np.ndarray:
     """A small stand-in for an OpenPose skeleton image (coloured strokes on black)."""
     image = np.zeros((size, size, 3), np.uint8)
     for k, colour in enumerate(((255, 0, 0), (0, 255, 0), (0, 0, 255))):
-        image[8 + 16 * k: 10 + 16 * k, 8: size - 8] = colour
+        image[8 + 16 * k : 10 + 16 * k, 8 : size - 8] = colour
     return image
 
 
@@ -97,11 +112,15 @@ def _person(pattern, photo=0):
 
 # Every file name the example workflows' LoadImage nodes use -> the test image written under that name.
 TEST_IMAGES = {
-    "person_a.png": _person(0), "person_b.png": _person(1),
-    "person_5.png": _person(4), "person_6.png": _person(5), "person_7.png": _person(6),
+    "person_a.png": _person(0),
+    "person_b.png": _person(1),
+    "person_5.png": _person(4),
+    "person_6.png": _person(5),
+    "person_7.png": _person(6),
     **{f"person_a_{k + 1}.png": _person(0, k) for k in range(3)},
     **{f"person_b_{k + 1}.png": _person(1, k) for k in range(2)},
-    "group_photo.png": list(zip(range(4), ROW)), "family_photo.png": list(zip(range(4), ROW)),
+    "group_photo.png": list(zip(range(4), ROW)),
+    "family_photo.png": list(zip(range(4), ROW)),
     **{f"pose_template_{n}people.png": [(10 + k, c) for k, c in enumerate(CENTRES[n])] for n in (2, 4, 7)},
     **{f"pose_openpose_{n}people.png": "pose" for n in (2, 4, 7)},
 }
@@ -144,14 +163,19 @@ def build_test_models(comfy_host, models_dir: Path) -> None:
     projector_mod = comfy_host.pack_import("instantfamily_core.projector")
     checkpoint_mod = comfy_host.pack_import("instantfamily_core.checkpoint")
     model_pack = comfy_host.pack_import("instantfamily_core.faces.model_pack")
-    recognizer = config_mod.RecognizerInfo(TEST_PACK, "rec_tiny.onnx",
-                                           model_pack.file_sha256(os.path.join(pack_dir, "rec_tiny.onnx")))
+    recognizer = config_mod.RecognizerInfo(
+        TEST_PACK, "rec_tiny.onnx", model_pack.file_sha256(os.path.join(pack_dir, "rec_tiny.onnx"))
+    )
     config = config_mod.InstantFamilyConfig(d_K=CONTEXT, projector_hidden=24, recognizer=recognizer)
     torch.manual_seed(0)
     projector = projector_mod.Projector(config)
     (models_dir / "instantfamily").mkdir(parents=True, exist_ok=True)
-    checkpoint_mod.save_checkpoint(models_dir / "instantfamily" / TEST_CHECKPOINT, config, projector.state_dict(),
-                                   tiny_controlnet_state(comfy_host))
+    checkpoint_mod.save_checkpoint(
+        models_dir / "instantfamily" / TEST_CHECKPOINT,
+        config,
+        projector.state_dict(),
+        tiny_controlnet_state(comfy_host),
+    )
 
 
 # -- the swap -----------------------------------------------------------------------------------
@@ -162,37 +186,48 @@ def _text_seed(text: str) -> int:
 def optional_stand_in(node: dict, workflow: str) -> dict:
     """The fixture pack's stand-in for a node of another pack (OPTIONAL_NODES)."""
     if node["class_type"] == "DWPreprocessor":
-        return {"class_type": "IFTestPoseKeypoint", "inputs": {"image": node["inputs"]["image"], "people": PEOPLE[workflow]}}
+        return {
+            "class_type": "IFTestPoseKeypoint",
+            "inputs": {"image": node["inputs"]["image"], "people": PEOPLE[workflow]},
+        }
     raise ValueError(f"no stand-in for {node['class_type']}")
 
 
 def without_other_packs(prompt: dict, workflow: str) -> dict:
     """A copy of an API prompt with only the OPTIONAL_NODES swapped for stand-ins."""
-    return {nid: optional_stand_in(n, workflow) if n["class_type"] in OPTIONAL_NODES else copy.deepcopy(n)
-            for nid, n in prompt.items()}
+    return {
+        nid: optional_stand_in(n, workflow) if n["class_type"] in OPTIONAL_NODES else copy.deepcopy(n)
+        for nid, n in prompt.items()
+    }
 
 
-def use_test_models(prompt: dict, workflow: str | None = None, size: int = 64, steps: int = 2,
-                    max_batch: int = 2) -> dict:
+def use_test_models(
+    prompt: dict, workflow: str | None = None, size: int = 64, steps: int = 2, max_batch: int = 2
+) -> dict:
     """A copy of an API prompt that runs on the test models (see the module docstring)."""
     out = copy.deepcopy(prompt)
     checkpoints = {nid for nid, n in out.items() if n["class_type"] == "CheckpointLoaderSimple"}
     for nid, node in out.items():
         kind, inputs = node["class_type"], node["inputs"]
-        linked_to_checkpoint = {name: v[1] for name, v in inputs.items()
-                                if isinstance(v, list) and len(v) == 2 and v[0] in checkpoints}
+        linked_to_checkpoint = {
+            name: v[1] for name, v in inputs.items() if isinstance(v, list) and len(v) == 2 and v[0] in checkpoints
+        }
         if kind == "CheckpointLoaderSimple":
             out[nid] = {"class_type": "IFTestTinyModel", "inputs": {"seed": 1, "context_dim": CONTEXT}}
         elif kind == "CLIPTextEncode" and linked_to_checkpoint == {"clip": 1}:
-            out[nid] = {"class_type": "IFTestConditioning",
-                        "inputs": {"seed": _text_seed(inputs["text"]), "context_dim": CONTEXT, "tokens": 77, "batch": 1}}
+            out[nid] = {
+                "class_type": "IFTestConditioning",
+                "inputs": {"seed": _text_seed(inputs["text"]), "context_dim": CONTEXT, "tokens": 77, "batch": 1},
+            }
         elif kind == "VAEDecode" and linked_to_checkpoint == {"vae": 2}:
             out[nid] = {"class_type": "IFTestDecode", "inputs": {"samples": inputs["samples"]}}
         elif kind in OPTIONAL_NODES:
             out[nid] = optional_stand_in(node, workflow)
         elif linked_to_checkpoint and linked_to_checkpoint != {"model": 0}:
-            raise ValueError(f"node {nid} ({kind}) uses checkpoint outputs {linked_to_checkpoint}: "
-                             "teach use_test_models a stand-in for it")
+            raise ValueError(
+                f"node {nid} ({kind}) uses checkpoint outputs {linked_to_checkpoint}: "
+                "teach use_test_models a stand-in for it"
+            )
         elif kind == "InstantFamilyLoadFaceAnalyzer":
             inputs["pack"] = TEST_PACK
         elif kind == "InstantFamilyModelLoader":

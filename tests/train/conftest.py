@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from train_fixtures import PACK, build_prepare_models, face_fixtures, prepare_args, write_raw_folder
 
 

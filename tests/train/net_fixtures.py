@@ -36,5 +36,9 @@ def faces_for(boxes_per_row, config, seed=1):
 
 def inputs(batch=2, seed=2):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 4, RES // 8, RES // 8, generator=g), torch.tensor([10, 700][:batch]),
-            torch.randn(batch, 77, D_K, generator=g), torch.rand(batch, 3, RES, RES, generator=g))
+    return (
+        torch.randn(batch, 4, RES // 8, RES // 8, generator=g),
+        torch.tensor([10, 700][:batch]),
+        torch.randn(batch, 77, D_K, generator=g),
+        torch.rand(batch, 3, RES, RES, generator=g),
+    )

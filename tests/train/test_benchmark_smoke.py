@@ -14,8 +14,27 @@ def test_benchmark_runs_at_tiny_size(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "figures.json"
-    assert module.main(["--model-config", "tiny", "--resolution", "64", "--batch-size", "2", "--precision", "fp32",
-                        "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    assert (
+        module.main(
+            [
+                "--model-config",
+                "tiny",
+                "--resolution",
+                "64",
+                "--batch-size",
+                "2",
+                "--precision",
+                "fp32",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     figures = json.loads(out.read_text())
     for name in ("plain", "instantfamily"):
         assert figures["results"][name]["images_per_s"] > 0 and figures["results"][name]["flops_per_step"] > 0
@@ -28,8 +47,22 @@ def test_benchmark_runs_at_tiny_size(tmp_path):
     # the meta-device count (used for full-size estimates without a GPU) agrees with the real run's count
     # (within a few percent: meta and the CPU pick different SDPA backends, counted differently)
     counted = tmp_path / "counted.json"
-    assert module.main(["--model-config", "tiny", "--resolution", "64", "--batch-size", "2", "--count-only",
-                        "--json", str(counted)]) == 0
+    assert (
+        module.main(
+            [
+                "--model-config",
+                "tiny",
+                "--resolution",
+                "64",
+                "--batch-size",
+                "2",
+                "--count-only",
+                "--json",
+                str(counted),
+            ]
+        )
+        == 0
+    )
     per_image = json.loads(counted.read_text())["tflop_per_image"]
     for name in ("plain", "plain_cached"):
         assert per_image[name] * 2e12 == pytest.approx(figures["results"][name]["flops_per_step"], rel=0.05)

@@ -78,9 +78,10 @@ def test_a_controlnet_of_another_shape_or_no_controlnet_is_named(unet_and_contro
 
 
 def test_the_trainer_starts_from_the_given_controlnet(prepared, tmp_path):
+    from train_fixtures import train_args
+
     from train.options import parse
     from train.train import Trainer
-    from train_fixtures import train_args
 
     unet = load_base("", "tiny", seed=0).unet  # the trainer's base with its default seed
     reference = build_controlnet(unet)

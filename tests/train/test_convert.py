@@ -7,28 +7,46 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, convert_ldm_unet_checkpoint
 
 from train.convert import (
-    UNET_PREFIX, controlnet_from_ldm, controlnet_to_ldm, ldm_controlnet_kwargs, ldm_unet_config, unet_from_ldm,
+    UNET_PREFIX,
+    controlnet_from_ldm,
+    controlnet_to_ldm,
+    ldm_controlnet_kwargs,
+    ldm_unet_config,
+    unet_from_ldm,
     unet_to_ldm,
 )
 from train.models import config_dir
 
 CONFIGS = {
-    "one_layer": dict(layers_per_block=1, block_out_channels=(32, 64, 64), transformer_layers_per_block=1,
-                      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
-    "deep": dict(layers_per_block=2, block_out_channels=(32, 32, 64), transformer_layers_per_block=(2, 1, 3),
-                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
-    "attention_last": dict(layers_per_block=2, block_out_channels=(32, 64), transformer_layers_per_block=1,
-                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                           up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
+    "one_layer": dict(
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        transformer_layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    "deep": dict(
+        layers_per_block=2,
+        block_out_channels=(32, 32, 64),
+        transformer_layers_per_block=(2, 1, 3),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    "attention_last": dict(
+        layers_per_block=2,
+        block_out_channels=(32, 64),
+        transformer_layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    ),
 }
 
 
 def tiny_pair(name):
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, cross_attention_dim=16, attention_head_dim=2, norm_num_groups=32,
-                                **CONFIGS[name])
+    unet = UNet2DConditionModel(
+        sample_size=8, cross_attention_dim=16, attention_head_dim=2, norm_num_groups=32, **CONFIGS[name]
+    )
     return unet, ControlNetModel.from_unet(unet, conditioning_channels=3)
 
 
@@ -61,17 +79,29 @@ def test_round_trip_and_agreement_with_diffusers_converters(name):
 def test_sd15_names_are_comfyui_names():
     unet, controlnet = sd15_pair()
     ldm = unet_to_ldm(unet.state_dict(), unet.config, prefix=UNET_PREFIX)
-    for key in ("diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
-                "diffusion_model.input_blocks.3.0.op.weight", "diffusion_model.input_blocks.4.0.skip_connection.weight",
-                "diffusion_model.middle_block.1.proj_in.weight", "diffusion_model.middle_block.2.emb_layers.1.weight",
-                "diffusion_model.output_blocks.2.1.conv.weight", "diffusion_model.output_blocks.5.2.conv.weight",
-                "diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_v.weight",
-                "diffusion_model.time_embed.2.weight", "diffusion_model.out.2.weight"):
+    for key in (
+        "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+        "diffusion_model.input_blocks.3.0.op.weight",
+        "diffusion_model.input_blocks.4.0.skip_connection.weight",
+        "diffusion_model.middle_block.1.proj_in.weight",
+        "diffusion_model.middle_block.2.emb_layers.1.weight",
+        "diffusion_model.output_blocks.2.1.conv.weight",
+        "diffusion_model.output_blocks.5.2.conv.weight",
+        "diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_v.weight",
+        "diffusion_model.time_embed.2.weight",
+        "diffusion_model.out.2.weight",
+    ):
         assert key in ldm, key
     assert ldm["diffusion_model.output_blocks.8.2.conv.weight"].shape == (640, 640, 3, 3)
     cldm = controlnet_to_ldm(controlnet.state_dict(), controlnet.config)
-    assert {k.split(".")[0] for k in cldm} == {"time_embed", "input_blocks", "zero_convs", "input_hint_block",
-                                              "middle_block", "middle_block_out"}
+    assert {k.split(".")[0] for k in cldm} == {
+        "time_embed",
+        "input_blocks",
+        "zero_convs",
+        "input_hint_block",
+        "middle_block",
+        "middle_block_out",
+    }
     assert cldm["zero_convs.11.0.weight"].shape == (1280, 1280, 1, 1)
     assert cldm["input_hint_block.0.weight"].shape == (16, 3, 3, 3)
     assert cldm["input_hint_block.14.weight"].shape == (320, 256, 3, 3)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from instantfamily_core.config import InstantFamilyConfig
-from instantfamily_core.masks import masks_on_grid
 from instantfamily_core.face_regions import face_masks_from_pose
+from instantfamily_core.masks import masks_on_grid
 from instantfamily_core.pose import encode_pose_keypoint, parse_pose_keypoint
 from train.data import ResumableBatchSampler, TrainDataset, choose_faces, crop_frame, sample_rng
 from train.manifest import find_shards
@@ -39,8 +39,9 @@ def five_face_example(prepared, seed_index, **kwargs):
     shards, _ = find_shards([str(prepared)])
     reader = ShardReader(shards)
     index = next(i for i in range(len(reader)) if len(decode_faces(reader.read(i)[1]["faces.npz"])["boxes"]) == 5)
-    dataset = TrainDataset(reader, InstantFamilyConfig(), RES, max_faces=4, text_dropout=0, face_dropout=0,
-                           random_crop=False, **kwargs)
+    dataset = TrainDataset(
+        reader, InstantFamilyConfig(), RES, max_faces=4, text_dropout=0, face_dropout=0, random_crop=False, **kwargs
+    )
     key, members = reader.read(index)
     return dataset.example(key, members, sample_rng(0, 0, seed_index)), decode_faces(members["faces.npz"])
 
@@ -58,8 +59,11 @@ def test_circles_only_for_chosen_faces_in_random_distinct_colours_and_pose_regio
         control = (example["control"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
         for face, box in enumerate(boxes):
             x1, y1, x2, y2 = (int(v) for v in box)
-            found = {colour for colour in config.palette
-                     if np.all(control[y1:y2, x1:x2] == np.array(colour, np.uint8), axis=-1).any()}
+            found = {
+                colour
+                for colour in config.palette
+                if np.all(control[y1:y2, x1:x2] == np.array(colour, np.uint8), axis=-1).any()
+            }
             if face in chosen:
                 assert found == {colours[chosen.index(face)]}, (face, chosen, found)
                 slots_seen[(face, chosen.index(face))] += 1
@@ -89,11 +93,17 @@ def test_dropped_faces_and_text_keep_the_control_image(prepared):
     shards, _ = find_shards([str(prepared)])
     reader = ShardReader(shards)
     key, members = reader.read(0)
-    kept, dropped = (TrainDataset(reader, InstantFamilyConfig(), RES, face_dropout=p, text_dropout=p, random_crop=False)
-                     .example(key, members, sample_rng(0, 0, 0)) for p in (0.0, 1.0))
+    kept, dropped = (
+        TrainDataset(reader, InstantFamilyConfig(), RES, face_dropout=p, text_dropout=p, random_crop=False).example(
+            key, members, sample_rng(0, 0, 0)
+        )
+        for p in (0.0, 1.0)
+    )
     assert kept["masks"] is not None and kept["caption"] and kept["global_features"].shape[0] > 0
     assert dropped["masks"] is None and dropped["caption"] == "" and dropped["global_features"].shape[0] == 0
-    assert torch.equal(kept["control"], dropped["control"]) and torch.equal(kept["pixel_values"], dropped["pixel_values"])
+    assert torch.equal(kept["control"], dropped["control"]) and torch.equal(
+        kept["pixel_values"], dropped["pixel_values"]
+    )
 
 
 def test_crop_moves_keypoints_and_drops_points_outside():

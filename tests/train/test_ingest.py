@@ -5,13 +5,13 @@ import json
 import shutil
 
 import pytest
+from train_fixtures import PACK, prepare_args, write_img2dataset
 
 from train.ingest import expand_braces, plan_jobs
 from train.manifest import find_shards
 from train.prepare import main
-from train.workers import pin_gpu, rank_and_world
 from train.shards import ShardReader
-from train_fixtures import PACK, prepare_args, write_img2dataset
+from train.workers import pin_gpu, rank_and_world
 
 
 def test_brace_patterns_expand_like_webdataset():

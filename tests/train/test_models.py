@@ -16,10 +16,14 @@ def vae_to_ldm(state: dict, levels: int) -> dict:
         k = key
         k = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", k)
         k = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
-        k = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.",
-                   lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.block.", k)
-        k = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
-                   lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.upsample.", k)
+        k = re.sub(
+            r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.block.", k
+        )
+        k = re.sub(
+            r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+            lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.upsample.",
+            k,
+        )
         k = k.replace("mid_block.resnets.0.", "mid.block_1.").replace("mid_block.resnets.1.", "mid.block_2.")
         k = k.replace("mid_block.attentions.0.", "mid.attn_1.").replace("conv_shortcut", "nin_shortcut")
         k = k.replace("conv_norm_out", "norm_out").replace("attn_1.group_norm", "attn_1.norm")

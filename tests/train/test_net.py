@@ -34,8 +34,13 @@ def test_without_faces_equals_the_plain_diffusers_models():
         net.unet.set_attn_processor(AttnProcessor2_0())
         net.controlnet.set_attn_processor(AttnProcessor2_0())
         down, mid = net.controlnet(latents, t, encoder_hidden_states=text, controlnet_cond=control, return_dict=False)
-        plain = net.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample
+        plain = net.unet(
+            latents,
+            t,
+            encoder_hidden_states=text,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
     torch.testing.assert_close(ours, plain, atol=1e-6, rtol=0)
 
 
@@ -114,7 +119,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         forward_calls = net.face_batch.calls
         loss.backward()
         assert (net.face_batch.calls > forward_calls) == checkpointing  # attn2 recomputed in the backward
-        grads.append(torch.cat([p.grad.flatten() for p in list(net.controlnet.parameters()) + list(net.projector.parameters())
-                                if p.grad is not None]))
+        grads.append(
+            torch.cat(
+                [
+                    p.grad.flatten()
+                    for p in list(net.controlnet.parameters()) + list(net.projector.parameters())
+                    if p.grad is not None
+                ]
+            )
+        )
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)

@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from train_fixtures import PACK, VALID, prepare_args, write_webdataset_tar
 
 from train.manifest import find_shards
 from train.prepare import main
 from train.sample_format import decode_faces
 from train.shards import ShardReader, index_tar
-from train_fixtures import PACK, VALID, prepare_args, write_webdataset_tar
 
 
 def test_manifest_counts_and_skips(prepared):
@@ -21,7 +21,11 @@ def test_manifest_counts_and_skips(prepared):
     assert totals["skipped"] == {"corrupt": 1, "no_face": 1, "no_pose": 1}
     assert totals["faces"] == 17 and totals["no_caption"] == 1
     assert manifest["recognizer"]["file_name"] == "rec_tiny.onnx" and manifest["recognizer"]["sha256"]
-    assert sorted(p.name for p in prepared.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(p.name for p in prepared.glob("*.tar")) == [
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+    ]
 
 
 def test_samples_hold_what_the_analyzer_sees(prepared, pack_root):

@@ -7,6 +7,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_fixtures import (
+    LATENT_RESOLUTION,
+    PACK,
+    SIZE,
+    face_fixtures,
+    full_prepare_args,
+    prepare_args,
+    train_args,
+    write_photo_folder,
+)
 
 from train.captions import Captioner, read_captions_file
 from train.data import TrainDataset, collate, sample_rng
@@ -16,8 +26,6 @@ from train.options import parse
 from train.prepare import main
 from train.shards import ShardReader
 from train.train import Trainer, train
-from train_fixtures import (LATENT_RESOLUTION, PACK, SIZE, face_fixtures, full_prepare_args, prepare_args, train_args,
-                            write_photo_folder)
 
 RES = LATENT_RESOLUTION
 
@@ -72,11 +80,13 @@ def test_photos_train_and_export(photos_prepared, tmp_path):
 
 def test_cached_latents_give_the_loss_of_pixels(photos_prepared, tmp_path):
     _, output = photos_prepared
-    trainer = Trainer(parse(train_args(output, tmp_path / "run", "--max-steps", "1", "--text-dropout", "0",
-                                       "--face-dropout", "0")))
+    trainer = Trainer(
+        parse(train_args(output, tmp_path / "run", "--max-steps", "1", "--text-dropout", "0", "--face-dropout", "0"))
+    )
     cached = TrainDataset(trainer.reader, trainer.config, RES, random_crop=False, text_dropout=0, face_dropout=0)
-    pixels = TrainDataset(trainer.reader, trainer.config, RES, random_crop=False, text_dropout=0, face_dropout=0,
-                          cached_latents=False)
+    pixels = TrainDataset(
+        trainer.reader, trainer.config, RES, random_crop=False, text_dropout=0, face_dropout=0, cached_latents=False
+    )
     sources = [json.loads(trainer.reader.read(i)[1]["meta.json"])["source"] for i in range(len(trainer.reader))]
     square = [i for i, source in enumerate(sources) if "w_wide" not in source]
     items = [(0, i) for i in square[:2]]
@@ -103,7 +113,7 @@ def test_latent_crops_keep_pixels_boxes_and_pose_together(photos_prepared, pack_
     offsets = set()
     for seed in range(6):
         example = dataset.example(key, members, sample_rng(seed, 0, index))
-        cells = [k for k in range(4) if np.array_equal(stored["mean"][:, :, k:k + 8], example["latent_mean"].numpy())]
+        cells = [k for k in range(4) if np.array_equal(stored["mean"][:, :, k : k + 8], example["latent_mean"].numpy())]
         assert len(cells) == 1
         ox = 8 * cells[0]
         offsets.add(ox)
@@ -122,8 +132,13 @@ def test_missing_captions_are_skipped_unless_allowed(tmp_path, pack_root):
     photos = write_photo_folder(tmp_path / "p", names=("a_two", "b_three"))
     (tmp_path / "captions.csv").write_text("file,caption\na_two.png,two at a party\n")
     output = tmp_path / "out"
-    args = [a for a in prepare_args([photos], output, pack_root, PACK, "--allow-missing-pose",
-                                    "--captions-file", str(tmp_path / "captions.csv")) if a != "--allow-empty-captions"]
+    args = [
+        a
+        for a in prepare_args(
+            [photos], output, pack_root, PACK, "--allow-missing-pose", "--captions-file", str(tmp_path / "captions.csv")
+        )
+        if a != "--allow-empty-captions"
+    ]
     assert main(args) == 0
     totals = json.loads((output / "manifest.json").read_text())["totals"]
     assert totals["samples"] == 1 and totals["skipped"] == {"no_caption": 1} and totals["no_caption"] == 1
@@ -135,8 +150,9 @@ def test_missing_captions_are_skipped_unless_allowed(tmp_path, pack_root):
 
 
 def test_img2dataset_shard_goes_through_prepare_and_training(tmp_path, pack_root, models):
-    from instantfamily_core.checkpoint import load_checkpoint
     from train_fixtures import write_img2dataset
+
+    from instantfamily_core.checkpoint import load_checkpoint
 
     output = tmp_path / "prepared"
     assert main(full_prepare_args([write_img2dataset(tmp_path / "laion")], output, pack_root, models)) == 0
@@ -153,8 +169,10 @@ def test_pose_boxes_from_faces_skip_the_person_detector(tmp_path, pack_root, mod
     people = {}
     for mode in ("detector", "faces"):
         output = tmp_path / mode
-        assert main(prepare_args([photos], output, pack_root, PACK, "--dwpose", models["dwpose"],
-                                 "--pose-boxes", mode)) == 0
+        assert (
+            main(prepare_args([photos], output, pack_root, PACK, "--dwpose", models["dwpose"], "--pose-boxes", mode))
+            == 0
+        )
         _, members = ShardReader(find_shards([str(output)])[0]).read(0)
         people[mode] = len(json.loads(members["pose.json"])[0]["people"])
     assert people == {"detector": 1, "faces": 3}  # the stand-in detector knows one person; three faces

@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 from PIL import Image
+from train_fixtures import PACK, face_fixtures, image_bytes, prepare_args, write_photo_folder, write_tar
 
 from train.manifest import find_shards
 from train.prepare import main
 from train.sample_format import decode_faces
 from train.shards import ShardReader
-from train_fixtures import PACK, face_fixtures, image_bytes, prepare_args, write_photo_folder, write_tar
 
 
 def write_multiid(root):
@@ -20,11 +20,22 @@ def write_multiid(root):
     def label(cx, cy):
         return [cx - 60 + crop[0], cy - 60, cx + 60 + crop[0], cy + 60]
 
-    group = {"jpg": image_bytes(((160, 320), (480, 320)), "JPEG"), "npy": b"\x93NUMPY pickled, never read",
-             "json": json.dumps({"name": ["alice", "bob", "none"], "crop": crop, "caption_en": "two friends",
-                                 "bboxes": [label(160, 320), label(480, 320), label(320, 96)]}).encode()}
-    stranger = {"jpg": image_bytes(((320, 320),), "JPEG"),
-                "json": json.dumps({"name": ["dave"], "bboxes": [label(320, 320)], "caption_en": "x"}).encode()}
+    group = {
+        "jpg": image_bytes(((160, 320), (480, 320)), "JPEG"),
+        "npy": b"\x93NUMPY pickled, never read",
+        "json": json.dumps(
+            {
+                "name": ["alice", "bob", "none"],
+                "crop": crop,
+                "caption_en": "two friends",
+                "bboxes": [label(160, 320), label(480, 320), label(320, 96)],
+            }
+        ).encode(),
+    }
+    stranger = {
+        "jpg": image_bytes(((320, 320),), "JPEG"),
+        "json": json.dumps({"name": ["dave"], "bboxes": [label(320, 320)], "caption_en": "x"}).encode(),
+    }
     write_tar(root / "re_000000.tar", {"g0": group, "g1": stranger})
     refs = root / "ref"
     (refs / "alice").mkdir(parents=True)
@@ -52,8 +63,11 @@ def test_multiid_faces_come_from_references_and_positions_from_the_group(tmp_pat
     centres = (faces["boxes"][:, :2] + faces["boxes"][:, 2:]) / 2
     np.testing.assert_allclose(centres, [[160, 320], [480, 320]], atol=2)  # where they stand in the group photo
     analyzer = load_face_analyzer(pack_root, PACK, provider="CPU")
-    alice = [f for f in analyzer.analyze(np.asarray(Image.open(refs / "alice" / "0001.png").convert("RGB")))
-             if abs(f.box[0] + f.box[2] - 640) < 8]  # the labelled face of the reference, not the other one
+    alice = [
+        f
+        for f in analyzer.analyze(np.asarray(Image.open(refs / "alice" / "0001.png").convert("RGB")))
+        if abs(f.box[0] + f.box[2] - 640) < 8
+    ]  # the labelled face of the reference, not the other one
     bob = analyzer.analyze(np.asarray(Image.open(refs / "bob" / "0001.png").convert("RGB")))
     expected = np.stack([alice[0].global_feature, bob[0].global_feature])
     np.testing.assert_allclose(faces["global_features"], expected, rtol=2e-3, atol=2e-3)
@@ -78,8 +92,11 @@ def test_a_failing_sample_is_counted_and_the_shard_finishes(tmp_path, pack_root,
     photos = write_photo_folder(tmp_path / "p", names=("a_two", "d_five", "c_one"))
     Image.fromarray(np.zeros((100, 300, 3), np.uint8)).save(photos / "small.png")
     original = prepare.PoseSource.__init__
-    monkeypatch.setattr(prepare.PoseSource, "__init__", lambda self, estimator=None, allow_missing=False, **kw:
-                        original(self, Exploding(), allow_missing, **kw))
+    monkeypatch.setattr(
+        prepare.PoseSource,
+        "__init__",
+        lambda self, estimator=None, allow_missing=False, **kw: original(self, Exploding(), allow_missing, **kw),
+    )
     output = tmp_path / "out"
     assert main(prepare_args([photos], output, pack_root, PACK, "--min-side", "200", "--shard-size", "10")) == 0
     totals = json.loads((output / "manifest.json").read_text())["totals"]

@@ -17,8 +17,13 @@ def test_optimizer_and_rng_round_trip(tmp_path):
         model(torch.randn(5, 4)).square().mean().backward()
         optimizer.step()
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    saved = ckpt.save_checkpoint_dir(tmp_path, 7, weights=dict(model.named_parameters()),
-                                     optimizer_state=optimizer.state_dict(), state={"batches": 9, "lr_scheduler": {}})
+    saved = ckpt.save_checkpoint_dir(
+        tmp_path,
+        7,
+        weights=dict(model.named_parameters()),
+        optimizer_state=optimizer.state_dict(),
+        state={"batches": 9, "lr_scheduler": {}},
+    )
     expected = (random.random(), np.random.rand(), torch.rand(1))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     loaded = ckpt.load_checkpoint_dir(saved)
@@ -36,8 +41,14 @@ def test_partial_checkpoints_are_ignored_and_only_the_last_k_kept(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in (1, 2, 3, 4):
-        ckpt.save_checkpoint_dir(tmp_path, step, weights=dict(model.named_parameters()),
-                                 optimizer_state=optimizer.state_dict(), state={"batches": step}, keep=2)
+        ckpt.save_checkpoint_dir(
+            tmp_path,
+            step,
+            weights=dict(model.named_parameters()),
+            optimizer_state=optimizer.state_dict(),
+            state={"batches": step},
+            keep=2,
+        )
     (tmp_path / "step-00000005.tmp").mkdir()  # a save killed half way
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
     assert ckpt.resolve_resume("latest", tmp_path).name == "step-00000004"
@@ -50,13 +61,20 @@ def test_partial_checkpoints_are_ignored_and_only_the_last_k_kept(tmp_path):
 
 @pytest.mark.parametrize("suffix", ["toml", "yaml"])
 def test_config_file_then_cli_overrides(tmp_path, suffix):
-    text = {"toml": 'max_steps = 50\ndata = ["a", "b"]\nmixed_precision = "bf16"\nrandom_crop = false\n',
-            "yaml": "max_steps: 50\ndata: [a, b]\nmixed_precision: bf16\nrandom_crop: false\n"}[suffix]
+    text = {
+        "toml": 'max_steps = 50\ndata = ["a", "b"]\nmixed_precision = "bf16"\nrandom_crop = false\n',
+        "yaml": "max_steps: 50\ndata: [a, b]\nmixed_precision: bf16\nrandom_crop: false\n",
+    }[suffix]
     path = tmp_path / f"run.{suffix}"
     path.write_text(text)
     opts = parse(["--config", str(path), "--max-steps", "7", "--learning-rate", "3e-5"])
-    assert (opts.max_steps, opts.data, opts.mixed_precision, opts.random_crop, opts.learning_rate) == \
-        (7, ["a", "b"], "bf16", False, 3e-5)
+    assert (opts.max_steps, opts.data, opts.mixed_precision, opts.random_crop, opts.learning_rate) == (
+        7,
+        ["a", "b"],
+        "bf16",
+        False,
+        3e-5,
+    )
     path.write_text(text + ("lerning_rate = 1.0\n" if suffix == "toml" else "lerning_rate: 1.0\n"))
     with pytest.raises(ValueError, match="unknown options .*lerning_rate"):
         parse(["--config", str(path)])
@@ -75,8 +93,12 @@ def test_fast_defaults_and_example_config():
     from train.models import CONFIG_ROOT
 
     defaults = parse([])
-    assert (defaults.gradient_checkpointing, defaults.tf32, defaults.channels_last, defaults.compile) == \
-        (False, True, True, False)
+    assert (defaults.gradient_checkpointing, defaults.tf32, defaults.channels_last, defaults.compile) == (
+        False,
+        True,
+        True,
+        False,
+    )
     example = parse(["--config", str(CONFIG_ROOT / "example.toml")])
     assert not example.gradient_checkpointing and example.tf32 and example.channels_last
 

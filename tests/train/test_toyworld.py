@@ -94,8 +94,9 @@ def test_toy_vae_is_the_scene():
     latents = vae.encode(pixels).latent_dist.sample()  # (1, 4, 32, 32)
     assert latents.shape == (1, 4, 32, 32) and latents[:, 3].abs().max() == 0
     model_space = latents * vae.config.scaling_factor
-    assert torch.allclose(model_space[0, :3], torch.from_numpy(scene.image).float().permute(2, 0, 1) / 127.5 - 1,
-                          atol=1e-5)
+    assert torch.allclose(
+        model_space[0, :3], torch.from_numpy(scene.image).float().permute(2, 0, 1) / 127.5 - 1, atol=1e-5
+    )
     image = base_model.latent_to_image(latents)
     assert np.abs(image[0].numpy() * 255 - scene.image).max() < 0.01
     assert torch.allclose(base_model.image_to_latent(image), latents, atol=1e-4)
@@ -159,8 +160,10 @@ class _RandomFeatures:
 
     def features(self, image, keypoints):
         n = len(keypoints)
-        return (self.rng.standard_normal((n, 32)).astype(np.float32),
-                self.rng.standard_normal((n, 16, 3, 3)).astype(np.float32))
+        return (
+            self.rng.standard_normal((n, 32)).astype(np.float32),
+            self.rng.standard_normal((n, 16, 3, 3)).astype(np.float32),
+        )
 
 
 def _random_toy_net(mask_mode: str = "hard"):
@@ -171,8 +174,9 @@ def _random_toy_net(mask_mode: str = "hard"):
     from train.net import InstantFamilyNet
 
     toy = base_model.new_toy_base(seed=1)
-    config = InstantFamilyConfig(d_gf=32, d_lf=16, L=3, d_K=base_model.TEXT_WIDTH, projector_hidden=32,
-                                 mask_mode=mask_mode)
+    config = InstantFamilyConfig(
+        d_gf=32, d_lf=16, L=3, d_K=base_model.TEXT_WIDTH, projector_hidden=32, mask_mode=mask_mode
+    )
     torch.manual_seed(0)
     controlnet = ControlNetModel.from_unet(toy.unet, conditioning_channels=3)
     return InstantFamilyNet(toy.unet, controlnet, Projector(config), config).eval(), toy
@@ -193,8 +197,9 @@ def test_influence_locality_separates_hard_masks_from_no_masks(toy_cases):
 
     net, toy = _random_toy_net()
     hard = [evaluation.case_example(c, net.config, _RandomFeatures(i)) for i, c in enumerate(toy_cases)]
-    full = [evaluation.case_example(c, net.config, _RandomFeatures(i), full_masks=True)
-            for i, c in enumerate(toy_cases)]
+    full = [
+        evaluation.case_example(c, net.config, _RandomFeatures(i), full_masks=True) for i, c in enumerate(toy_cases)
+    ]
     local = evaluation.influence_locality(net, toy, hard, toy_cases, timesteps=(500,))
     everywhere = evaluation.influence_locality(net, toy, full, toy_cases, timesteps=(500,))
     assert local["own"] > 0 and everywhere["own"] > 0

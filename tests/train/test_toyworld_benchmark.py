@@ -24,8 +24,12 @@ def _benchmark_module():
 
 def _records(mixing_per_case, seeds=(0,), counts=(2, 3, 4, 5, 6)):
     """Per-case records with a given mixing rate per case index (similarity 0.5 everywhere)."""
-    return [{"seed": s, "n": n, "case": i, "similarity": 0.5, "multisim": 1.0, "mixing": m, "background_ok": 1.0}
-            for s in seeds for n in counts for i, m in enumerate(mixing_per_case)]
+    return [
+        {"seed": s, "n": n, "case": i, "similarity": 0.5, "multisim": 1.0, "mixing": m, "background_ok": 1.0}
+        for s in seeds
+        for n in counts
+        for i, m in enumerate(mixing_per_case)
+    ]
 
 
 def test_bootstrap_draw_picks_the_same_cases_in_every_row():
@@ -67,8 +71,14 @@ def test_toy_world_smoke(tmp_path):
 
     result = json.loads((tmp_path / "toy_world.json").read_text())
     summary = result["summary"]
-    expected_rows = {"oracle (real rendering)", "hard", "paper", "nomask", "hard + attn1 isolation",
-                     "base model, no faces"}
+    expected_rows = {
+        "oracle (real rendering)",
+        "hard",
+        "paper",
+        "nomask",
+        "hard + attn1 isolation",
+        "base model, no faces",
+    }
     assert expected_rows <= set(summary)
     for row in expected_rows:
         assert sorted(summary[row], key=int) == ["1", "2", "3", "4", "5", "6", "7", "8"]  # trained with <= 4
@@ -99,4 +109,9 @@ def test_toy_world_smoke(tmp_path):
     assert (tmp_path / "toy_world.png").stat().st_size > 1000
     assert "| hard | 4 |" in result["table_markdown"]
     mixing = result["checks"]["mixing hard / nomask"]
-    assert mixing["target"] == "<= 0.5" and mixing["verdict"] in ("met", "not met", "undecided at this sample size", "-")
+    assert mixing["target"] == "<= 0.5" and mixing["verdict"] in (
+        "met",
+        "not met",
+        "undecided at this sample size",
+        "-",
+    )

@@ -33,8 +33,24 @@ def trained(run: Path, step: int) -> dict:
 
 
 def test_loss_is_finite_and_decreases_on_a_repeated_batch(prepared, tmp_path):
-    trainer = Trainer(parse(train_args(prepared, tmp_path / "run", "--max-steps", "100", "--learning-rate", "3e-3",
-                                       "--projector-learning-rate", "3e-3", "--text-dropout", "0", "--face-dropout", "0")))
+    trainer = Trainer(
+        parse(
+            train_args(
+                prepared,
+                tmp_path / "run",
+                "--max-steps",
+                "100",
+                "--learning-rate",
+                "3e-3",
+                "--projector-learning-rate",
+                "3e-3",
+                "--text-dropout",
+                "0",
+                "--face-dropout",
+                "0",
+            )
+        )
+    )
     batch = next(iter(trainer.loader))
     assert sum(len(m) for m in batch["masks"] if m is not None) > 0  # the batch has faces
     losses = []
@@ -51,8 +67,13 @@ def test_loss_is_finite_and_decreases_on_a_repeated_batch(prepared, tmp_path):
 
 def test_resume_continues_exactly_and_export_runs_what_was_trained(prepared, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    losses = train(parse(train_args(prepared, straight, "--max-steps", "6", *FULL,
-                                    "--validate-every", "6", "--validation-steps", "2")))
+    losses = train(
+        parse(
+            train_args(
+                prepared, straight, "--max-steps", "6", *FULL, "--validate-every", "6", "--validation-steps", "2"
+            )
+        )
+    )
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     train(parse(train_args(prepared, split, "--max-steps", "3", *FULL)))
     resumed = train(parse(train_args(prepared, split, "--max-steps", "6", *FULL, "--resume", "latest")))
@@ -80,10 +101,13 @@ def test_resume_continues_exactly_and_export_runs_what_was_trained(prepared, tmp
     exported = load_checkpoint(tmp_path / "raw.safetensors")
     assert exported.config.training_steps == 6 and exported.config.recognizer.file_name == "rec_tiny.onnx"
     assert exported.config.controlnet == ldm_controlnet_kwargs(state["controlnet_config"])
-    assert all(k.startswith(("input_blocks.", "middle_block", "zero_convs.", "input_hint_block.", "time_embed."))
-               for k in exported.controlnet_state)
-    assert exported.unet_deltas and all(k.startswith(UNET_PREFIX) and (".attn2.to_k." in k or ".attn2.to_v." in k)
-                                        for k in exported.unet_deltas)
+    assert all(
+        k.startswith(("input_blocks.", "middle_block", "zero_convs.", "input_hint_block.", "time_embed."))
+        for k in exported.controlnet_state
+    )
+    assert exported.unet_deltas and all(
+        k.startswith(UNET_PREFIX) and (".attn2.to_k." in k or ".attn2.to_v." in k) for k in exported.unet_deltas
+    )
     for name, tensor in controlnet_from_ldm(exported.controlnet_state, state["controlnet_config"]).items():
         assert torch.equal(tensor, a[f"controlnet.{name}"])
     base = load_base("", "tiny", seed=0).unet
@@ -107,8 +131,12 @@ def test_resume_continues_exactly_and_export_runs_what_was_trained(prepared, tmp
 def test_sigkill_loses_at_most_one_checkpoint_interval(prepared, tmp_path):
     run = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "train.train", *train_args(prepared, run, "--max-steps", "1000",
-                                                                "--checkpoint-every", "2")]
+    command = [
+        sys.executable,
+        "-m",
+        "train.train",
+        *train_args(prepared, run, "--max-steps", "1000", "--checkpoint-every", "2"),
+    ]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -122,8 +150,11 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(prepared, tmp_path):
         process.wait()
     latest = max(int(p.name[5:]) for p in (run / "checkpoints").glob("step-????????"))
     assert latest >= 4 and steps_done - latest <= 2
-    losses = train(parse(train_args(prepared, run, "--max-steps", str(latest + 1), "--checkpoint-every", "2",
-                                    "--resume", "latest")))
+    losses = train(
+        parse(
+            train_args(prepared, run, "--max-steps", str(latest + 1), "--checkpoint-every", "2", "--resume", "latest")
+        )
+    )
     assert len(losses) == 1 and not list((run / "checkpoints").glob("*.tmp"))
     logged = [json.loads(line)["step"] for line in (run / "losses.jsonl").read_text().splitlines()]
     assert logged == list(range(1, latest + 2))  # the killed run's steps after the checkpoint are gone
@@ -131,8 +162,20 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(prepared, tmp_path):
 
 
 def test_bf16_gradient_checkpointing_run(prepared, tmp_path):
-    losses = train(parse(train_args(prepared, tmp_path / "bf16", "--max-steps", "2", "--mixed-precision", "bf16",
-                                    "--gradient-checkpointing", "true")))
+    losses = train(
+        parse(
+            train_args(
+                prepared,
+                tmp_path / "bf16",
+                "--max-steps",
+                "2",
+                "--mixed-precision",
+                "bf16",
+                "--gradient-checkpointing",
+                "true",
+            )
+        )
+    )
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     weights = trained(tmp_path / "bf16", 2)
     assert all(v.dtype == torch.float32 for v in weights.values())  # trained weights stay fp32 under autocast
@@ -146,9 +189,20 @@ def test_two_processes_ddp(prepared, tmp_path):
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "train.train", *train_args(prepared, run, "--max-steps", "2", "--batch-size", "1",
-                                                "--checkpoint-every", "2", "--face-dropout", "1.0")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "train.train",
+        *train_args(
+            prepared, run, "--max-steps", "2", "--batch-size", "1", "--checkpoint-every", "2", "--face-dropout", "1.0"
+        ),
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = run / "checkpoints" / "step-00000002"
@@ -164,8 +218,22 @@ def test_speed_options_take_effect(prepared, tmp_path):
         assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     assert not net.unet.is_gradient_checkpointing and not net.controlnet.is_gradient_checkpointing
     assert net.unet._compiled_call_impl is None
-    changed = Trainer(parse(train_args(prepared, tmp_path / "changed", "--max-steps", "1", "--channels-last", "false",
-                                       "--compile", "true", "--gradient-checkpointing", "true")))
+    changed = Trainer(
+        parse(
+            train_args(
+                prepared,
+                tmp_path / "changed",
+                "--max-steps",
+                "1",
+                "--channels-last",
+                "false",
+                "--compile",
+                "true",
+                "--gradient-checkpointing",
+                "true",
+            )
+        )
+    )
     net = changed.accelerator.unwrap_model(changed.net)
     assert net.unet.conv_in.weight.is_contiguous() and net.controlnet.conv_in.weight.is_contiguous()
     assert net.unet.is_gradient_checkpointing and net.controlnet.is_gradient_checkpointing

@@ -8,18 +8,18 @@ import sys
 import types
 from pathlib import Path
 
+import diffusers  # noqa: F401  (imported before the fake wandb below: diffusers probes for wandb at import)
 import numpy as np
 import pytest
-import diffusers  # noqa: F401  (imported before the fake wandb below: diffusers probes for wandb at import)
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from train_fixtures import PACK, train_args
 
 from train.options import parse
 from train.run_log import LogWindow, bucket_edges, bucket_sums
 from train.shards import ShardReader
 from train.train import Trainer, train
-from train_fixtures import PACK, train_args
 
 
 def test_loss_per_timestep_bucket_matches_a_plain_loop():
@@ -64,8 +64,26 @@ def test_run_logs_throughput_gradient_norm_and_buckets_to_jsonl_and_wandb(prepar
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     run = tmp_path / "watched"
-    train(parse(train_args(prepared, run, "--max-steps", "4", "--log-every", "2", "--wandb-project", "if-test",
-                           "--max-grad-norm", "0", "--validate-every", "4", "--validation-steps", "1")))
+    train(
+        parse(
+            train_args(
+                prepared,
+                run,
+                "--max-steps",
+                "4",
+                "--log-every",
+                "2",
+                "--wandb-project",
+                "if-test",
+                "--max-grad-norm",
+                "0",
+                "--validate-every",
+                "4",
+                "--validation-steps",
+                "1",
+            )
+        )
+    )
     records = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) and r["images_per_s"] > 0 for r in records)
@@ -89,9 +107,9 @@ def test_wandb_asked_for_but_missing_is_a_clear_error(prepared, tmp_path, monkey
 
 def test_identity_score_of_a_photo_against_its_own_features(prepared, pack_root):
     """The validation score: the analyzer's faces in an image against the features it was conditioned on."""
-    from train.validate import identity_scores, load_identity_encoder, summarise_scores
-    from train.train import instantfamily_config, feature_shapes
     from train.manifest import find_shards
+    from train.train import feature_shapes, instantfamily_config
+    from train.validate import identity_scores, load_identity_encoder, summarise_scores
 
     shards, recognizer = find_shards([str(prepared)])
     reader = ShardReader(shards)
@@ -116,10 +134,30 @@ def test_held_out_validation_scores_identity_with_the_ema_weights(prepared, pack
 
     shards = sorted(str(p) for p in Path(prepared).glob("*.tar"))
     run = tmp_path / "held_out"
-    trainer = Trainer(parse(train_args(shards[0], run, "--max-steps", "2", "--validate-every", "2",
-                                       "--validation-steps", "1", "--validation-samples", "2",
-                                       "--validation-data", shards[1], "--ema-decay", "0.5",
-                                       "--validation-insightface-root", pack_root, "--validation-pack", PACK)))
+    trainer = Trainer(
+        parse(
+            train_args(
+                shards[0],
+                run,
+                "--max-steps",
+                "2",
+                "--validate-every",
+                "2",
+                "--validation-steps",
+                "1",
+                "--validation-samples",
+                "2",
+                "--validation-data",
+                shards[1],
+                "--ema-decay",
+                "0.5",
+                "--validation-insightface-root",
+                pack_root,
+                "--validation-pack",
+                PACK,
+            )
+        )
+    )
     seen = []
     original = validate.sample
 
@@ -169,8 +207,13 @@ def test_tensorboard_gets_the_same_scalars_and_images(tmp_path, monkeypatch):
     log.scalars(3, {"train/loss": 0.5, "loss_t/0000-0249": 0.7})
     log.image(3, "validation", Image.new("RGB", (6, 4)))
     log.close()
-    assert calls == [("init", str(tmp_path / "logs")), ("scalar", "train/loss", 0.5, 3),
-                     ("scalar", "loss_t/0000-0249", 0.7, 3), ("image", "validation", (4, 6, 3), 3, "HWC"), ("close",)]
+    assert calls == [
+        ("init", str(tmp_path / "logs")),
+        ("scalar", "train/loss", 0.5, 3),
+        ("scalar", "loss_t/0000-0249", 0.7, 3),
+        ("image", "validation", (4, 6, 3), 3, "HWC"),
+        ("close",),
+    ]
     silent = RunLog(tmp_path / "rank1", enabled=False, tensorboard=True)  # other ranks write nothing
     silent.scalars(1, {"train/loss": 1.0})
     assert len(calls) == 5 and not (tmp_path / "rank1").exists()

@@ -39,9 +39,20 @@ def person(cx: float, cy: float, size: float = 160.0) -> np.ndarray:
     """(18, 3) COCO-18 keypoints (normalised x, y, confidence) of a person whose face is at (cx, cy) px."""
     u = size / 4
     points = {
-        0: (0, 0), 1: (0, 2 * u), 2: (-1.5 * u, 2 * u), 3: (-2 * u, 3.5 * u), 4: (-2 * u, 5 * u),
-        5: (1.5 * u, 2 * u), 6: (2 * u, 3.5 * u), 7: (2 * u, 5 * u), 8: (-u, 5 * u), 11: (u, 5 * u),
-        14: (-0.4 * u, -0.3 * u), 15: (0.4 * u, -0.3 * u), 16: (-0.9 * u, 0), 17: (0.9 * u, 0),
+        0: (0, 0),
+        1: (0, 2 * u),
+        2: (-1.5 * u, 2 * u),
+        3: (-2 * u, 3.5 * u),
+        4: (-2 * u, 5 * u),
+        5: (1.5 * u, 2 * u),
+        6: (2 * u, 3.5 * u),
+        7: (2 * u, 5 * u),
+        8: (-u, 5 * u),
+        11: (u, 5 * u),
+        14: (-0.4 * u, -0.3 * u),
+        15: (0.4 * u, -0.3 * u),
+        16: (-0.9 * u, 0),
+        17: (0.9 * u, 0),
     }
     body = np.zeros((18, 3), np.float32)
     for index, (dx, dy) in points.items():
@@ -52,8 +63,11 @@ def person(cx: float, cy: float, size: float = 160.0) -> np.ndarray:
 
 
 def pose_json(people: list[np.ndarray]) -> str:
-    frame = {"people": [{"pose_keypoints_2d": p.reshape(-1).tolist()} for p in people],
-             "canvas_width": SIZE, "canvas_height": SIZE}
+    frame = {
+        "people": [{"pose_keypoints_2d": p.reshape(-1).tolist()} for p in people],
+        "canvas_width": SIZE,
+        "canvas_height": SIZE,
+    }
     return json.dumps([frame])
 
 
@@ -76,7 +90,9 @@ def write_raw_folder(folder: Path) -> Path:
     fixtures = face_fixtures()
     folder.mkdir(parents=True, exist_ok=True)
     for name, (centres, extra, caption, with_pose) in IMAGES.items():
-        image = fixtures.disc_image((SIZE, SIZE), centres=centres) if centres else np.full((SIZE, SIZE, 3), 30, np.uint8)
+        image = (
+            fixtures.disc_image((SIZE, SIZE), centres=centres) if centres else np.full((SIZE, SIZE, 3), 30, np.uint8)
+        )
         Image.fromarray(image).save(folder / f"{name}.png")
         if caption is not None:
             (folder / f"{name}.txt").write_text(caption)
@@ -109,25 +125,82 @@ def write_webdataset_tar(path: Path, names: tuple[str, ...]) -> Path:
 
 
 def prepare_args(inputs: list[Path], output: Path, pack_root: str, pack: str, *extra: str) -> list[str]:
-    return ["--input", *map(str, inputs), "--output", str(output), "--insightface-root", pack_root, "--pack", pack,
-            "--provider", "CPU", "--shard-size", "4", "--no-progress", "--allow-empty-captions", *extra]
+    return [
+        "--input",
+        *map(str, inputs),
+        "--output",
+        str(output),
+        "--insightface-root",
+        pack_root,
+        "--pack",
+        pack,
+        "--provider",
+        "CPU",
+        "--shard-size",
+        "4",
+        "--no-progress",
+        "--allow-empty-captions",
+        *extra,
+    ]
 
 
-def full_prepare_args(inputs: list[Path], output: Path, pack_root: str, models: dict, *extra: str,
-                      pack: str = PACK) -> list[str]:
+def full_prepare_args(
+    inputs: list[Path], output: Path, pack_root: str, models: dict, *extra: str, pack: str = PACK
+) -> list[str]:
     """prepare_args with every stage on: DWPose stand-ins, the tiny captioner, float32 latents (``models``:
     ``build_prepare_models``)."""
-    return prepare_args(inputs, output, pack_root, pack, "--dwpose", models["dwpose"], "--captioner",
-                        str(models["captioner"]), "--caption-max-tokens", "6", "--pretrained", "",
-                        "--model-config", "tiny", "--latent-resolution", str(LATENT_RESOLUTION),
-                        "--latent-dtype", "float32", "--batch-size", "2", *extra)
+    return prepare_args(
+        inputs,
+        output,
+        pack_root,
+        pack,
+        "--dwpose",
+        models["dwpose"],
+        "--captioner",
+        str(models["captioner"]),
+        "--caption-max-tokens",
+        "6",
+        "--pretrained",
+        "",
+        "--model-config",
+        "tiny",
+        "--latent-resolution",
+        str(LATENT_RESOLUTION),
+        "--latent-dtype",
+        "float32",
+        "--batch-size",
+        "2",
+        *extra,
+    )
 
 
 def train_args(data: Path, output: Path, *extra: str) -> list[str]:
     """CLI arguments of a tiny CPU training run (random-init tiny SD, 64 px, batch 2)."""
-    return ["--data", str(data), "--output-dir", str(output), "--model-config", "tiny", "--resolution", "64",
-            "--batch-size", "2", "--num-workers", "0", "--learning-rate", "1e-3", "--projector-learning-rate", "1e-3",
-            "--projector-hidden", "32", "--tensorboard", "false", "--checkpoint-every", "3", *extra]
+    return [
+        "--data",
+        str(data),
+        "--output-dir",
+        str(output),
+        "--model-config",
+        "tiny",
+        "--resolution",
+        "64",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--learning-rate",
+        "1e-3",
+        "--projector-learning-rate",
+        "1e-3",
+        "--projector-hidden",
+        "32",
+        "--tensorboard",
+        "false",
+        "--checkpoint-every",
+        "3",
+        *extra,
+    ]
 
 
 def image_bytes(centres, fmt: str = "PNG", size=(SIZE, SIZE)) -> bytes:
@@ -140,27 +213,40 @@ def write_photo_folder(folder: Path, names=("a_two", "b_three", "e_four", "g_non
     """Raw photos only: no captions, no pose files."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        (folder / f"{name}.png").write_bytes(image_bytes(IMAGES[name][0]) if IMAGES[name][0] else
-                                            image_bytes((), size=(SIZE, SIZE)))
+        (folder / f"{name}.png").write_bytes(
+            image_bytes(IMAGES[name][0]) if IMAGES[name][0] else image_bytes((), size=(SIZE, SIZE))
+        )
     return folder
 
 
 def build_tiny_captioner(folder: Path) -> Path:
     """A random tiny BLIP captioner (BERT word-piece vocabulary of a few words) saved as safetensors."""
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     folder.mkdir(parents=True, exist_ok=True)
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *"a photo of two people at party friends".split()]
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
-                              tokenizer=BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]"))
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]"),
+    )
     torch.manual_seed(0)
     tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    config = BlipConfig(vision_config=dict(**tiny, image_size=32, patch_size=16), projection_dim=16,
-                        text_config=dict(**tiny, vocab_size=len(words), encoder_hidden_size=16, bos_token_id=5,
-                                         pad_token_id=0, sep_token_id=3, eos_token_id=3, max_position_embeddings=32))
+    config = BlipConfig(
+        vision_config=dict(**tiny, image_size=32, patch_size=16),
+        projection_dim=16,
+        text_config=dict(
+            **tiny,
+            vocab_size=len(words),
+            encoder_hidden_size=16,
+            bos_token_id=5,
+            pad_token_id=0,
+            sep_token_id=3,
+            eos_token_id=3,
+            max_position_embeddings=32,
+        ),
+    )
     BlipForConditionalGeneration(config).save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
     return folder
@@ -168,8 +254,10 @@ def build_tiny_captioner(folder: Path) -> Path:
 
 def build_prepare_models(root: Path) -> dict:
     """DWPose ONNX stand-ins and a tiny random BLIP captioner under ``root``, for the prepare pipeline."""
-    return {"dwpose": dwpose_fixtures().build_dwpose_folder(str(root / "dwpose")),
-            "captioner": build_tiny_captioner(root / "blip")}
+    return {
+        "dwpose": dwpose_fixtures().build_dwpose_folder(str(root / "dwpose")),
+        "captioner": build_tiny_captioner(root / "blip"),
+    }
 
 
 def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
@@ -195,8 +283,10 @@ def write_img2dataset(folder: Path, names=("a_two", "b_three", "e_four", "f_two"
     for number, name in enumerate(names):
         key = f"{number:09d}"
         caption = f"photo {name}"
-        samples[key] = {"jpg": image_bytes(IMAGES[name][0], "JPEG"),
-                        "json": json.dumps({"key": key, "url": f"http://example.invalid/{name}.jpg"}).encode()}
+        samples[key] = {
+            "jpg": image_bytes(IMAGES[name][0], "JPEG"),
+            "json": json.dumps({"key": key, "url": f"http://example.invalid/{name}.jpg"}).encode(),
+        }
         if number < len(names) - 1:
             samples[key]["txt"] = caption.encode()
         rows.append({"key": key, "caption": caption, "status": "success", "url": f"http://example.invalid/{name}"})

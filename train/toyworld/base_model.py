@@ -33,8 +33,17 @@ TEXT_WIDTH = 64
 METADATA_KEY = "toy_base"
 
 PAD = "<pad>"
-VOCAB = (PAD, "person", "people", "on", "a", "background", *world.COUNT_WORDS,
-         *world.BACKGROUND_COLOURS, *world.BACKGROUND_STYLES)
+VOCAB = (
+    PAD,
+    "person",
+    "people",
+    "on",
+    "a",
+    "background",
+    *world.COUNT_WORDS,
+    *world.BACKGROUND_COLOURS,
+    *world.BACKGROUND_STYLES,
+)
 
 
 def unet_config(scene_size: int = 32, width: int = 32, text_width: int = TEXT_WIDTH) -> dict:
@@ -82,7 +91,9 @@ class ToyTokenizer:
         words = caption.lower().replace(",", " ").split()
         unknown = [w for w in words if w not in self.index]
         if unknown:
-            raise ValueError(f"toy caption {caption!r}: unknown words {unknown}; the toy vocabulary is {list(VOCAB[1:])}")
+            raise ValueError(
+                f"toy caption {caption!r}: unknown words {unknown}; the toy vocabulary is {list(VOCAB[1:])}"
+            )
         ids = [self.index[w] for w in words][: self.model_max_length]
         return ids + [0] * (self.model_max_length - len(ids))
 
@@ -107,7 +118,7 @@ class ToyTextEncoder(nn.Module):
         self.config = _TextConfig(max_position_embeddings=int(positions.shape[0]), hidden_size=int(tokens.shape[1]))
 
     @classmethod
-    def fresh(cls, seed: int = 0, width: int = TEXT_WIDTH, length: int = TEXT_TOKENS) -> "ToyTextEncoder":
+    def fresh(cls, seed: int = 0, width: int = TEXT_WIDTH, length: int = TEXT_TOKENS) -> ToyTextEncoder:
         gen = torch.Generator().manual_seed(seed)
         tokens = torch.randn(len(VOCAB), width, generator=gen)
         positions = 0.3 * torch.randn(length, width, generator=gen)
@@ -218,8 +229,13 @@ def save_toy_base(base: ToyBase, path: str | Path, dtype: torch.dtype = torch.fl
     tensors = {f"unet.{k}": v.detach().to(dtype).contiguous() for k, v in base.unet.state_dict().items()}
     tensors["text.tokens"] = base.text_encoder.tokens.contiguous()
     tensors["text.positions"] = base.text_encoder.positions.contiguous()
-    meta = {"unet_config": base.unet_config, "scene_size": base.scene_size, "vocab": list(VOCAB),
-            "scaling_factor": SCALING_FACTOR, "vae_factor": VAE_FACTOR}
+    meta = {
+        "unet_config": base.unet_config,
+        "scene_size": base.scene_size,
+        "vocab": list(VOCAB),
+        "scaling_factor": SCALING_FACTOR,
+        "vae_factor": VAE_FACTOR,
+    }
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
     tmp.replace(path)
@@ -251,5 +267,6 @@ def load_toy_base(path: str | Path) -> ToyBase:
     unet = UNet2DConditionModel.from_config(meta["unet_config"])
     unet.load_state_dict({k[5:]: v.float() for k, v in tensors.items() if k.startswith("unet.")})
     text = ToyTextEncoder(tensors["text.tokens"], tensors["text.positions"])
-    return ToyBase(unet.eval(), text, ToyTokenizer(text.positions.shape[0]), ToyVAE(), meta["unet_config"],
-                   int(meta["scene_size"]))
+    return ToyBase(
+        unet.eval(), text, ToyTokenizer(text.positions.shape[0]), ToyVAE(), meta["unet_config"], int(meta["scene_size"])
+    )

@@ -37,12 +37,40 @@ class Size:
 
 SIZES = {
     # CI: every stage runs, nothing is meant to be good.
-    "smoke": Size(encoder_ids=24, encoder_steps=4, judge_ids=24, judge_steps=4, scenes=32, base_steps=4,
-                  base_batch=8, train_steps=2, train_batch=2, views=2),
-    "default": Size(encoder_ids=1200, encoder_steps=250, judge_ids=1200, judge_steps=300, scenes=3000,
-                    base_steps=1800, base_batch=16, train_steps=600, train_batch=8),
-    "full": Size(encoder_ids=2400, encoder_steps=500, judge_ids=1500, judge_steps=500, scenes=8000,
-                 base_steps=4000, base_batch=16, train_steps=2000, train_batch=8),
+    "smoke": Size(
+        encoder_ids=24,
+        encoder_steps=4,
+        judge_ids=24,
+        judge_steps=4,
+        scenes=32,
+        base_steps=4,
+        base_batch=8,
+        train_steps=2,
+        train_batch=2,
+        views=2,
+    ),
+    "default": Size(
+        encoder_ids=1200,
+        encoder_steps=250,
+        judge_ids=1200,
+        judge_steps=300,
+        scenes=3000,
+        base_steps=1800,
+        base_batch=16,
+        train_steps=600,
+        train_batch=8,
+    ),
+    "full": Size(
+        encoder_ids=2400,
+        encoder_steps=500,
+        judge_ids=1500,
+        judge_steps=500,
+        scenes=8000,
+        base_steps=4000,
+        base_batch=16,
+        train_steps=2000,
+        train_batch=8,
+    ),
 }
 
 
@@ -124,11 +152,27 @@ def build(out: str | Path, size: str = "default", variants=("hard",), seeds=(0,)
     split = world.split_identities()
     report: dict = {"size": size, "sizes": asdict(sizes), "device": str(device)}
 
-    _stage(report, "encoder", paths.recognizer.is_file(), lambda: encoder.train_encoder(
-        paths.recognizer_dir, split, num_identities=sizes.encoder_ids, views=sizes.views, steps=sizes.encoder_steps,
-        device=device))
-    _stage(report, "judge", paths.judge.is_file(), lambda: judge.train_judge(
-        paths.root, split, num_identities=sizes.judge_ids, views=sizes.views, steps=sizes.judge_steps, device=device))
+    _stage(
+        report,
+        "encoder",
+        paths.recognizer.is_file(),
+        lambda: encoder.train_encoder(
+            paths.recognizer_dir,
+            split,
+            num_identities=sizes.encoder_ids,
+            views=sizes.views,
+            steps=sizes.encoder_steps,
+            device=device,
+        ),
+    )
+    _stage(
+        report,
+        "judge",
+        paths.judge.is_file(),
+        lambda: judge.train_judge(
+            paths.root, split, num_identities=sizes.judge_ids, views=sizes.views, steps=sizes.judge_steps, device=device
+        ),
+    )
 
     def scenes():
         bank = data.generate_scenes(sizes.scenes, split.train, seed=11)
@@ -139,25 +183,36 @@ def build(out: str | Path, size: str = "default", variants=("hard",), seeds=(0,)
 
     def base():
         toy = base_model.new_toy_base(seed=5)
-        losses = pretrain.pretrain(toy, data.SceneBank.load(paths.scenes), sizes.base_steps, sizes.base_batch,
-                                   device=device)
+        losses = pretrain.pretrain(
+            toy, data.SceneBank.load(paths.scenes), sizes.base_steps, sizes.base_batch, device=device
+        )
         base_model.save_toy_base(toy, paths.base)
         return {"final_loss": sum(losses[-20:]) / len(losses[-20:])}
 
     _stage(report, "base", paths.base.is_file(), base)
 
     def shards():
-        manifest = data.write_shards(data.SceneBank.load(paths.scenes), data.ToyFaceFeatures(paths.recognizer),
-                                     paths.shards)
+        manifest = data.write_shards(
+            data.SceneBank.load(paths.scenes), data.ToyFaceFeatures(paths.recognizer), paths.shards
+        )
         return {"faces": manifest["totals"]["faces"]}
 
     _stage(report, "shards", (paths.shards / "manifest.json").is_file(), shards)
 
     for variant in variants:
         for seed in seeds:
-            _stage(report, f"train/{variant}-s{seed}", paths.checkpoint(variant, seed).is_file(),
-                   lambda v=variant, s=seed: {"checkpoint": str(toy_training.train_variant(
-                       paths.base, paths.shards, paths.run(v, s), v, s, sizes.train_steps, sizes.train_batch))})
+            _stage(
+                report,
+                f"train/{variant}-s{seed}",
+                paths.checkpoint(variant, seed).is_file(),
+                lambda v=variant, s=seed: {
+                    "checkpoint": str(
+                        toy_training.train_variant(
+                            paths.base, paths.shards, paths.run(v, s), v, s, sizes.train_steps, sizes.train_batch
+                        )
+                    )
+                },
+            )
     previous = json.loads((paths.root / "build.json").read_text()) if (paths.root / "build.json").is_file() else {}
     previous.update(report)
     (paths.root / "build.json").write_text(json.dumps(previous, indent=2))
@@ -200,8 +255,11 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=["hard"], help="ablations to train: hard paper nomask")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda[:n]")
-    parser.add_argument("--demo", action="store_true",
-                        help="also copy the hard / seed 0 model into train/toyworld/assets (the built-in demo)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also copy the hard / seed 0 model into train/toyworld/assets (the built-in demo)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     variants = tuple(dict.fromkeys(("hard",) + tuple(args.variants))) if args.demo else tuple(args.variants)

@@ -47,15 +47,19 @@ class SceneBank:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SceneBank":
+    def load(cls, path: str | Path) -> SceneBank:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(npz["meta"].tobytes().decode())
             return cls(npz["images"], meta["captions"], meta["people"])
 
 
 def person_dict(person: world.Person) -> dict:
-    return {"identity": person.identity, "face_box": person.face_box.tolist(),
-            "keypoints": person.keypoints.tolist(), "body": person.body.tolist()}
+    return {
+        "identity": person.identity,
+        "face_box": person.face_box.tolist(),
+        "keypoints": person.keypoints.tolist(),
+        "body": person.body.tolist(),
+    }
 
 
 def generate_scenes(count: int, pool, seed: int, size: int = 32, counts=(1, 2, 3, 4, 5, 6)) -> SceneBank:
@@ -83,8 +87,9 @@ class ToyFaceFeatures:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.recognizer = OnePassRecognizer(str(onnx_path), providers=["CPUExecutionProvider"],
-                                            sess_options=options, pack=pack)
+        self.recognizer = OnePassRecognizer(
+            str(onnx_path), providers=["CPUExecutionProvider"], sess_options=options, pack=pack
+        )
 
     @property
     def info(self):
@@ -99,7 +104,9 @@ class ToyFaceFeatures:
     def features(self, image: np.ndarray, keypoints) -> tuple[np.ndarray, np.ndarray]:
         """(global (N, 512), local (N, 512, 7, 7)) of the faces with these keypoints."""
         if len(keypoints) == 0:
-            return np.zeros((0,) + self.info.global_shape, np.float32), np.zeros((0,) + self.info.local_shape, np.float32)
+            return np.zeros((0,) + self.info.global_shape, np.float32), np.zeros(
+                (0,) + self.info.local_shape, np.float32
+            )
         return self.recognizer.features(self.crops(image, keypoints))
 
 
@@ -110,9 +117,14 @@ def detected_faces(features: ToyFaceFeatures, image: np.ndarray, people: list[di
     keypoints = [np.asarray(p["keypoints"], np.float32) for p in people]
     global_features, local_features = features.features(image, keypoints)
     return [
-        DetectedFace(box=np.asarray(p["face_box"], np.float32) * scale, keypoints=keypoints[i] * scale, score=1.0,
-                     global_feature=global_features[i], local_feature=local_features[i],
-                     image_size=(image.shape[0] * int(scale), image.shape[1] * int(scale)))
+        DetectedFace(
+            box=np.asarray(p["face_box"], np.float32) * scale,
+            keypoints=keypoints[i] * scale,
+            score=1.0,
+            global_feature=global_features[i],
+            local_feature=local_features[i],
+            image_size=(image.shape[0] * int(scale), image.shape[1] * int(scale)),
+        )
         for i, p in enumerate(people)
     ]
 
@@ -131,8 +143,12 @@ def shard_members(image: np.ndarray, caption: str, people: list[dict], faces) ->
     Image.fromarray(big).save(buffer, format="PNG")
     landmarks = [world.head_landmarks(p["face_box"], p["keypoints"], image.shape[1]) for p in people]
     pose = encode_pose_keypoint([np.asarray(p["body"]) for p in people], big.shape[1], big.shape[0], landmarks)
-    return {"png": buffer.getvalue(), "txt": caption.encode(), "faces.npz": encode_faces(faces, big.shape[:2]),
-            "pose.json": json.dumps(pose).encode()}
+    return {
+        "png": buffer.getvalue(),
+        "txt": caption.encode(),
+        "faces.npz": encode_faces(faces, big.shape[:2]),
+        "pose.json": json.dumps(pose).encode(),
+    }
 
 
 def write_shards(bank: SceneBank, features: ToyFaceFeatures, out_dir: str | Path, per_shard: int = 500) -> dict:
@@ -157,9 +173,16 @@ def write_shards(bank: SceneBank, features: ToyFaceFeatures, out_dir: str | Path
             writer.write(f"{index:07d}", shard_members(image, caption, people, faces))
         writer.close()
         count = writer.count
-        stats = {"shard": shard.name, "images": count, "samples": count, "faces": faces_total, "skipped": {},
-                 "no_caption": 0}
+        stats = {
+            "shard": shard.name,
+            "images": count,
+            "samples": count,
+            "faces": faces_total,
+            "skipped": {},
+            "no_caption": 0,
+        }
         stats_path(shard).write_text(json.dumps(stats))
         logger.info("wrote %s (%d samples, %d faces)", shard.name, count, faces_total)
-    return write_manifest(out, features.info, {"source": "toy world", "scene_size": int(bank.images.shape[1]),
-                                               "pixel_factor": factor})
+    return write_manifest(
+        out, features.info, {"source": "toy world", "scene_size": int(bank.images.shape[1]), "pixel_factor": factor}
+    )

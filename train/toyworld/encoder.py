@@ -38,8 +38,11 @@ PACK_NAME = "toyface"
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2 if kernel % 2 else 0, bias=False),
-                         nn.BatchNorm2d(cout), nn.PReLU(cout))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2 if kernel % 2 else 0, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.PReLU(cout),
+    )
 
 
 class GlobalDepthwiseLinear(nn.Module):
@@ -145,7 +148,7 @@ def train_metric(
         a = to_input(bank[ids, pick[:, 0]]).to(device)
         b = to_input(bank[ids, pick[:, 1]]).to(device)
         embeddings = model(torch.cat([a, b]))
-        loss = info_nce(embeddings[: len(ids)], embeddings[len(ids):])
+        loss = info_nce(embeddings[: len(ids)], embeddings[len(ids) :])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -166,8 +169,11 @@ def verification_accuracy(embed, bank: np.ndarray) -> dict:
     sim = first @ second.T  # (I, I)
     same = sim.diagonal()
     different = sim[~torch.eye(len(sim), dtype=torch.bool)]
-    return {"same": float(same.mean()), "different": float(different.mean()),
-            "top1": float((sim.argmax(dim=1) == torch.arange(len(sim))).float().mean())}
+    return {
+        "same": float(same.mean()),
+        "different": float(different.mean()),
+        "top1": float((sim.argmax(dim=1) == torch.arange(len(sim))).float().mean()),
+    }
 
 
 def export_onnx(model: ToyFaceNet, path: str | Path) -> Path:
@@ -179,8 +185,16 @@ def export_onnx(model: ToyFaceNet, path: str | Path) -> Path:
     try:
         dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
         tmp = path.with_suffix(".tmp")
-        torch.onnx.export(model, (dummy,), str(tmp), input_names=["input.1"], output_names=["embedding"],
-                          opset_version=17, dynamo=False, do_constant_folding=False)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(tmp),
+            input_names=["input.1"],
+            output_names=["embedding"],
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=False,
+        )
         tmp.replace(path)
     finally:
         model.fc.export_mode = False

@@ -44,14 +44,26 @@ class Case:
 def make_case(identities: list[int], rng: np.random.Generator, size: int = 32, portrait_size: int = 64) -> Case:
     scene = world.make_scene(identities, rng, size=size)
     portraits = [world.render_portrait(world.identity_params(i), portrait_size, rng) for i in identities]
-    return Case(list(identities), scene.caption, scene.colour, scene.face_boxes().astype(np.float32),
-                scene.bodies(), scene.background_mask, scene.image, portraits, [p.keypoints for p in scene.people])
+    return Case(
+        list(identities),
+        scene.caption,
+        scene.colour,
+        scene.face_boxes().astype(np.float32),
+        scene.bodies(),
+        scene.background_mask,
+        scene.image,
+        portraits,
+        [p.keypoints for p in scene.people],
+    )
 
 
 def make_cases(pool, counts, per_count: int, seed: int, size: int = 32) -> list[Case]:
     rng = np.random.default_rng(seed)
-    return [make_case([int(i) for i in rng.choice(pool, n, replace=False)], rng, size)
-            for n in counts for _ in range(per_count)]
+    return [
+        make_case([int(i) for i in rng.choice(pool, n, replace=False)], rng, size)
+        for n in counts
+        for _ in range(per_count)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,9 +150,9 @@ def reference_features(features, case: Case) -> tuple[torch.Tensor, torch.Tensor
     """Global (N, 512) and local (N, 512, 7, 7) features of the case's reference portraits."""
     globals_, locals_ = [], []
     for portrait in case.portraits:
-        g, l = features.features(portrait.image, [portrait.geometry.keypoints])
-        globals_.append(g[0])
-        locals_.append(l[0])
+        global_feature, local_feature = features.features(portrait.image, [portrait.geometry.keypoints])
+        globals_.append(global_feature[0])
+        locals_.append(local_feature[0])
     return torch.from_numpy(np.stack(globals_)), torch.from_numpy(np.stack(locals_))
 
 
@@ -169,14 +181,26 @@ def case_example(case: Case, config, features, full_masks: bool = False) -> dict
     if full_masks:
         masks = FaceMasks(torch.ones_like(masks.masks), masks.centres, masks.boxes)
     global_feature, local_feature = reference_features(features, case)
-    return {"control": torch.from_numpy(control.astype(np.float32) / 255.0).permute(2, 0, 1), "caption": case.caption,
-            "global_features": global_feature, "local_features": local_feature, "masks": masks,
-            "control_uint8": control}
+    return {
+        "control": torch.from_numpy(control.astype(np.float32) / 255.0).permute(2, 0, 1),
+        "caption": case.caption,
+        "global_features": global_feature,
+        "local_features": local_feature,
+        "masks": masks,
+        "control_uint8": control,
+    }
 
 
 @torch.no_grad()
-def sample(net, toy: ToyBase, examples: list[dict], steps: int = 20, guidance: float = 4.0, seed: int = 0,
-           with_faces: bool = True) -> np.ndarray:
+def sample(
+    net,
+    toy: ToyBase,
+    examples: list[dict],
+    steps: int = 20,
+    guidance: float = 4.0,
+    seed: int = 0,
+    with_faces: bool = True,
+) -> np.ndarray:
     """Batched DDIM + CFG on the net's device: (B, S, S, 3) uint8 scenes, one per example."""
     from diffusers import DDIMScheduler
 
@@ -195,12 +219,18 @@ def sample(net, toy: ToyBase, examples: list[dict], steps: int = 20, guidance: f
     text = toy.text_encoder.encode([""] * batch + [e["caption"] for e in examples]).to(device)  # (2B, T, d)
     uncond = FaceInputs.empty(batch, net.config)
     if with_faces:
-        cond = FaceInputs([e["global_features"] for e in examples], [e["local_features"] for e in examples],
-                          [e["masks"] for e in examples])
+        cond = FaceInputs(
+            [e["global_features"] for e in examples],
+            [e["local_features"] for e in examples],
+            [e["masks"] for e in examples],
+        )
     else:
         cond = FaceInputs.empty(batch, net.config)
-    faces = FaceInputs(uncond.global_features + cond.global_features, uncond.local_features + cond.local_features,
-                       uncond.masks + cond.masks)
+    faces = FaceInputs(
+        uncond.global_features + cond.global_features,
+        uncond.local_features + cond.local_features,
+        uncond.masks + cond.masks,
+    )
     control = torch.stack([e["control"] for e in examples]).to(device)
     control = torch.cat([control, control])
     with cached_hint(net):
@@ -283,7 +313,7 @@ def box_cells(box, size: int) -> np.ndarray:
     """(S, S) bool: the latent cells a head box (scene px = latent cells) touches."""
     x1, y1, x2, y2 = box
     cells = np.zeros((size, size), bool)
-    cells[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = True
+    cells[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
     return cells
 
 
@@ -294,8 +324,9 @@ def face_area(case: Case) -> np.ndarray:
 
 
 @torch.no_grad()
-def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], timesteps=(300, 500, 700),
-                  seed: int = 0) -> dict:
+def identity_gain(
+    net, toy: ToyBase, examples: list[dict], cases: list[Case], timesteps=(300, 500, 700), seed: int = 0
+) -> dict:
     """How much the model uses WHO the faces are: its denoising error inside the head boxes with
     each case's own reference features vs with other cases' features in the same slots (masks,
     circles, caption and noise unchanged). ``gain`` = shuffled / correct - 1 (0: identity ignored).
@@ -323,9 +354,10 @@ def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], ti
     text = toy.text_encoder.encode([e["caption"] for e in examples]).to(device)
     control = torch.stack([e["control"] for e in examples]).to(device)
     masks = [e["masks"] for e in examples]
-    inputs = {"correct": FaceInputs([e["global_features"] for e in examples],
-                                    [e["local_features"] for e in examples], masks),
-              "shuffled": FaceInputs(shuffled_g, shuffled_l, masks)}
+    inputs = {
+        "correct": FaceInputs([e["global_features"] for e in examples], [e["local_features"] for e in examples], masks),
+        "shuffled": FaceInputs(shuffled_g, shuffled_l, masks),
+    }
     generator = torch.Generator().manual_seed(seed)
     errors = {name: [] for name in inputs}
     with cached_hint(net):
@@ -341,8 +373,9 @@ def identity_gain(net, toy: ToyBase, examples: list[dict], cases: list[Case], ti
 
 
 @torch.no_grad()
-def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case], timesteps=(300, 500, 700),
-                       seed: int = 0, batch: int = 8) -> dict:
+def influence_locality(
+    net, toy: ToyBase, examples: list[dict], cases: list[Case], timesteps=(300, 500, 700), seed: int = 0, batch: int = 8
+) -> dict:
     """Where does changing one person's face features change the noise prediction? A measure of
     identity mixing that does not depend on how well the model samples.
 
@@ -368,22 +401,27 @@ def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case
         raise ValueError("influence_locality needs cases with at least two people")
 
     def features(c: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g, l = examples[c]["global_features"].clone(), examples[c]["local_features"].clone()
+        global_features, local_features = examples[c]["global_features"].clone(), examples[c]["local_features"].clone()
         if k >= 0:
             donor = examples[(c + 1) % len(examples)]
-            g[k], l[k] = donor["global_features"][0], donor["local_features"][0]
-        return g, l
+            global_features[k], local_features[k] = donor["global_features"][0], donor["local_features"][0]
+        return global_features, local_features
 
     device = _device(net)
     latents = scene_latents(np.stack([case.oracle for case in cases])).to(device)  # (C, 4, S, S)
     text = toy.text_encoder.encode([e["caption"] for e in examples]).to(device)
     parts = []  # per batch of jobs, fixed across timesteps: (jobs, case index, faces, control)
     for start in range(0, len(jobs), batch):
-        part = jobs[start:start + batch]
-        g, l = zip(*(features(c, k) for c, k in part))
-        parts.append((part, torch.tensor([c for c, _ in part], device=device),
-                      FaceInputs(list(g), list(l), [examples[c]["masks"] for c, _ in part]),
-                      torch.stack([examples[c]["control"] for c, _ in part]).to(device)))
+        part = jobs[start : start + batch]
+        global_features, local_features = zip(*(features(c, k) for c, k in part))
+        parts.append(
+            (
+                part,
+                torch.tensor([c for c, _ in part], device=device),
+                FaceInputs(list(global_features), list(local_features), [examples[c]["masks"] for c, _ in part]),
+                torch.stack([examples[c]["control"] for c, _ in part]).to(device),
+            )
+        )
     head_cells = [[box_cells(b, size) for b in case.boxes] for case in cases]
     generator = torch.Generator().manual_seed(seed)
     ratios = {"other_faces": [], "background": []}
@@ -393,9 +431,12 @@ def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case
             noise = torch.randn(latents.shape, generator=generator).to(device)  # one draw per case, shared by its jobs
             noisy = scheduler.add_noise(latents, noise, torch.full((len(cases),), int(t), device=device))
             steps = torch.full((batch,), int(t), device=device)
-            predictions = torch.cat([
-                net(noisy[rows], steps[:len(part)], text[rows], faces, control)[:, :3].cpu()
-                for part, rows, faces, control in parts])  # (jobs, 3, S, S)
+            predictions = torch.cat(
+                [
+                    net(noisy[rows], steps[: len(part)], text[rows], faces, control)[:, :3].cpu()
+                    for part, rows, faces, control in parts
+                ]
+            )  # (jobs, 3, S, S)
             original = {c: predictions[j] for j, (c, k) in enumerate(jobs) if k < 0}
             for j, (c, k) in enumerate(jobs):
                 if k < 0:
@@ -403,8 +444,7 @@ def influence_locality(net, toy: ToyBase, examples: list[dict], cases: list[Case
                 change = ((predictions[j] - original[c]) ** 2).mean(dim=0).numpy()  # (S, S)
                 boxes = head_cells[c]
                 own = change[boxes[k]].mean()
-                others = [change[b & ~boxes[k]].mean() for m, b in enumerate(boxes)
-                          if m != k and (b & ~boxes[k]).any()]
+                others = [change[b & ~boxes[k]].mean() for m, b in enumerate(boxes) if m != k and (b & ~boxes[k]).any()]
                 own_energy.append(own)
                 if others:  # (another head entirely inside k's box leaves nothing to compare)
                     ratios["other_faces"].append(np.mean(others) / own)

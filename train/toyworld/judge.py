@@ -38,8 +38,11 @@ class _Residual(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (
+            nn.Sequential()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
@@ -52,8 +55,11 @@ class JudgeNet(nn.Module):
     def __init__(self, width: int = 24):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.stages = nn.Sequential(_Residual(width, width, 1), _Residual(width, 2 * width, 2),  # (B, 2w, 16, 16)
-                                    _Residual(2 * width, 4 * width, 2))  # (B, 4w, 8, 8)
+        self.stages = nn.Sequential(
+            _Residual(width, width, 1),
+            _Residual(width, 2 * width, 2),  # (B, 2w, 16, 16)
+            _Residual(2 * width, 4 * width, 2),
+        )  # (B, 4w, 8, 8)
         self.head = nn.Linear(4 * width, EMBEDDING)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +99,7 @@ class Judge:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Judge":
+    def load(cls, path: str | Path) -> Judge:
         from safetensors.torch import load_file
 
         net = JudgeNet()
@@ -101,22 +107,34 @@ class Judge:
         return cls(net)
 
 
-def train_judge(out_dir: str | Path, split: world.IdentitySplit, num_identities: int = 1200, views: int = 4,
-                steps: int = 300, batch_ids: int = 96, seed: int = 1234, device: str | torch.device = "cpu") -> dict:
+def train_judge(
+    out_dir: str | Path,
+    split: world.IdentitySplit,
+    num_identities: int = 1200,
+    views: int = 4,
+    steps: int = 300,
+    batch_ids: int = 96,
+    seed: int = 1234,
+    device: str | torch.device = "cpu",
+) -> dict:
     """Train on the judge pool (on ``device``), report separation on held-out identities, save the weights."""
     start = time.time()
     bank = training_bank(split.judge, num_identities, views, seed, "box", CROP, "judge")
     net = JudgeNet()
-    losses = train_metric(net, bank, steps, batch_ids, seed, learning_rate=3e-3, to_input=to_input,
-                          device=device)
+    losses = train_metric(net, bank, steps, batch_ids, seed, learning_rate=3e-3, to_input=to_input, device=device)
     judge = Judge(net)
     evaluated = min(200, num_identities)
     heldout_bank, _ = build_view_bank(list(split.heldout[:evaluated]), 2, seed + 7, split.heldout, "box", CROP)
     train_bank, _ = build_view_bank(list(split.train[:evaluated]), 2, seed + 8, split.train, "box", CROP)
     path = judge.save(Path(out_dir) / FILE_NAME)
     embed = lambda x: judge.net(to_input(x))  # noqa: E731
-    report = {"heldout": verification_accuracy(embed, heldout_bank), "train_ids": verification_accuracy(embed, train_bank),
-              "final_loss": float(np.mean(losses[-20:])), "seconds": time.time() - start, "path": str(path)}
+    report = {
+        "heldout": verification_accuracy(embed, heldout_bank),
+        "train_ids": verification_accuracy(embed, train_bank),
+        "final_loss": float(np.mean(losses[-20:])),
+        "seconds": time.time() - start,
+        "path": str(path),
+    }
     logger.info("judge: %s", report)
     return report
 

@@ -34,9 +34,18 @@ def scene_latents(images: np.ndarray) -> torch.Tensor:
     return torch.cat([rgb, torch.zeros_like(rgb[:, :1])], dim=1)
 
 
-def pretrain(base: base_model.ToyBase, bank: SceneBank, steps: int, batch_size: int = 16, learning_rate: float = 1e-3,
-             text_dropout: float = 0.1, seed: int = 0, log_every: int = 50, ema_decay: float = 0.995,
-             device: str | torch.device = "cpu") -> list[float]:
+def pretrain(
+    base: base_model.ToyBase,
+    bank: SceneBank,
+    steps: int,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    text_dropout: float = 0.1,
+    seed: int = 0,
+    log_every: int = 50,
+    ema_decay: float = 0.995,
+    device: str | torch.device = "cpu",
+) -> list[float]:
     """Train ``base.unet`` in place on ``device``; at the end its weights (back on the CPU) are the
     exponential moving average (``ema_decay``; 0 = the last weights), which gives far cleaner
     samples from a short run."""
@@ -71,12 +80,18 @@ def pretrain(base: base_model.ToyBase, bank: SceneBank, steps: int, batch_size: 
             decay = min(ema_decay, (1 + step) / (10 + step))  # warm-up: early averages are short
             with torch.no_grad():
                 for name, value in unet.state_dict().items():
-                    ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay) if value.is_floating_point() \
-                        else ema[name].copy_(value)
+                    ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay) if value.is_floating_point() else ema[
+                        name
+                    ].copy_(value)
         losses.append(float(loss.detach()))
         if (step + 1) % log_every == 0 or step == steps - 1:
-            logger.info("base pre-training step %d/%d: loss %.4f (%.1f s)", step + 1, steps,
-                        float(np.mean(losses[-log_every:])), time.time() - start)
+            logger.info(
+                "base pre-training step %d/%d: loss %.4f (%.1f s)",
+                step + 1,
+                steps,
+                float(np.mean(losses[-log_every:])),
+                time.time() - start,
+            )
     if ema is not None:
         unet.load_state_dict(ema)
     unet.eval().requires_grad_(False).to("cpu")

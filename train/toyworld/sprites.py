@@ -9,6 +9,7 @@ import numpy as np
 
 from .identities import SUPERSAMPLE, IdentityParams, Variation, _hsv, sample_variation
 
+
 def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     return xs + 0.5, ys + 0.5
@@ -39,7 +40,9 @@ def _texture(params: IdentityParams, u: np.ndarray, v: np.ndarray) -> np.ndarray
         return out
     angle = rng.uniform(0, math.pi)  # stripes
     phase = rng.uniform(0, 2 * math.pi)
-    return (np.sin((u * math.cos(angle) + v * math.sin(angle)) * params.texture_scale * 2 + phase) > 0.55).astype(np.float32)
+    return (np.sin((u * math.cos(angle) + v * math.sin(angle)) * params.texture_scale * 2 + phase) > 0.55).astype(
+        np.float32
+    )
 
 
 @dataclass

@@ -89,16 +89,30 @@ def toy_base_loader(base_path: str | Path):
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "toy_world.toml"
 
 
-def toy_options(data_dir: str | Path, output_dir: str | Path, variant: str, seed: int, steps: int,
-                batch_size: int | None = None, **overrides):
+def toy_options(
+    data_dir: str | Path,
+    output_dir: str | Path,
+    variant: str,
+    seed: int,
+    steps: int,
+    batch_size: int | None = None,
+    **overrides,
+):
     """TrainOptions for a toy run: ``train/configs/toy_world.toml`` + the variant + per-run values."""
     from train.options import TrainOptions, read_file
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown toy variant {variant!r}; choose from {sorted(VARIANTS)}")
     values = read_file(str(CONFIG_FILE))
-    values.update(data=[str(data_dir)], output_dir=str(output_dir), pretrained="", seed=seed, max_steps=steps,
-                  warmup_steps=min(50, steps // 10), checkpoint_every=max(steps, 1))
+    values.update(
+        data=[str(data_dir)],
+        output_dir=str(output_dir),
+        pretrained="",
+        seed=seed,
+        max_steps=steps,
+        warmup_steps=min(50, steps // 10),
+        checkpoint_every=max(steps, 1),
+    )
     if batch_size is not None:
         values["batch_size"] = batch_size
     values.update(VARIANTS[variant])
@@ -120,16 +134,25 @@ def warm_start(trainer, exported: str | Path) -> None:
     wanted = {k: v for k, v in source.state_dict().items() if k.startswith(("projector.", "controlnet.", "unet."))}
     missing, unexpected = net.load_state_dict(wanted, strict=False)
     if unexpected or [k for k in missing if k.startswith(("projector.", "controlnet.", "unet."))]:
-        raise ValueError(f"{exported}: weights do not fit the toy net (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"{exported}: weights do not fit the toy net (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     if trainer.ema is not None:
         trainer.ema = EMA(net.trainable_state(), trainer.ema.decay)
     logger.info("warm start from %s", exported)
 
 
-def train_variant(base_path: str | Path, data_dir: str | Path, output_dir: str | Path, variant: str = "hard",
-                  seed: int = 0, steps: int = 300, batch_size: int | None = None, init_from: str | Path | None = None,
-                  **overrides) -> Path:
+def train_variant(
+    base_path: str | Path,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    variant: str = "hard",
+    seed: int = 0,
+    steps: int = 300,
+    batch_size: int | None = None,
+    init_from: str | Path | None = None,
+    **overrides,
+) -> Path:
     """Train one toy InstantFamily checkpoint with the real trainer; returns the exported file.
 
     init_from: an exported checkpoint to continue from (``warm_start``), e.g. the shipped demo model."""

@@ -200,8 +200,15 @@ def make_scene(
         trousers = _hsv(rng.uniform(), rng.uniform(0.1, 0.6), rng.uniform(0.15, 0.6))
         person_mask |= _draw_body(canvas, points, r, shirt, trousers)
         variation = sample_variation(rng, variation_strength)
-        variation = Variation(variation.scale, variation.rotation, variation.brightness, variation.light,
-                              variation.cast, variation.noise, (0.0, 0.0))
+        variation = Variation(
+            variation.scale,
+            variation.rotation,
+            variation.brightness,
+            variation.light,
+            variation.cast,
+            variation.noise,
+            (0.0, 0.0),
+        )
         before = canvas.copy()
         geometry = draw_head(canvas, params, (cx, cy), r, variation, ss)
         person_mask |= np.any(canvas != before, axis=2)
@@ -214,11 +221,23 @@ def make_scene(
         body[:, 2] = inside.astype(np.float32)
         body[~inside, :2] = 0
         box = np.clip(geometry.box, 0, size)
-        people.append(Person(identity=int(identity), face_box=box.astype(np.float32),
-                             keypoints=geometry.keypoints.astype(np.float32), body=body))
+        people.append(
+            Person(
+                identity=int(identity),
+                face_box=box.astype(np.float32),
+                keypoints=geometry.keypoints.astype(np.float32),
+                body=body,
+            )
+        )
     coverage = person_mask.reshape(size, ss, size, ss).mean(axis=(1, 3))
-    return Scene(image=image, caption=caption_for(count, colour, style), people=people, colour=colour,
-                 style=style, background_mask=coverage == 0)
+    return Scene(
+        image=image,
+        caption=caption_for(count, colour, style),
+        people=people,
+        colour=colour,
+        style=style,
+        background_mask=coverage == 0,
+    )
 
 
 def face_landmarks(scene: Scene) -> list[np.ndarray]:
@@ -233,10 +252,14 @@ def head_landmarks(face_box, keypoints, size: int) -> np.ndarray:
     mouth corner. face_box (4,) and keypoints (5, 2) in pixels of a ``size`` x ``size`` scene."""
     t = np.linspace(0, 1, 17)[:-1]
     x1, y1, x2, y2 = (float(v) / size for v in face_box)
-    outline = np.concatenate([
-        np.stack([x1 + (x2 - x1) * t, np.full_like(t, y1)], 1), np.stack([np.full_like(t, x2), y1 + (y2 - y1) * t], 1),
-        np.stack([x2 - (x2 - x1) * t, np.full_like(t, y2)], 1), np.stack([np.full_like(t, x1), y2 - (y2 - y1) * t], 1),
-    ])  # (64, 2)
+    outline = np.concatenate(
+        [
+            np.stack([x1 + (x2 - x1) * t, np.full_like(t, y1)], 1),
+            np.stack([np.full_like(t, x2), y1 + (y2 - y1) * t], 1),
+            np.stack([x2 - (x2 - x1) * t, np.full_like(t, y2)], 1),
+            np.stack([np.full_like(t, x1), y2 - (y2 - y1) * t], 1),
+        ]
+    )  # (64, 2)
     points = np.concatenate([outline, np.asarray(keypoints, np.float64)[:4] / size])  # (68, 2)
     return np.concatenate([points, np.ones((68, 1))], axis=1)
 

@@ -2,6 +2,7 @@
 
 Loaded by the node tests through ComfyUI's own loader, like any custom node pack.
 """
+
 from . import tiny_model, workflow_nodes
 from .node_classes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 

@@ -1,4 +1,5 @@
 """Classic-API test nodes: a tiny MODEL, random CONDITIONING and a LATENT probe output node."""
+
 from . import tiny_model
 
 _CATEGORY = "InstantFamily/testing"
@@ -26,19 +27,21 @@ class IFTestConditioning:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "seed": _SEED, "context_dim": _WIDTH,
-            "tokens": ("INT", {"default": 77, "min": 1, "max": 1024}),
-            "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
-        }}
+        return {
+            "required": {
+                "seed": _SEED,
+                "context_dim": _WIDTH,
+                "tokens": ("INT", {"default": 77, "min": 1, "max": 1024}),
+                "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
+            }
+        }
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "build"
     CATEGORY = _CATEGORY
 
     def build(self, seed, context_dim, tokens, batch):
-        return (tiny_model.random_conditioning(context_dim=context_dim, seed=seed,
-                                               batch=batch, tokens=tokens),)
+        return (tiny_model.random_conditioning(context_dim=context_dim, seed=seed, batch=batch, tokens=tokens),)
 
 
 class IFTestLatentProbe:

@@ -4,32 +4,50 @@ The UNet has SD1.5's layout (4 levels, channel_mult 1,2,4,4, two res blocks per 
 one transformer per attention block at levels 0-2 and in the middle), so it emits the same
 16 attn2 keys as SD1.5, but with ``model_channels`` 32 and a small ``context_dim``.
 """
+
 import math
 
 import torch
 
 # SD1.5's unet_config as ComfyUI's model detection builds it, minus the sizes.
 _SD15_LAYOUT = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "in_channels": 4,
-    "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
-    "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "in_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_middle": 1,
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_linear_in_transformer": False, "num_heads": 8,
-    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "use_linear_in_transformer": False,
+    "num_heads": 8,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
 }
 
 # The attn2 keys (block name, block id) SD1.5 emits; the tiny model must emit the same.
-SD15_ATTN2_BLOCKS = ([("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("middle", 0)]
-                     + [("output", i) for i in range(3, 12)])
+SD15_ATTN2_BLOCKS = [("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("middle", 0)] + [("output", i) for i in range(3, 12)]
 
 
 # SDXL's layout as ComfyUI's model detection builds it (3 levels, attention at levels 1-2 with two
 # transformer blocks per attention block at level 2, an ADM input for pooled text + sizes), tiny widths.
-_SDXL_LAYOUT = dict(_SD15_LAYOUT, adm_in_channels=2816, num_classes="sequential", use_linear_in_transformer=True,
-                    num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], transformer_depth=[0, 0, 1, 1, 2, 2],
-                    transformer_depth_middle=2, transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
-                    num_head_channels=32, num_heads=-1)
+_SDXL_LAYOUT = dict(
+    _SD15_LAYOUT,
+    adm_in_channels=2816,
+    num_classes="sequential",
+    use_linear_in_transformer=True,
+    num_res_blocks=[2, 2, 2],
+    channel_mult=[1, 2, 4],
+    transformer_depth=[0, 0, 1, 1, 2, 2],
+    transformer_depth_middle=2,
+    transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+    num_head_channels=32,
+    num_heads=-1,
+)
 
 
 def tiny_unet_config(context_dim=32, model_channels=32):

@@ -6,6 +6,7 @@
 - ``IFTestPoseKeypoint``: IMAGE -> (IMAGE, POSE_KEYPOINT) of N standing people, left to right
   (stands in for comfyui_controlnet_aux's DWPreprocessor).
 """
+
 import torch
 
 _CATEGORY = "InstantFamily/testing"
@@ -51,13 +52,24 @@ def standing_person(cx: float, top: float, height: float) -> list[float]:
     """COCO-18 body keypoints (x, y, c) * 18, normalised, of a person standing at x = cx."""
     u = height / 8.0  # head-to-toe in 8 units
     points = [
-        (cx, top + 0.5 * u), (cx, top + 1.5 * u),  # nose, neck
-        (cx - u, top + 1.5 * u), (cx - 1.3 * u, top + 3 * u), (cx - 1.4 * u, top + 4.3 * u),  # right arm
-        (cx + u, top + 1.5 * u), (cx + 1.3 * u, top + 3 * u), (cx + 1.4 * u, top + 4.3 * u),  # left arm
-        (cx - 0.5 * u, top + 4.3 * u), (cx - 0.6 * u, top + 6.2 * u), (cx - 0.6 * u, top + 8 * u),  # right leg
-        (cx + 0.5 * u, top + 4.3 * u), (cx + 0.6 * u, top + 6.2 * u), (cx + 0.6 * u, top + 8 * u),  # left leg
-        (cx - 0.2 * u, top + 0.3 * u), (cx + 0.2 * u, top + 0.3 * u),  # eyes
-        (cx - 0.4 * u, top + 0.4 * u), (cx + 0.4 * u, top + 0.4 * u),  # ears
+        (cx, top + 0.5 * u),
+        (cx, top + 1.5 * u),  # nose, neck
+        (cx - u, top + 1.5 * u),
+        (cx - 1.3 * u, top + 3 * u),
+        (cx - 1.4 * u, top + 4.3 * u),  # right arm
+        (cx + u, top + 1.5 * u),
+        (cx + 1.3 * u, top + 3 * u),
+        (cx + 1.4 * u, top + 4.3 * u),  # left arm
+        (cx - 0.5 * u, top + 4.3 * u),
+        (cx - 0.6 * u, top + 6.2 * u),
+        (cx - 0.6 * u, top + 8 * u),  # right leg
+        (cx + 0.5 * u, top + 4.3 * u),
+        (cx + 0.6 * u, top + 6.2 * u),
+        (cx + 0.6 * u, top + 8 * u),  # left leg
+        (cx - 0.2 * u, top + 0.3 * u),
+        (cx + 0.2 * u, top + 0.3 * u),  # eyes
+        (cx - 0.4 * u, top + 0.4 * u),
+        (cx + 0.4 * u, top + 0.4 * u),  # ears
     ]
     return [v for x, y in points for v in (x, y, 1.0)]
 
@@ -75,12 +87,24 @@ class IFTestPoseKeypoint:
 
     def estimate(self, image, people):
         height, width = int(image.shape[1]), int(image.shape[2])
-        frame = {"people": [{"pose_keypoints_2d": standing_person((k + 0.5) / people, 0.1, 0.8),
-                             "face_keypoints_2d": None, "hand_left_keypoints_2d": None,
-                             "hand_right_keypoints_2d": None} for k in range(people)],
-                 "canvas_width": width, "canvas_height": height}
+        frame = {
+            "people": [
+                {
+                    "pose_keypoints_2d": standing_person((k + 0.5) / people, 0.1, 0.8),
+                    "face_keypoints_2d": None,
+                    "hand_left_keypoints_2d": None,
+                    "hand_right_keypoints_2d": None,
+                }
+                for k in range(people)
+            ],
+            "canvas_width": width,
+            "canvas_height": height,
+        }
         return (image, [frame])
 
 
-NODE_CLASS_MAPPINGS = {"IFTestDecode": IFTestDecode, "IFTestLatentValues": IFTestLatentValues,
-                       "IFTestPoseKeypoint": IFTestPoseKeypoint}
+NODE_CLASS_MAPPINGS = {
+    "IFTestDecode": IFTestDecode,
+    "IFTestLatentValues": IFTestLatentValues,
+    "IFTestPoseKeypoint": IFTestPoseKeypoint,
+}
