@@ -12,8 +12,8 @@ log = logging.getLogger("InstantFamily")
 
 _NODE_MODULES = ("engine", "faces", "face_mask", "controlnet", "evaluation", "demo")
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+NODE_CLASS_MAPPINGS: dict[str, type] = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
 
 def _load_nodes() -> None:

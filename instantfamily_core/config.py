@@ -161,7 +161,8 @@ class InstantFamilyConfig:
     def palette_colour(self, slot: int) -> tuple[int, int, int]:
         """RGB colour of identity slot ``slot`` at inference: palette[slot] (never wraps around)."""
         self.check_slot_count(slot + 1)
-        return tuple(self.palette[slot])
+        red, green, blue = self.palette[slot]
+        return (int(red), int(green), int(blue))
 
     def check_slot_count(self, n_slots: int) -> None:
         """Raise ValueError when ``n_slots`` IDs need more circle colours than the palette has."""
@@ -176,9 +177,9 @@ class InstantFamilyConfig:
         palette colours drawn at random, so that every colour is trained. rng: a numpy Generator."""
         self.check_slot_count(n_slots)
         if rng is None or self.colour_rule != "random":
-            return [tuple(self.palette[n]) for n in range(n_slots)]
+            return [self.palette_colour(n) for n in range(n_slots)]
         picks = rng.choice(len(self.palette), size=n_slots, replace=False)
-        return [tuple(self.palette[int(i)]) for i in picks]
+        return [self.palette_colour(int(i)) for i in picks]
 
     def untrained_note(self, n_slots: int) -> str:
         """'' when ``n_slots`` IDs is what this checkpoint was trained for, else a sentence saying what was not

@@ -119,15 +119,15 @@ def decode_yolox(
         ys, xs = np.meshgrid(np.arange(height // stride), np.arange(width // stride), indexing="ij")
         grids.append(np.stack([xs, ys], -1).reshape(-1, 2))
         strides.append(np.full((grids[-1].shape[0], 1), stride))
-    grid, stride = np.concatenate(grids), np.concatenate(strides)  # (A, 2), (A, 1)
+    grid, stride_of = np.concatenate(grids), np.concatenate(strides)  # (A, 2), (A, 1)
     pred = np.asarray(raw, np.float32).reshape(-1, raw.shape[-1])
     if pred.shape[0] != grid.shape[0]:
         raise ValueError(
             f"DWPose detector: {pred.shape[0]} anchors, expected {grid.shape[0]} for a {width}x{height} "
             f"input; use yolox_l.onnx from comfyui_controlnet_aux (yzd-v/DWPose)"
         )
-    centre = (pred[:, :2] + grid) * stride
-    half = np.exp(pred[:, 2:4]) * stride / 2
+    centre = (pred[:, :2] + grid) * stride_of
+    half = np.exp(pred[:, 2:4]) * stride_of / 2
     people = pred[:, 4] * pred[:, 5]
     keep = people > score
     boxes = np.concatenate([centre - half, centre + half], 1)[keep] / ratio
@@ -244,7 +244,7 @@ class DWPoseEstimator:
     def people(self, rgb: np.ndarray) -> np.ndarray:
         """(N, 5) person boxes (source px) and scores."""
         canvas, ratio = letterbox(rgb, self.det_size)
-        batch = canvas.transpose(2, 0, 1)[None].astype(self.det_dtype)  # (1, 3, H, W) 0-255
+        batch: np.ndarray = canvas.transpose(2, 0, 1)[None].astype(self.det_dtype)  # (1, 3, H, W) 0-255
         raw = self.detector.run(None, {self.det_input.name: batch})[0]
         return decode_yolox(raw, self.det_size, ratio)
 

@@ -185,9 +185,16 @@ def face_masks_from_pose(
         )
     people = assign_slots(pose_positions(frame), n_ids, order, "pose")
     scale = np.array([frame.width, frame.height, frame.width, frame.height], np.float64)
-    boxes_px = np.stack([frame.people[i].face_box * scale for i in people])  # (N, 4)
+    boxes_px = np.stack([_known(frame.people[i].face_box) * scale for i in people])  # (N, 4)
     face_masks = masks_from_boxes(torch.from_numpy(boxes_px).float(), frame.size, margin)
     return resolve_overlap(face_masks, overlap), people
+
+
+def _known(value: np.ndarray | None) -> np.ndarray:
+    """A face box or centre the caller has checked exists."""
+    if value is None:
+        raise ValueError("a person without a face box was given a face slot")
+    return value
 
 
 def pose_positions(frame: PoseFrame) -> list[int]:
@@ -195,7 +202,7 @@ def pose_positions(frame: PoseFrame) -> list[int]:
     with_face = [i for i, person in enumerate(frame.people) if person.face_box is not None]
     if not with_face:
         return []
-    centres = np.stack([frame.people[i].face_centre for i in with_face])
+    centres = np.stack([_known(frame.people[i].face_centre) for i in with_face])
     return [with_face[k] for k in left_to_right(centres)]
 
 
@@ -213,9 +220,10 @@ def match_faces_to_people(face_boxes: np.ndarray, frame: PoseFrame) -> list[int 
         for p, person in enumerate(frame.people):
             if person.face_box is None:
                 continue
-            x, y = person.face_centre
+            person_centre = _known(person.face_centre)
+            x, y = person_centre
             if box[0] <= x <= box[2] and box[1] <= y <= box[3]:
-                pairs.append((float(np.linalg.norm(person.face_centre * scale - centre)), f, p))
+                pairs.append((float(np.linalg.norm(person_centre * scale - centre)), f, p))
     matched: list[int | None] = [None] * len(face_boxes)
     taken = set()
     for _, f, p in sorted(pairs):

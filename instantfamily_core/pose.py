@@ -97,10 +97,10 @@ def _points(values, what: str, expected: int | None = None) -> np.ndarray:
     """A flat [x, y, c, ...] list as (K, 3) float64; an empty or None list gives (0, 3)."""
     if values is None or len(values) == 0:
         return np.zeros((0, 3), np.float64)
-    array = np.asarray(values, dtype=np.float64).reshape(-1)
-    if array.size % 3 != 0:
-        raise ValueError(f"POSE_KEYPOINT: {what} has {array.size} numbers; expected x, y, confidence triples")
-    array = array.reshape(-1, 3)  # (K, 3)
+    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    if flat.size % 3 != 0:
+        raise ValueError(f"POSE_KEYPOINT: {what} has {flat.size} numbers; expected x, y, confidence triples")
+    array = flat.reshape(-1, 3)  # (K, 3)
     if expected is not None and array.shape[0] != expected:
         raise ValueError(
             f"POSE_KEYPOINT: {what} has {array.shape[0]} points; expected the {expected} COCO-18 body points "
@@ -209,8 +209,8 @@ def parse_pose_keypoint(data, frame: int = 0) -> PoseFrame:
         face = _points(person.get("face_keypoints_2d"), f"person {index} face_keypoints_2d")
         raw.append((body, face))
 
-    coords = [pts[_present(pts), :2] for pair in raw for pts in pair]
-    coords = np.concatenate(coords) if coords else np.zeros((0, 2))
+    present = [pts[_present(pts), :2] for pair in raw for pts in pair]
+    coords = np.concatenate(present) if present else np.zeros((0, 2))
     in_pixels = coords.size > 0 and float(coords.max()) > PIXEL_THRESHOLD
     to_px = np.array([1.0, 1.0]) if in_pixels else np.array([width, height], np.float64)
 

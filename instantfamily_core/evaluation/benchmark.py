@@ -47,9 +47,11 @@ THEIRS = ("sim_ref", "sim_gt", "copy_paste", "non_matched")
 
 
 def _face_masks(boxes_px: np.ndarray, size: tuple[int, int]):
+    import torch
+
     from ..masks import masks_from_boxes
 
-    return masks_from_boxes(boxes_px, size, MARGIN)
+    return masks_from_boxes(torch.as_tensor(boxes_px, dtype=torch.float32), size, MARGIN)
 
 
 def place(encoder: FaceEncoder, sample: BenchSample, size: tuple[int, int]):
@@ -205,7 +207,7 @@ def grid(tiles: list[tuple[str, np.ndarray]], path: str, title: str, height: int
     cells = []
     for caption, image in tiles:
         im = Image.fromarray(image)
-        im = im.resize((max(1, round(im.width * height / im.height)), height), Image.BILINEAR)
+        im = im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.BILINEAR)
         cell = Image.new("RGB", (max(im.width, 200), height + 16), (255, 255, 255))
         cell.paste(im, (0, 16))
         ImageDraw.Draw(cell).text((3, 2), caption[:48], fill=(0, 0, 0))
@@ -250,7 +252,9 @@ def run(
         raise ValueError("generation needs a ComfyUI client and the generation settings (or use evaluate_only)")
     samples = bench.samples[:limit] if limit else bench.samples
     size = (settings.height, settings.width) if settings is not None else None
-    records, skipped, tiles = [], list(bench.skipped), []
+    records: list = []
+    skipped = list(bench.skipped)
+    tiles: list = []
     for sample in _progress(samples, len(samples), progress):
         folder = os.path.join(out, "samples", sample.key)
         os.makedirs(folder, exist_ok=True)
@@ -263,12 +267,19 @@ def run(
             image_path = source
         try:
             image = load_image(image_path) if os.path.isfile(image_path) else None
-            refs, targets, face_masks, bodies = place(encoder, sample, size or image.shape[:2])
+            if size is not None:
+                canvas = size
+            elif image is not None:
+                canvas = image.shape[:2]
+            else:
+                raise ValueError(f"{sample.key}: no image and no generation settings to place its people")
+            refs, targets, face_masks, bodies = place(encoder, sample, canvas)
         except ValueError as e:
             skipped.append({"sample": sample.key, "reason": str(e)})
             log.warning("%s", e)
             continue
         if image is None:
+            assert settings is not None  # checked above: generation has its settings
             data = generate(client, settings, sample, face_masks, bodies, seed + sample.seed_offset)
             with open(image_path, "wb") as f:
                 f.write(data)
@@ -296,7 +307,7 @@ def run(
             + "; ".join(f"{s['sample']}: {s['reason']}" for s in skipped[:3])
         )
     summary = summarise(records)
-    result = {
+    result: dict = {
         "settings": {
             "layout": bench.layout,
             "data": bench.root,

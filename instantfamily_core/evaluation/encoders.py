@@ -222,7 +222,7 @@ class FacenetEncoder(FaceEncoder):
     def embed_crop(self, crop) -> np.ndarray:
         from PIL import Image
 
-        img = np.asarray(Image.fromarray(as_rgb_uint8(crop)).resize((160, 160), Image.BILINEAR), np.float32)
+        img = np.asarray(Image.fromarray(as_rgb_uint8(crop)).resize((160, 160), Image.Resampling.BILINEAR), np.float32)
         x = self._torch.from_numpy((img - 127.5) / 128.0).permute(2, 0, 1)[None]  # (1, 3, 160, 160)
         return self._embed_batch(x)[0]
 
@@ -252,7 +252,7 @@ class InsightfaceEncoder(FaceEncoder):
         img = as_rgb_uint8(crop)
         size = int(recognizer.input_size)
         if img.shape[:2] != (size, size):
-            img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+            img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
         global_feature, _ = recognizer.features(img[None])
         return np.asarray(global_feature[0], np.float32)
 

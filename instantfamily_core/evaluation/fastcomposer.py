@@ -193,7 +193,8 @@ def evaluate_folder(
             if ident not in ref_cache:
                 ref_cache[ident] = reference_embedding(encoder, references_dir, ident, reference_mode)
 
-    rows, confusions = [], {}
+    rows: list = []
+    confusions: dict = {}
     iterator = progress(items, len(items)) if progress else items
     for c, p, i, path in iterator:
         case = manifest.cases[c]

@@ -14,7 +14,7 @@ def colour(t: float) -> tuple[int, int, int]:
     t = float(np.clip(t, 0.0, 1.0)) * (len(_RAMP) - 1)
     i = min(int(t), len(_RAMP) - 2)
     c = _RAMP[i] + (t - i) * (_RAMP[i + 1] - _RAMP[i])
-    return tuple(int(round(v)) for v in c)
+    return (int(round(c[0])), int(round(c[1])), int(round(c[2])))
 
 
 def _font(size: int):

@@ -107,13 +107,14 @@ def _match_brute_force(sim: np.ndarray) -> np.ndarray:
     n, m = sim.shape
     if min(n, m) > _MAX_BRUTE_FORCE:
         raise RuntimeError(f"matching {n} x {m} faces needs scipy (pip install scipy)")
-    best, best_total = None, -np.inf
+    best: tuple[int, ...] = ()
+    best_total = -np.inf
     if n <= m:
         for cols in itertools.permutations(range(m), n):
             total = sim[np.arange(n), cols].sum()
             if total > best_total:
-                best, best_total = np.array(cols), total
-        return best
+                best, best_total = cols, total
+        return np.array(best, dtype=np.int64)
     assignment = np.full(n, -1, dtype=np.int64)
     for rows in itertools.permutations(range(n), m):
         total = sim[list(rows), np.arange(m)].sum()

@@ -195,8 +195,8 @@ def identity_report(encoder: FaceEncoder, faces, images: list[np.ndarray], clamp
         )
         drawn.append(draw_verdicts(image, r, labels, region_boxes))
     if len(images) > 1:
-        ident = np.array([r.identity.identity for r in reports])
-        lines.append(f"mean identity {ident.mean():.3f} ± {ident.std():.3f}")
+        identities = np.array([r.identity.identity for r in reports])
+        lines.append(f"mean identity {identities.mean():.3f} ± {identities.std():.3f}")
         accuracy = np.array([r.slots.slot_accuracy for r in reports])
         lines.append(
             f"mean slot accuracy {accuracy.mean():.3f}; swapped pairs in all {sum(len(r.slots.swaps) for r in reports)}"

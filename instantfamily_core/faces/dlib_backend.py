@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 import cv2
 import numpy as np
@@ -55,14 +56,15 @@ class DlibFaceBackend:
     def __init__(self, upsample: int = 1, threshold: float = 0.0, model_dir: str | None = None):
         dlib = import_dlib("the dlib face backend")
         self._dlib = dlib
-        self.model_dir = model_dir or dlib_models_dir()
-        if self.model_dir is None:
+        found = model_dir or dlib_models_dir()
+        if found is None:
             raise RuntimeError(f"the dlib face backend needs its weights: {DLIB_INSTALL}")
+        self.model_dir: str = found
         self.upsample = int(upsample)
         self.threshold = float(threshold)
         self.detector = dlib.get_frontal_face_detector()
         self.landmarks = dlib.shape_predictor(os.path.join(self.model_dir, DLIB_FILES["landmarks_68"]))
-        self._encoder = None
+        self._encoder: Any = None  # dlib's recognizer, loaded on the first embed()
 
     def detect(self, img, input_size=None, max_num: int = 0, metric: str = "default"):
         """BGR uint8 image -> (boxes (N, 5) [x1, y1, x2, y2, score], keypoints (N, 5, 2)), best first.
@@ -78,14 +80,14 @@ class DlibFaceBackend:
             size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         rects, scores, _kinds = self.detector.run(rgb, self.upsample, self.threshold)
-        boxes, points = [], []
+        box_rows, point_rows = [], []
         for rect, score in zip(rects, scores):
-            boxes.append([rect.left(), rect.top(), rect.right(), rect.bottom(), score])
-            points.append(_five_points(self.landmarks(rgb, rect)))
-        if not boxes:
+            box_rows.append([rect.left(), rect.top(), rect.right(), rect.bottom(), score])
+            point_rows.append(_five_points(self.landmarks(rgb, rect)))
+        if not box_rows:
             return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
-        boxes = np.array(boxes, np.float32)
-        points = np.stack(points).astype(np.float32)
+        boxes = np.array(box_rows, np.float32)  # (N, 5)
+        points = np.stack(point_rows).astype(np.float32)  # (N, 5, 2)
         boxes[:, :4] /= scale
         points /= scale
         order = np.argsort(-boxes[:, 4], kind="stable")

@@ -63,5 +63,11 @@ def load_faces(
     faces = build_faces(detections, analyzer.info, mode, order, indices, combine)
     slots = {id(source): slot for slot, identity in enumerate(faces.identities) for source in identity.sources}
     previews = [draw_preview(rgb, found, slots) for rgb, found in zip(rgbs, detections)]
-    crops = np.stack([source.crop for identity in faces.identities for source in identity.sources])
+    crops = np.stack([_crop(source) for identity in faces.identities for source in identity.sources])
     return LoadedFaces(faces, previews, crops, detections)
+
+
+def _crop(face) -> np.ndarray:
+    if face.crop is None:
+        raise RuntimeError("a detected face has no aligned crop; the analyzer must keep crops for Load Faces")
+    return face.crop

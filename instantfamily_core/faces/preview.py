@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -13,7 +16,7 @@ UNCHOSEN = (128, 128, 128)
 
 def draw_preview(
     image_rgb: np.ndarray,
-    faces: list[DetectedFace],
+    faces: Sequence[DetectedFace] | Sequence[Any],  # anything with a ``box``
     slots: dict[int, int],
     config: InstantFamilyConfig | None = None,
     labels: dict[int, str] | None = None,
