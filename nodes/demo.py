@@ -72,6 +72,10 @@ def build_comfy_model(path: str):
 class InstantFamilyToyBaseModel:
     """The toy base model (tiny SD1.5-family UNet) and the caption's conditioning: MODEL + CONDITIONING."""
 
+    DESCRIPTION = (
+        "Demo only: the built-in toy base model (32x32 synthetic scenes, not Stable Diffusion) and its caption."
+    )
+
     @classmethod
     def INPUT_TYPES(cls):
         from ..train.toyworld import world
@@ -80,7 +84,10 @@ class InstantFamilyToyBaseModel:
         styles = ", ".join(world.BACKGROUND_STYLES)
         return {
             "required": {
-                "base_file": (toy_base_files() or ["toy_base.safetensors"],),
+                "base_file": (
+                    toy_base_files() or ["toy_base.safetensors"],
+                    {"tooltip": "the demo's toy base model (not Stable Diffusion), from the pack's demo assets"},
+                ),
                 "caption": (
                     "STRING",
                     {
@@ -129,6 +136,8 @@ def _parse_identities(text: str) -> list[int]:
 class InstantFamilyToyFaces:
     """Toy identities -> INSTANTFAMILY_FACES through the pack's recognizer code (ground-truth face keypoints,
     no detector), their reference portraits, and a POSE_KEYPOINT template with one person per identity."""
+
+    DESCRIPTION = "Demo only: toy identities of the built-in toy world as faces, portraits and a pose template."
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -203,6 +212,8 @@ def toy_pose_keypoint(ids, rng, size: int = 32, canvas: int = 256):
 
 class InstantFamilyToyDecode:
     """Toy LATENT -> IMAGE: the latent is the scene itself (one pixel per latent cell), shown enlarged."""
+
+    DESCRIPTION = "Demo only: shows a toy latent as an image (the toy world's latent is the picture itself)."
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -49,6 +49,11 @@ class InstantFamilyIdentityReport:
     verdict (OK / swapped / duplicate / wrong / missing) drawn on the image, slot accuracy, swaps,
     identity (SingleSim), mixing and MultiSim as text, and the references x slots confusion matrix."""
 
+    DESCRIPTION = (
+        "Checks the generated images: is the right person in the right place? Draws a verdict on every "
+        "face (OK / swapped / duplicate / wrong / missing) and reports the scores and confusion matrix."
+    )
+
     @classmethod
     def INPUT_TYPES(cls):
         return {

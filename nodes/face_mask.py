@@ -57,19 +57,17 @@ def untrained_note(config, n_slots: int) -> str:
 
 
 def detect_template_faces(analyzer, image_rgb):
-    """Faces on the template image through the face analyzer (``instantfamily_core.face_analysis``)."""
-    try:
-        from ..instantfamily_core.face_analysis import analyze_faces
-    except ImportError as error:
-        raise RuntimeError(
-            f"face detection on a template image is not available in this build ({error}); "
-            "connect a POSE_KEYPOINT or masks instead"
-        ) from error
-    return analyze_faces(analyzer, image_rgb)
+    """Every face of the template image, in the analyzer's detector order."""
+    return analyzer.analyze(image_rgb)
 
 
 class InstantFamilyFaceMask:
     """Where each ID goes: one region per ID slot, from a template image, a pose or drawn masks."""
+
+    DESCRIPTION = (
+        "Where each ID stands: one region per ID (its face box enlarged by the margin), from a template "
+        "photo, a POSE_KEYPOINT or drawn masks; the preview shows the regions in the slot colours."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -143,6 +141,11 @@ class InstantFamilyFaceMask:
 
 class InstantFamilyPoseCircleImage:
     """The ControlNet image: OpenPose skeletons of everyone plus a palette circle on each ID's face."""
+
+    DESCRIPTION = (
+        "The Pose+Circle ControlNet's image: everybody's OpenPose skeleton plus a circle in the slot's "
+        "colour on each ID's face, drawn exactly as the trainer drew them."
+    )
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -173,3 +173,16 @@ def test_the_pack_leaves_the_process_environment_alone(comfy_host):
         cls.INPUT_TYPES()
     changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
     assert not changed, f"listing the nodes' inputs changed {sorted(changed)}"
+
+
+def test_every_node_has_a_description_and_every_widget_a_tooltip(comfy_host):
+    missing = []
+    for name, cls in comfy_host.pack.NODE_CLASS_MAPPINGS.items():
+        if not getattr(cls, "DESCRIPTION", "").strip():
+            missing.append(f"{name}: DESCRIPTION")
+        for group in ("required", "optional"):
+            for widget, spec in cls.INPUT_TYPES().get(group, {}).items():
+                is_widget = isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")
+                if is_widget and not (spec[1] if len(spec) > 1 else {}).get("tooltip"):
+                    missing.append(f"{name}.{widget}: tooltip")
+    assert not missing, missing
