@@ -5,6 +5,7 @@ callbacks through ``add()``, and an attn2_patch that extends the context."""
 import numpy as np
 import pytest
 import torch
+from recording import record_calls
 
 CONTEXT = 32
 SMALL = dict(d_gf=16, d_lf=8, L=3, d_K=CONTEXT, projector_hidden=24)
@@ -110,25 +111,6 @@ def sample(comfy_host, model):
     return comfy_host.sample(model, positive, negative, torch.zeros(LATENT), seed=5, steps=2, cfg=3.0)
 
 
-def record(model):
-    """A clone whose attn2 replaces record (replace, q, k, v, options, out) per call."""
-    calls = []
-
-    class Recorder:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __call__(self, q, k, v, extra_options):
-            out = self.inner(q, k, v, extra_options)
-            calls.append((self.inner, q, k, v, dict(extra_options), out))
-            return out
-
-    clone = model.clone()
-    for key, replace in clone.model_options["transformer_options"]["patches_replace"]["attn2"].items():
-        clone.set_model_patch_replace(Recorder(replace), "attn2", *key)
-    return clone, calls
-
-
 def faces_alone(pack, replace, q, k, v, options):
     """The same layer's face attention without the other adapter."""
     alone = pack.comfy_patch.CrossAttentionReplace(replace.patch, replace.layers)
@@ -148,7 +130,7 @@ def keys_of(pack, model):
 def test_an_adapter_applied_before_is_wrapped_and_both_act(comfy_host, pack, base, instantfamily, faces):
     keys = keys_of(pack, base)
     adapted = patch_like_an_adapter(base, keys)
-    both, calls = record(apply(comfy_host, adapted, instantfamily, faces))
+    both, calls = record_calls(apply(comfy_host, adapted, instantfamily, faces))
     out = sample(comfy_host, both)
     assert len({tuple(options["block"]) for *_, options, _ in calls}) == len(keys)
     for replace, q, k, v, options, result in calls:
@@ -164,7 +146,7 @@ def test_an_adapter_applied_before_is_wrapped_and_both_act(comfy_host, pack, bas
 
 def test_an_adapter_applied_after_adds_its_callback_to_ours(comfy_host, pack, base, instantfamily, faces):
     ours = apply(comfy_host, base, instantfamily, faces)
-    both, calls = record(patch_like_an_adapter(ours, keys_of(pack, base)))
+    both, calls = record_calls(patch_like_an_adapter(ours, keys_of(pack, base)))
     sample(comfy_host, both)
     assert len({tuple(options["block"]) for *_, options, _ in calls}) == len(keys_of(pack, base))
     for replace, q, k, v, options, result in calls:
@@ -221,7 +203,7 @@ def test_a_context_extending_patch_composes_in_both_orders(comfy_host, pack, bas
     else:
         model = apply(comfy_host, base, instantfamily, faces).clone()
         model.set_model_attn2_patch(extend_context)
-    recorded, calls = record(model)
+    recorded, calls = record_calls(model)
     sample(comfy_host, recorded)
     for replace, q, k, v, options, result in calls:
         assert k.shape[1] == 77 + EXTRA_TOKENS  # the other pack's tokens reach our attention...

@@ -4,6 +4,7 @@ SD1.5-shaped and an SDXL-shaped tiny model."""
 import numpy as np
 import pytest
 import torch
+from recording import Recorder
 
 CONTEXT = 32
 SMALL = dict(d_gf=16, d_lf=8, L=3, d_K=CONTEXT, projector_hidden=24)
@@ -77,18 +78,6 @@ def apply_controlnet(comfy_host, base, instantfamily, stack, masks, strength=1.0
 
 def sample(comfy_host, model, positive, negative):
     return comfy_host.sample(model, positive, negative, torch.zeros(LATENT), seed=5, steps=2, cfg=3.0)
-
-
-class Recorder:
-    """Stands in for a replace: records every call, then delegates."""
-
-    def __init__(self, inner, calls):
-        self.inner, self.calls = inner, calls
-
-    def __call__(self, q, k, v, extra_options):
-        out = self.inner(q, k, v, extra_options)
-        self.calls.append((self.inner, q, k, v, dict(extra_options), out))
-        return out
 
 
 def record_control_calls(control, patch):

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from recording import record_calls
 
 CONTEXT = 32  # the tiny model's cross-attention width
 SMALL = dict(d_gf=16, d_lf=8, L=3, d_K=CONTEXT, projector_hidden=24)
@@ -113,27 +114,6 @@ def sample(comfy_host, model, conds, seed=5, latent=LATENT):
 
 def replaces(model, kind="attn2"):
     return model.model_options["transformer_options"]["patches_replace"][kind]
-
-
-class Recorder:
-    """Stands in for a replace in a clone's options: records every call, then delegates."""
-
-    def __init__(self, inner, calls):
-        self.inner, self.calls = inner, calls
-
-    def __call__(self, q, k, v, extra_options):
-        out = self.inner(q, k, v, extra_options)
-        self.calls.append((self.inner, q, k, v, dict(extra_options), out))
-        return out
-
-
-def record_calls(model, kind="attn2"):
-    """A clone of ``model`` whose every ``kind`` replace is recorded into the returned list."""
-    recorded = []
-    clone = model.clone()
-    for key, replace in replaces(model, kind).items():
-        clone.set_model_patch_replace(Recorder(replace, recorded), kind, *key)
-    return clone, recorded
 
 
 def test_weight_zero_is_the_plain_model_bit_for_bit(comfy_host, pack, instantfamily, with_deltas, base, conds):
