@@ -101,9 +101,10 @@ def _patched_step(host, base, n, args, control_state=None):
 
 def start_host(threads: int):
     """A real ComfyUI host (the test harness's driver) and a full-size SD1.5-shaped UNet, random init."""
-    sys.path.insert(0, str(REPO / "tests" / "nodes"))
-    import comfy_host
+    sys.path.insert(0, str(REPO))  # a script's sys.path starts at benchmarks/
     import torch
+
+    from instantfamily_dev import comfy_host
 
     host = comfy_host.start_host(Path(tempfile.mkdtemp(prefix="if-bench-")))
     torch.set_num_threads(threads)

@@ -19,7 +19,6 @@ ComfyUI: ``COMFYUI_PATH`` (your own ComfyUI) or the copy ``scripts/setup_env.sh`
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
@@ -41,13 +40,12 @@ then open example_workflows/ in ComfyUI."""
 
 
 def load_comfy_host():
-    """The test harness's host driver (tests/nodes/comfy_host.py), imported by path."""
-    path = REPO / "tests" / "nodes" / "comfy_host.py"
-    spec = importlib.util.spec_from_file_location("instantfamily_demo_comfy_host", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The development harness's host driver (``instantfamily_dev.comfy_host``)."""
+    if str(REPO) not in sys.path:  # a script's sys.path starts at scripts/; the harness lives at the root
+        sys.path.insert(0, str(REPO))
+    from instantfamily_dev import comfy_host
+
+    return comfy_host
 
 
 def swap_first_two(identities: str) -> str:

@@ -1,12 +1,13 @@
-"""Node tests run against a REAL ComfyUI: see comfy_host.py for how the host is chosen.
+"""Node tests run against a REAL ComfyUI: see instantfamily_dev/comfy_host.py for how the host is chosen.
 
 At import, ComfyUI's root goes first on sys.path and CPU mode is forced, so test modules may
 ``import comfy.…`` at module level. The host itself (nodes, executor, both packs loaded through
 ComfyUI's loader) starts once per process in the ``comfy_host`` session fixture.
 """
 
-import comfy_host as _host
 import pytest
+
+from instantfamily_dev import comfy_host as _host
 
 _host.put_host_on_path()
 

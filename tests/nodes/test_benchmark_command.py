@@ -10,8 +10,9 @@ import uuid
 
 import numpy as np
 import pytest
-from comfy_host import PACK_DIR_NAME, REPO_ROOT
 from PIL import Image
+
+from instantfamily_dev.comfy_host import PACK_DIR_NAME, REPO_ROOT
 
 PACK = "tinybench"
 TOY_ASSETS = REPO_ROOT / "train" / "toyworld" / "assets"
@@ -145,7 +146,7 @@ def test_benchmark_command_end_to_end(comfy_host, bench, tmp_path):
         assert client.prompts == 2  # resumed: nothing generated twice
         assert again["summary"] == result["summary"]
         return
-    from comfy_server import ComfyServer
+    from instantfamily_dev.comfy_server import ComfyServer
 
     base = tmp_path / "server"
     for sub in ("custom_nodes", "input", "output", "user", "models/instantfamily", "models/insightface/models"):

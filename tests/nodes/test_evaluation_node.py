@@ -8,8 +8,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from comfy_host import REPO_ROOT
 from PIL import Image
+
+from instantfamily_dev.comfy_host import REPO_ROOT
 
 NODE = "InstantFamilyIdentityReport"
 CENTRES = ((160, 320), (480, 320))  # on the toy detector's stride-32 anchors at 640 px

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from comfy_host import PromptExecutionError
 from PIL import Image
+
+from instantfamily_dev.comfy_host import PromptExecutionError
 
 PACK = "tinypack_nodes"
 CONTEXT = 32  # the fixture pack's tiny model's cross-attention width

@@ -4,7 +4,8 @@ import os
 
 import pytest
 import torch
-from comfy_host import PACK_DIR_NAME, PATH_ENV, REPO_ROOT, PromptExecutionError
+
+from instantfamily_dev.comfy_host import PACK_DIR_NAME, PATH_ENV, REPO_ROOT, PromptExecutionError
 
 CONTEXT_DIM = 32
 

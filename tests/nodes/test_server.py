@@ -13,11 +13,12 @@ import time
 
 import numpy as np
 import pytest
-import workflow_api as api
 import workflow_fixtures as wf
-from comfy_host import FIXTURE_DIR_NAME, FIXTURE_PACK, PACK_DIR_NAME, REPO_ROOT
-from comfy_server import ComfyServer, execution_error
 from PIL import Image
+
+from instantfamily_dev import workflow_api as api
+from instantfamily_dev.comfy_host import FIXTURE_DIR_NAME, FIXTURE_PACK, PACK_DIR_NAME, REPO_ROOT
+from instantfamily_dev.comfy_server import ComfyServer, execution_error
 
 # The inputs users' workflows store by name (API format) and by position (UI format): a rename or
 # reorder here breaks saved workflows, so it must be deliberate.

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 import torch
-import workflow_api as api
 import workflow_fixtures as wf
-from comfy_host import REPO_ROOT
 from PIL import Image
+
+from instantfamily_dev import workflow_api as api
+from instantfamily_dev.comfy_host import REPO_ROOT
 
 WORKFLOWS = wf.workflow_names()
 # Combo widgets whose choices are the user's own files (the test host has other files there).

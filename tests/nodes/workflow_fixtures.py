@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from comfy_host import REPO_ROOT
 from PIL import Image
+
+from instantfamily_dev.comfy_host import REPO_ROOT
 
 WORKFLOW_DIR = REPO_ROOT / "example_workflows"
 CONTEXT = 32  # the fixture pack's tiny model's cross-attention width

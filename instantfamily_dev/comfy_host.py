@@ -22,7 +22,7 @@ import sys
 import uuid
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PACK = Path(__file__).resolve().parent / "fixture_nodes"
 HOST_ENV = "INSTANTFAMILY_COMFY_HOST"
 PATH_ENV = "COMFYUI_PATH"
