@@ -77,7 +77,7 @@ def face_slots(frame, order: str) -> list[int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", help="prepared shards (train.prepare or train.toyworld.build)")
+    parser.add_argument("data", help="prepared shards (train.prepare or toyworld.build)")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--resolution", type=int, default=256)
     args = parser.parse_args(argv)

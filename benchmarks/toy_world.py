@@ -81,11 +81,11 @@ def evaluate_rows(
     device: str = "cpu",
 ):
     """Every benchmark row: name -> list of per-case records (plus a few images for the grid)."""
-    from train.toyworld import evaluation, world
-    from train.toyworld.build import Paths
-    from train.toyworld.data import ToyFaceFeatures
-    from train.toyworld.judge import Judge
-    from train.toyworld.toy_training import FULL_IMAGE_MASK_VARIANTS
+    from toyworld import evaluation, world
+    from toyworld.build import Paths
+    from toyworld.data import ToyFaceFeatures
+    from toyworld.judge import Judge
+    from toyworld.toy_training import FULL_IMAGE_MASK_VARIANTS
 
     paths = Paths(toy_dir)
     split = world.split_identities()
@@ -420,7 +420,7 @@ def main(argv=None) -> int:
         toy_dir = Path(args.toy_dir)
     out = Path(args.out) if args.out else toy_dir
     out.mkdir(parents=True, exist_ok=True)
-    from train.toyworld.build import build, resolve_device
+    from toyworld.build import build, resolve_device
 
     device = resolve_device(args.device)
     build(toy_dir, "smoke" if args.smoke else args.size, tuple(args.variants), tuple(args.seeds), str(device))

@@ -101,7 +101,7 @@ class InstantFamilyConfig:
     recognizer: RecognizerInfo = field(default_factory=RecognizerInfo)
     training_steps: int = 0
     # Constructor kwargs of ComfyUI's comfy.cldm.cldm.ControlNet for the stored ControlNet (written by
-    # the trainer's export, train.convert.ldm_controlnet_kwargs); empty = detect from the weights.
+    # the trainer's export, instantfamily_core.ldm_convert.ldm_controlnet_kwargs); empty = detect from the weights.
     controlnet: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

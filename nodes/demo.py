@@ -4,7 +4,7 @@ They stand in for what a user brings (an SD1.5 checkpoint + CLIP + VAE, photos o
 insightface pack) so that the pack's real nodes -- Load InstantFamily Model, Build Embedding Stack,
 Face Mask, Pose + Circle Image, Pose+Circle ControlNet, Apply InstantFamily -- and the stock
 KSampler run end to end without downloaded weights. The toy world is described in
-``train/toyworld``; its demo files live in ``train/toyworld/assets`` (registered below as extra
+``toyworld``; its demo files live in ``toyworld/assets`` (registered below as extra
 ``instantfamily`` and ``insightface`` model folders, so the toy checkpoint and the ``toyface``
 recognizer pack show up in the regular loaders).
 """
@@ -17,7 +17,7 @@ import os
 log = logging.getLogger("InstantFamily")
 
 CATEGORY = "InstantFamily/demo"
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "toyworld", "assets")
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toyworld", "assets")
 TOY_PACK = "toyface"
 
 
@@ -47,8 +47,8 @@ def build_comfy_model(path: str):
     import comfy.supported_models
     import torch
 
-    from ..train.convert import ldm_unet_config, unet_to_ldm
-    from ..train.toyworld.base_model import read_toy_base
+    from ..instantfamily_core.ldm_convert import ldm_unet_config, unet_to_ldm
+    from ..toyworld.base_model import read_toy_base
 
     meta, tensors = read_toy_base(path)
     unet_config = ldm_unet_config(meta["unet_config"])
@@ -78,7 +78,7 @@ class InstantFamilyToyBaseModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..train.toyworld import world
+        from ..toyworld import world
 
         colours = ", ".join(world.BACKGROUND_COLOURS)
         styles = ", ".join(world.BACKGROUND_STYLES)
@@ -105,13 +105,13 @@ class InstantFamilyToyBaseModel:
     CATEGORY = CATEGORY
 
     def load(self, base_file, caption):
-        from ..train.toyworld.base_model import ToyTextEncoder, read_toy_base
+        from ..toyworld.base_model import ToyTextEncoder, read_toy_base
 
         path = os.path.join(ASSETS, base_file)
         if not os.path.isfile(path):
             raise ValueError(
                 f"toy base model {path} not found: run `bash scripts/run_demo.sh` (it builds the toy "
-                "model) or `python -m train.toyworld.build --demo`"
+                "model) or `python -m toyworld.build --demo`"
             )
         _, tensors = read_toy_base(path)
         text = ToyTextEncoder(tensors["text.tokens"], tensors["text.positions"])
@@ -171,7 +171,7 @@ class InstantFamilyToyFaces:
         from ..instantfamily_core.faces.model_pack import find_model_pack
         from ..instantfamily_core.faces.recognizer import OnePassRecognizer
         from ..instantfamily_core.identity import DetectedFace, Faces, Identity
-        from ..train.toyworld import world
+        from ..toyworld import world
         from .faces import insightface_roots
 
         ids = _parse_identities(identities)
@@ -204,7 +204,7 @@ class InstantFamilyToyFaces:
 def toy_pose_keypoint(ids, rng, size: int = 32, canvas: int = 256):
     """POSE_KEYPOINT of a toy scene layout for ``ids`` (one person each, left to right)."""
     from ..instantfamily_core.pose import encode_pose_keypoint
-    from ..train.toyworld import world
+    from ..toyworld import world
 
     scene = world.make_scene(list(ids), rng, size=size)
     return encode_pose_keypoint(scene.bodies(), canvas, canvas, world.face_landmarks(scene))
@@ -229,7 +229,7 @@ class InstantFamilyToyDecode:
     CATEGORY = CATEGORY
 
     def decode(self, samples, scale):
-        from ..train.toyworld.base_model import latent_to_image
+        from ..toyworld.base_model import latent_to_image
 
         image = latent_to_image(samples["samples"])  # (B, h, w, 3)
         if scale > 1:

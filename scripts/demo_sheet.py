@@ -1,6 +1,6 @@
 """The demo's one picture: references, control image, generation, swapped stack, no faces, and the judge's verdicts.
 
-Used by ``scripts/run_demo.py`` after its ComfyUI prompt has run. The judge (``train/toyworld/judge.py``,
+Used by ``scripts/run_demo.py`` after its ComfyUI prompt has run. The judge (``toyworld/judge.py``,
 trained apart from the generator and the recognizer) embeds each person's head in a generated scene
 and compares it with fresh portraits of every identity in the stack: who landed where, and how
 similar. A verdict is correct when the best match at a position is the identity its slot holds.

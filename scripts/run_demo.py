@@ -3,7 +3,7 @@
     python scripts/run_demo.py [--identities "3000, 3001, 3002"] [--caption "..."] [--seed 0] [--out output/demo]
 
 No SD1.5 or InstantFamily weights can be downloaded here, so the demo runs the toy world
-(``train/toyworld``): a tiny SD1.5-family base model, toy identities recognised by a toy ArcFace
+(``toyworld``): a tiny SD1.5-family base model, toy identities recognised by a toy ArcFace
 through the pack's real recognizer code, and a toy InstantFamily checkpoint trained by the
 pack's trainer. The prompt: Toy Base Model, Toy Faces -> Load InstantFamily Model -> Build
 Embedding Stack -> Face Mask -> Pose + Circle Image -> Apply InstantFamily -> Pose+Circle
@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = REPO / "train" / "toyworld" / "assets"
+ASSETS = REPO / "toyworld" / "assets"
 TOY_CHECKPOINT = "toy_instantfamily_demo.safetensors"
 TOY_BASE = "toy_base.safetensors"
-JUDGE = "judge.safetensors"  # the toy world's judge (train/toyworld/judge.py): the demo's verdicts
+JUDGE = "judge.safetensors"  # the toy world's judge (toyworld/judge.py): the demo's verdicts
 
 REAL_WEIGHTS = """\
 This demo used the TOY model (32 x 32 synthetic scenes, toy identities), not Stable Diffusion.
@@ -202,8 +202,8 @@ def demo_sheet(outputs, identities: str):
             sys.path.insert(0, str(folder))
     import demo_sheet as sheet_module
 
-    from train.toyworld.evaluation import gallery
-    from train.toyworld.judge import Judge
+    from toyworld.evaluation import gallery
+    from toyworld.judge import Judge
 
     ids = [int(v) for v in identities.replace(";", ",").split(",") if v.strip()]
     swapped = [int(v) for v in swap_first_two(identities).split(",")]
@@ -243,7 +243,7 @@ def check_assets() -> None:
     if missing:
         raise SystemExit(
             f"the toy demo model is missing ({', '.join(map(str, missing))}); build it with "
-            "`python -m train.toyworld.build --demo` (trains the toy world on this CPU)"
+            "`python -m toyworld.build --demo` (trains the toy world on this CPU)"
         )
 
 

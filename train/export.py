@@ -21,9 +21,7 @@ from safetensors.torch import load_file
 
 from instantfamily_core.checkpoint import save_checkpoint
 from instantfamily_core.config import InstantFamilyConfig
-
-from . import state as ckpt
-from .convert import (
+from instantfamily_core.ldm_convert import (
     UNET_PREFIX,
     controlnet_from_ldm,
     controlnet_to_ldm,
@@ -31,6 +29,8 @@ from .convert import (
     unet_from_ldm,
     unet_to_ldm,
 )
+
+from . import state as ckpt
 
 logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -133,7 +133,7 @@ def build_controlnet(unet: torch.nn.Module, controlnet_weights: str = ""):
     state = {}
     for file in files:
         state.update(load_file(str(file)))
-    from .convert import controlnet_from_any
+    from instantfamily_core.ldm_convert import controlnet_from_any
 
     try:
         state = controlnet_from_any(state, controlnet.config, f"--controlnet {controlnet_weights}")

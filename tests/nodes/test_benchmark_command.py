@@ -15,7 +15,7 @@ from PIL import Image
 from instantfamily_dev.comfy_host import PACK_DIR_NAME, REPO_ROOT
 
 PACK = "tinybench"
-TOY_ASSETS = REPO_ROOT / "train" / "toyworld" / "assets"
+TOY_ASSETS = REPO_ROOT / "toyworld" / "assets"
 ANCHORS = ((160, 320), (480, 320))  # on the toy detector's stride-32 anchors at 640 px
 
 

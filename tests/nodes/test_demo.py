@@ -34,10 +34,10 @@ def toy_assets(tmp_path_factory):
     from instantfamily_core.checkpoint import save_checkpoint
     from instantfamily_core.config import InstantFamilyConfig
     from instantfamily_core.faces.recognizer import OnePassRecognizer
+    from instantfamily_core.ldm_convert import controlnet_to_ldm, ldm_controlnet_kwargs
     from instantfamily_core.projector import Projector
-    from train.convert import controlnet_to_ldm, ldm_controlnet_kwargs
-    from train.toyworld import base_model
-    from train.toyworld.encoder import ONNX_NAME, ToyFaceNet, export_onnx
+    from toyworld import base_model
+    from toyworld.encoder import ONNX_NAME, ToyFaceNet, export_onnx
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("toy_assets")
@@ -88,7 +88,7 @@ def demo_nodes(comfy_host, toy_assets):
 def test_toy_base_model_in_comfy_computes_the_diffusers_unet(comfy_host, demo_nodes, toy_assets):
     root, base = toy_assets
     model = demo_nodes.build_comfy_model(str(root / "toy_base.safetensors"))
-    from train.toyworld.base_model import load_toy_base
+    from toyworld.base_model import load_toy_base
 
     loaded = load_toy_base(root / "toy_base.safetensors")
     x, t, context = torch.randn(2, 4, 32, 32), torch.tensor([20.0, 700.0]), torch.randn(2, 16, 64)
@@ -129,7 +129,7 @@ def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes, toy_assets, tmp
     assert not torch.allclose(outputs["decode_plain"][0], generated)
 
     # the picture: a verdict under each person of each generation (a random judge here: only the layout is checked)
-    from train.toyworld.judge import Judge, JudgeNet
+    from toyworld.judge import Judge, JudgeNet
 
     torch.manual_seed(0)
     Judge(JudgeNet()).save(Path(toy_assets[0]) / run_demo.JUDGE)

@@ -1,4 +1,4 @@
-"""The committed demo model (train/toyworld/assets): what `bash scripts/run_demo.sh` runs on a fresh clone.
+"""The committed demo model (toyworld/assets): what `bash scripts/run_demo.sh` runs on a fresh clone.
 
 Separate from test_demo.py, whose module-wide fixture points the demo nodes at tiny files built
 there; here the pack's own asset folders are used as ComfyUI registered them.
@@ -23,7 +23,7 @@ def test_bundled_demo_model_runs_in_comfy(comfy_host):
     demo = comfy_host.pack_import("nodes.demo")
     assets = Path(demo.ASSETS)
     missing = [name for name in BUNDLED if not (assets / name).is_file()]
-    assert not missing, f"bundled demo files missing from {assets}: {missing} (python -m train.toyworld.build --demo)"
+    assert not missing, f"bundled demo files missing from {assets}: {missing} (python -m toyworld.build --demo)"
 
     spec = importlib.util.spec_from_file_location("instantfamily_run_demo_bundled", REPO / "scripts" / "run_demo.py")
     run_demo = importlib.util.module_from_spec(spec)

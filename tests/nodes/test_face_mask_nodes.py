@@ -179,8 +179,8 @@ def test_a_training_sample_through_the_nodes_gives_the_masks_and_circles_the_tra
 
     from instantfamily_core.config import InstantFamilyConfig
     from instantfamily_core.identity import DetectedFace
+    from toyworld import data, world
     from train.data import TrainDataset, sample_rng
-    from train.toyworld import data, world
 
     rng = np.random.default_rng(3)
     scene = world.make_scene([11, 22, 33, 44, 55], rng)

@@ -17,8 +17,8 @@ def _tiny_trainer_net():
 
 
 def test_exported_checkpoint_through_the_nodes_predicts_what_the_trainer_predicts(comfy_host):
+    from instantfamily_core.ldm_convert import controlnet_to_ldm, ldm_controlnet_kwargs
     from instantfamily_core.masks import masks_from_boxes as core_masks_from_boxes
-    from train.convert import controlnet_to_ldm, ldm_controlnet_kwargs
     from train.net import FaceInputs
 
     net, (latents, _, text, control) = _tiny_trainer_net()

@@ -7,7 +7,7 @@ def comfy_model_from(unet):
     import comfy.model_patcher
     import comfy.supported_models
 
-    from train.convert import ldm_unet_config, unet_to_ldm
+    from instantfamily_core.ldm_convert import ldm_unet_config, unet_to_ldm
 
     config = ldm_unet_config(unet.config)
     heads = config["num_heads"]

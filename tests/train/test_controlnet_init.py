@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from train.convert import CONTROLNET_PREFIX, controlnet_to_ldm
+from instantfamily_core.ldm_convert import CONTROLNET_PREFIX, controlnet_to_ldm
 from train.models import build_controlnet, load_base
 
 

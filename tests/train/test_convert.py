@@ -6,7 +6,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, convert_ldm_unet_checkpoint
 
-from train.convert import (
+from instantfamily_core.ldm_convert import (
     UNET_PREFIX,
     controlnet_from_ldm,
     controlnet_to_ldm,

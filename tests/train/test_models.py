@@ -5,7 +5,7 @@ import re
 import torch
 from safetensors.torch import save_file
 
-from train.convert import unet_to_ldm
+from instantfamily_core.ldm_convert import unet_to_ldm
 from train.models import CONFIG_ROOT, load_base
 
 

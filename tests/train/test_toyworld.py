@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from train.toyworld import base_model, world
-from train.toyworld.crops import align_crop
+from toyworld import base_model, world
+from toyworld.crops import align_crop
 
 
 def test_identities_are_deterministic_and_distinct():
@@ -49,7 +49,7 @@ def test_scene_geometry(count):
 
 
 def test_background_colour_follows_caption():
-    from train.toyworld.evaluation import background_colour
+    from toyworld.evaluation import background_colour
 
     rng = np.random.default_rng(1)
     for colour in world.BACKGROUND_COLOURS:
@@ -62,7 +62,7 @@ def test_toy_encoder_onnx_through_the_pack_recognizer(tmp_path):
     """The exported graph is what OnePassRecognizer expects (global 512 + pre-flatten 512x7x7 map in one
     session), and computes the same function as the factorised training-time network."""
     from instantfamily_core.faces.recognizer import OnePassRecognizer
-    from train.toyworld.encoder import ToyFaceNet, export_onnx, normalise
+    from toyworld.encoder import ToyFaceNet, export_onnx, normalise
 
     torch.manual_seed(0)
     net = ToyFaceNet()
@@ -131,7 +131,7 @@ def test_toy_base_round_trip(tmp_path):
 
 def test_full_image_masks_cover_everything_and_keep_slots():
     from instantfamily_core.masks import masks_from_boxes
-    from train.toyworld.toy_training import full_image
+    from toyworld.toy_training import full_image
 
     masks = masks_from_boxes(torch.tensor([[10.0, 10, 30, 30], [40, 10, 60, 30]]), (64, 64), 0.25)
     widened = full_image(masks)
@@ -184,7 +184,7 @@ def _random_toy_net(mask_mode: str = "hard"):
 
 @pytest.fixture(scope="module")
 def toy_cases():
-    from train.toyworld import evaluation
+    from toyworld import evaluation
 
     split = world.split_identities()
     return evaluation.make_cases(split.heldout, (2, 3), 2, seed=5)
@@ -193,7 +193,7 @@ def toy_cases():
 def test_influence_locality_separates_hard_masks_from_no_masks(toy_cases):
     """Swapping one person's features: with hard masks the prediction changes mostly inside that
     person's head box; with whole-image regions ("no mask") every head changes as much."""
-    from train.toyworld import evaluation
+    from toyworld import evaluation
 
     net, toy = _random_toy_net()
     hard = [evaluation.case_example(c, net.config, _RandomFeatures(i)) for i, c in enumerate(toy_cases)]
@@ -210,7 +210,7 @@ def test_influence_locality_separates_hard_masks_from_no_masks(toy_cases):
 def test_identity_gain_is_zero_when_faces_are_ignored(toy_cases):
     """With the face path cut (projector weights zeroed: every face becomes the same tokens),
     swapping identities cannot change anything -> gain 0; with distinct faces it does."""
-    from train.toyworld import evaluation
+    from toyworld import evaluation
 
     net, toy = _random_toy_net()
     examples = [evaluation.case_example(c, net.config, _RandomFeatures(i)) for i, c in enumerate(toy_cases)]
@@ -223,7 +223,7 @@ def test_identity_gain_is_zero_when_faces_are_ignored(toy_cases):
 
 
 def test_device_choice_says_what_to_do_without_a_gpu():
-    from train.toyworld.build import resolve_device
+    from toyworld.build import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
@@ -234,8 +234,8 @@ def test_device_choice_says_what_to_do_without_a_gpu():
 
 
 def test_pretrain_leaves_the_trained_unet_on_the_cpu():
-    from train.toyworld.data import generate_scenes
-    from train.toyworld.pretrain import pretrain
+    from toyworld.data import generate_scenes
+    from toyworld.pretrain import pretrain
 
     toy = base_model.new_toy_base(width=32, seed=0)
     before = {k: v.clone() for k, v in toy.unet.state_dict().items()}
@@ -250,7 +250,7 @@ def test_pretrain_leaves_the_trained_unet_on_the_cpu():
 def test_score_counts_slot_accuracy_and_swaps_by_region(toy_cases):
     """Region n is slot n: a scene whose first two people stand in each other's place scores slot
     accuracy 1/3 and one swapped pair (the judge is replaced by fixed embeddings)."""
-    from train.toyworld import evaluation
+    from toyworld import evaluation
 
     case = next(c for c in toy_cases if len(c.identities) == 3)
     references = np.eye(3, 8)

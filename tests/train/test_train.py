@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from train_fixtures import train_args
 
 from instantfamily_core.checkpoint import load_checkpoint
-from train.convert import UNET_PREFIX, controlnet_from_ldm, ldm_controlnet_kwargs, unet_from_ldm
+from instantfamily_core.ldm_convert import UNET_PREFIX, controlnet_from_ldm, ldm_controlnet_kwargs, unet_from_ldm
 from train.export import export, net_from_export
 from train.models import load_base
 from train.net import FaceInputs

@@ -1,6 +1,6 @@
 """Build the toy world end to end; every stage is skipped when its output exists (resumable).
 
-    python -m train.toyworld.build --out output/toyworld [--size smoke|default|full]
+    python -m toyworld.build --out output/toyworld [--size smoke|default|full]
         [--variants hard paper nomask] [--seeds 0 1]
 
 Stages: identity encoder (ONNX) -> judge -> scene bank -> toy base model (pre-trained) ->
@@ -224,7 +224,7 @@ DEMO_CHECKPOINT = "toy_instantfamily_demo.safetensors"
 
 
 def export_demo_assets(out: str | Path, variant: str = "hard", seed: int = 0, assets: str | Path = ASSETS) -> dict:
-    """Copy the demo model into ``train/toyworld/assets`` (what ``scripts/run_demo.py`` and the demo
+    """Copy the demo model into ``toyworld/assets`` (what ``scripts/run_demo.py`` and the demo
     nodes use): the toy base, the InstantFamily checkpoint (ControlNet in fp16), the recognizer and the judge."""
     import shutil
 
@@ -249,7 +249,7 @@ def export_demo_assets(out: str | Path, variant: str = "hard", seed: int = 0, as
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.toyworld.build", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m toyworld.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="output/toyworld", help="folder for every artifact (resumable)")
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--variants", nargs="+", default=["hard"], help="ablations to train: hard paper nomask")
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="also copy the hard / seed 0 model into train/toyworld/assets (the built-in demo)",
+        help="also copy the hard / seed 0 model into toyworld/assets (the built-in demo)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -86,7 +86,7 @@ def toy_base_loader(base_path: str | Path):
         trainer_module.load_base = original
 
 
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "toy_world.toml"
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "train" / "configs" / "toy_world.toml"
 
 
 def toy_options(

@@ -1,6 +1,6 @@
 """The toy world: InstantFamily trained and measured end to end on a CPU, and the built-in demo model.
 
-    python -m train.toyworld.build --out output/toyworld [--size smoke|default|full] [--demo]
+    python -m toyworld.build --out output/toyworld [--size smoke|default|full] [--demo]
     python benchmarks/toy_world.py [--smoke]
 
 identities.py / sprites.py / world.py   procedural identities, portraits and 1-6 person scenes

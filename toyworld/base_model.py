@@ -248,7 +248,7 @@ def read_toy_base(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"toy base model {path} not found; build it with `python -m train.toyworld.build`")
+        raise ValueError(f"toy base model {path} not found; build it with `python -m toyworld.build`")
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
