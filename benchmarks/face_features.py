@@ -15,7 +15,6 @@ On a loaded 2-core machine single runs vary by +-15 %: compare the medians of ma
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -30,12 +29,9 @@ sys.path.insert(0, REPO)
 
 
 def _face_fixtures():
-    spec = importlib.util.spec_from_file_location(
-        "face_fixtures", os.path.join(REPO, "tests", "core", "face_fixtures.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from instantfamily_dev import face_fixtures  # the development harness's tiny face models
+
+    return face_fixtures
 
 
 def photos(real: bool, fixtures) -> list[np.ndarray]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from face_fixtures import build_tiny_pack
+
+from instantfamily_dev.face_fixtures import build_tiny_pack
 
 TINY_PACK = "tinypack"
 

@@ -4,9 +4,9 @@ import warnings
 
 import numpy as np
 import pytest
-from face_fixtures import astronaut
 
 from instantfamily_core.faces.align import align_crop, similarity_transform, template
+from instantfamily_dev.face_fixtures import astronaut
 
 
 @pytest.mark.parametrize("size", [112, 128, 224])

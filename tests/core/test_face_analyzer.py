@@ -6,9 +6,9 @@ import logging
 import cv2
 import numpy as np
 import pytest
-from face_fixtures import TOY_BOX_HALF, TOY_KEYPOINTS, disc_image
 
 from instantfamily_core.faces.pipeline import load_faces
+from instantfamily_dev.face_fixtures import TOY_BOX_HALF, TOY_KEYPOINTS, disc_image
 
 
 def centres_of(faces):

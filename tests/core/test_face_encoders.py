@@ -199,9 +199,8 @@ def test_text_similarity_refuses_folders_without_safetensors(tmp_path):
 
 # -- the pack's own analyzer (tiny ONNX detector + recognizer built by the face-analysis fixtures) --------
 def test_insightface_encoder_returns_the_analyzers_global_features(tmp_path):
-    from face_fixtures import build_tiny_pack, disc_image
-
     from instantfamily_core.faces import load_face_analyzer
+    from instantfamily_dev.face_fixtures import build_tiny_pack, disc_image
 
     build_tiny_pack(str(tmp_path), "tinypack")
     analyzer = load_face_analyzer([str(tmp_path)], pack="tinypack", provider="CPU")

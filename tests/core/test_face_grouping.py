@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from face_fixtures import disc_image
 
 from instantfamily_core.config import InstantFamilyConfig, RecognizerInfo
 from instantfamily_core.faces.grouping import append_faces, build_faces, choose_faces, parse_indices
 from instantfamily_core.faces.pipeline import load_faces
 from instantfamily_core.identity import DetectedFace
+from instantfamily_dev.face_fixtures import disc_image
 
 INFO = RecognizerInfo(pack="p", file_name="r.onnx", sha256="a" * 64)
 

@@ -11,9 +11,9 @@ import os
 import cv2
 import numpy as np
 import pytest
-from face_fixtures import astronaut, grace_hopper, group_photo
 
 from instantfamily_core.faces.pipeline import load_faces
+from instantfamily_dev.face_fixtures import astronaut, grace_hopper, group_photo
 
 
 def iou(a, b):

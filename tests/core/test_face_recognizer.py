@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from face_fixtures import TinyRecognizer, _export, _randomise_batchnorm, astronaut, disc_image
 from torch import nn
 
 from instantfamily_core.faces import OnePassRecognizer, align_crop, find_feature_map
+from instantfamily_dev.face_fixtures import TinyRecognizer, _export, _randomise_batchnorm, astronaut, disc_image
 
 
 @pytest.fixture(scope="module")

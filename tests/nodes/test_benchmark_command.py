@@ -46,7 +46,7 @@ def write_bench(root):
 
 def build_pack(models_dir):
     """The toy detector beside the toy model's own recognizer (so the toy checkpoint accepts the faces)."""
-    import face_fixtures as fixtures  # tests/core is on pytest's pythonpath (pyproject.toml)
+    from instantfamily_dev import face_fixtures as fixtures
 
     folder = models_dir / "insightface" / "models" / PACK
     folder.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def scores_from_text(text):
 
 @pytest.fixture(scope="module")
 def tiny_pack(comfy_models_dir):
-    face_fixtures = _load_test_module("face_fixtures")
+    face_fixtures = _load_test_module("instantfamily_dev.face_fixtures")
     return face_fixtures.build_tiny_pack(str(comfy_models_dir / "insightface"), "tinypack_eval")
 
 

@@ -16,7 +16,7 @@ CENTRES = ((544, 320), (96, 320), (320, 224))  # on the toy detector's stride-32
 
 
 def _face_fixtures():
-    import face_fixtures  # tests/core is on pytest's pythonpath (pyproject.toml)
+    from instantfamily_dev import face_fixtures
 
     return face_fixtures
 

@@ -1,6 +1,6 @@
 """The tiny world the example workflows run in during tests (nothing here needs downloaded weights).
 
-- Photos: textured bright discs that the tiny exported face detector finds (tests/core/face_fixtures.py);
+- Photos: textured bright discs that the tiny exported face detector finds (instantfamily_dev/face_fixtures.py);
   one table names an image for every file a workflow's LoadImage asks for.
 - Models: the tiny insightface pack (``TEST_PACK``) and an InstantFamily checkpoint (``TEST_CHECKPOINT``)
   whose projector fits the tiny recognizer (512 global, 512x7x7 local) and whose ControlNet mirrors the
@@ -158,7 +158,7 @@ def tiny_controlnet_state(comfy_host) -> dict:
 
 def build_test_models(comfy_host, models_dir: Path) -> None:
     """Write the tiny face pack and the test checkpoint under ``models_dir`` (a ComfyUI models folder)."""
-    face_fixtures = load_test_module("face_fixtures")
+    face_fixtures = load_test_module("instantfamily_dev.face_fixtures")
     pack_dir = face_fixtures.build_tiny_pack(str(models_dir / "insightface"), TEST_PACK)
     config_mod = comfy_host.pack_import("instantfamily_core.config")
     projector_mod = comfy_host.pack_import("instantfamily_core.projector")

@@ -27,7 +27,7 @@ def core_fixtures(name: str):
 
 def face_fixtures():
     """Tiny insightface detector/recognizer builders and disc images."""
-    return core_fixtures("face_fixtures")
+    return importlib.import_module("instantfamily_dev.face_fixtures")
 
 
 def dwpose_fixtures():
