@@ -82,8 +82,9 @@ def comfyui_root() -> tuple[Path, str | None]:
 def put_host_on_path() -> Path:
     """Put ComfyUI first on sys.path and force CPU mode; no heavy imports yet."""
     root, _ = comfyui_root()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    if str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))  # first, even if a path entry was added after an earlier call
     import comfy.cli_args  # light: argparse only
 
     comfy.cli_args.args.cpu = True  # before comfy.model_management is imported
