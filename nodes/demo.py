@@ -1,12 +1,13 @@
-"""Toy-world demo nodes: a tiny base model, toy identities and a latent decoder for the built-in demo.
+"""Toy-world demo nodes: a tiny base model, toy identities, the toy checkpoint's loader and a latent
+decoder for the built-in demo.
 
 They stand in for what a user brings (an SD1.5 checkpoint + CLIP + VAE, photos of people, an
-insightface pack) so that the pack's real nodes -- Load InstantFamily Model, Build Embedding Stack,
-Face Mask, Pose + Circle Image, Pose+Circle ControlNet, Apply InstantFamily -- and the stock
+insightface pack, an InstantFamily checkpoint) so that the pack's real nodes -- Build Embedding
+Stack, Face Mask, Pose + Circle Image, Pose+Circle ControlNet, Apply InstantFamily -- and the stock
 KSampler run end to end without downloaded weights. The toy world is described in
-``toyworld``; its demo files live in ``toyworld/assets`` (registered below as extra
-``instantfamily`` and ``insightface`` model folders, so the toy checkpoint and the ``toyface``
-recognizer pack show up in the regular loaders).
+``toyworld``; its demo files live in ``toyworld/assets``, registered as the demo's own model
+folders (``nodes/model_folders.py``): the toy checkpoint is listed by Load InstantFamily Model (toy
+demo) and the ``toyface`` recognizer pack is found by Toy Faces, never by the real loaders.
 """
 
 from __future__ import annotations
@@ -14,23 +15,14 @@ from __future__ import annotations
 import logging
 import os
 
+from .engine import load_instantfamily_file
+from .model_folders import DEMO_ASSETS, DEMO_INSIGHTFACE, DEMO_INSTANTFAMILY
+
 log = logging.getLogger("InstantFamily")
 
-CATEGORY = "InstantFamily/demo"
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toyworld", "assets")
+CATEGORY = "InstantFamily/Demo (toy)"
+ASSETS = DEMO_ASSETS  # the toy base model (the checkpoint and recognizer pack: the demo's model folders)
 TOY_PACK = "toyface"
-
-
-def register_asset_folders() -> None:
-    """Add the bundled toy checkpoint and recognizer folders to ComfyUI's model search paths."""
-    import folder_paths
-
-    for name, sub in (("instantfamily", "instantfamily"), ("insightface", "insightface")):
-        folder = os.path.join(ASSETS, sub)
-        if os.path.isdir(folder) and name in folder_paths.folder_names_and_paths:
-            paths = folder_paths.folder_names_and_paths[name][0]
-            if folder not in paths:
-                paths.append(folder)
 
 
 def toy_base_files() -> list[str]:
@@ -153,7 +145,10 @@ class InstantFamilyToyFaces:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "portrait and layout variation"}),
                 "recognizer_pack": (
                     "STRING",
-                    {"default": TOY_PACK, "tooltip": "folder under models/insightface/models"},
+                    {
+                        "default": TOY_PACK,
+                        "tooltip": "a toy recognizer pack of the demo (toyworld/assets/insightface/models)",
+                    },
                 ),
             }
         }
@@ -164,6 +159,7 @@ class InstantFamilyToyFaces:
     CATEGORY = CATEGORY
 
     def make(self, identities, seed, recognizer_pack):
+        import folder_paths
         import numpy as np
         import torch
 
@@ -172,10 +168,9 @@ class InstantFamilyToyFaces:
         from ..instantfamily_core.faces.recognizer import OnePassRecognizer
         from ..instantfamily_core.identity import DetectedFace, Faces, Identity
         from ..toyworld import world
-        from .faces import insightface_roots
 
         ids = _parse_identities(identities)
-        pack = find_model_pack(insightface_roots(), recognizer_pack)
+        pack = find_model_pack(folder_paths.get_folder_paths(DEMO_INSIGHTFACE), recognizer_pack)
         recognizer = OnePassRecognizer(pack.onnx_files[0], providers=["CPUExecutionProvider"], pack=recognizer_pack)
         rng = np.random.default_rng(seed)
         slots, portraits = [], []
@@ -237,18 +232,47 @@ class InstantFamilyToyDecode:
         return (image,)
 
 
-try:  # inside ComfyUI: make the bundled toy files visible to the regular loaders
-    register_asset_folders()
-except ImportError:  # imported outside ComfyUI
-    pass
+class InstantFamilyToyModelLoader:
+    """The demo's toy InstantFamily checkpoint, listed from the demo's own folder (not models/instantfamily)."""
+
+    DESCRIPTION = (
+        "Demo only: loads the built-in toy InstantFamily checkpoint (trained on the toy world, not SD1.5); "
+        "for real checkpoints use Load InstantFamily Model."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import folder_paths
+
+        return {
+            "required": {
+                "instantfamily_file": (
+                    folder_paths.get_filename_list(DEMO_INSTANTFAMILY),
+                    {"tooltip": "the demo's toy InstantFamily checkpoint (toyworld/assets/instantfamily)"},
+                )
+            }
+        }
+
+    RETURN_TYPES = ("INSTANTFAMILY_MODEL",)
+    RETURN_NAMES = ("instantfamily",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, instantfamily_file):
+        model = load_instantfamily_file(instantfamily_file, DEMO_INSTANTFAMILY)
+        log.info("InstantFamily demo: loaded the TOY checkpoint %s", model.path)
+        return (model,)
+
 
 NODE_CLASS_MAPPINGS = {
     "InstantFamilyToyBaseModel": InstantFamilyToyBaseModel,
     "InstantFamilyToyFaces": InstantFamilyToyFaces,
     "InstantFamilyToyDecode": InstantFamilyToyDecode,
+    "InstantFamilyToyModelLoader": InstantFamilyToyModelLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "InstantFamilyToyBaseModel": "Toy Base Model (demo)",
-    "InstantFamilyToyFaces": "Toy Faces (demo)",
-    "InstantFamilyToyDecode": "Toy Decode (demo)",
+    "InstantFamilyToyBaseModel": "Toy Base Model (toy demo)",
+    "InstantFamilyToyFaces": "Toy Faces (toy demo)",
+    "InstantFamilyToyDecode": "Toy Decode (toy demo)",
+    "InstantFamilyToyModelLoader": "Load InstantFamily Model (toy demo)",
 }

@@ -48,15 +48,15 @@ def percent_to_sigma(model, percent: float) -> float:
     return float(sampling.percent_to_sigma(percent))
 
 
-def load_instantfamily_file(name: str):
-    """Resolve a file name under models/instantfamily and load it (clear errors on failure)."""
+def load_instantfamily_file(name: str, folder: str = "instantfamily"):
+    """Resolve a file name in a registered model folder (models/instantfamily) and load it (clear errors on failure)."""
     import folder_paths
 
     from ..instantfamily_core.checkpoint import load_checkpoint
 
-    path = folder_paths.get_full_path("instantfamily", name)
+    path = folder_paths.get_full_path(folder, name)
     if path is None:
-        folders = folder_paths.get_folder_paths("instantfamily")
+        folders = folder_paths.get_folder_paths(folder)
         raise ValueError(f"InstantFamily checkpoint '{name}' not found; put it in one of {folders}")
     return load_checkpoint(path)
 

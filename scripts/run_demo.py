@@ -5,7 +5,7 @@
 No SD1.5 or InstantFamily weights can be downloaded here, so the demo runs the toy world
 (``toyworld``): a tiny SD1.5-family base model, toy identities recognised by a toy ArcFace
 through the pack's real recognizer code, and a toy InstantFamily checkpoint trained by the
-pack's trainer. The prompt: Toy Base Model, Toy Faces -> Load InstantFamily Model -> Build
+pack's trainer. The prompt: Toy Base Model, Toy Faces -> Load InstantFamily Model (toy demo) -> Build
 Embedding Stack -> Face Mask -> Pose + Circle Image -> Apply InstantFamily -> Pose+Circle
 ControlNet -> stock EmptyLatentImage + KSampler -> Toy Decode; in the same prompt the same seed
 again with the first two identities swapped in the stack, and with the base model alone. It
@@ -140,7 +140,10 @@ def demo_prompt(identities: str, caption: str, seed: int, steps: int, cfg: float
             "class_type": "InstantFamilyToyFaces",
             "inputs": {"identities": identities, "seed": seed, "recognizer_pack": "toyface"},
         },
-        "instantfamily": {"class_type": "InstantFamilyModelLoader", "inputs": {"instantfamily_file": TOY_CHECKPOINT}},
+        "instantfamily": {
+            "class_type": "InstantFamilyToyModelLoader",
+            "inputs": {"instantfamily_file": TOY_CHECKPOINT},
+        },
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
         **_branch("", "faces", ["faces", 2], seed, steps, cfg),
         # ComfyUI runs only what feeds an output node.

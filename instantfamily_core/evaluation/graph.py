@@ -43,7 +43,7 @@ _STANDING = np.array(
 class GenerationSettings:
     """Models and sampling of the generation graph (attribute names shared with the CLIs' options)."""
 
-    instantfamily: str  # file in models/instantfamily
+    instantfamily: str  # file in models/instantfamily (with toy_base: a toy checkpoint of the demo)
     checkpoint: str | None = None  # SD1.5 file in models/checkpoints
     toy_base: str | None = None  # or the demo's toy base model (its caption is the prompt)
     insightface_pack: str = "antelopev2"
@@ -69,7 +69,10 @@ def add_generation_options(parser) -> None:
     p = parser
     p.add_argument("--checkpoint", help="SD1.5 checkpoint in ComfyUI's models/checkpoints")
     p.add_argument("--toy-base", help="the built-in demo's toy base model instead of --checkpoint")
-    p.add_argument("--instantfamily", help="InstantFamily file in ComfyUI's models/instantfamily")
+    p.add_argument(
+        "--instantfamily",
+        help="InstantFamily file in ComfyUI's models/instantfamily (with --toy-base: the demo's toy checkpoint)",
+    )
     p.add_argument("--insightface-pack", default="antelopev2", help="the pack Load Faces uses in ComfyUI")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--steps", type=int, default=50)
@@ -150,7 +153,9 @@ def build_prompt(settings, refs: list[str], masks: str, pose: str | None, text: 
     = slot k's region); pose: an uploaded skeleton image, or None for a black canvas (circles only).
     """
     g, model, positive, negative = _base_nodes(settings, text)
-    g["if"] = {"class_type": "InstantFamilyModelLoader", "inputs": {"instantfamily_file": settings.instantfamily}}
+    # the demo's toy base goes with the demo's toy checkpoints (their own loader: the real one never lists them)
+    loader = "InstantFamilyToyModelLoader" if getattr(settings, "toy_base", None) else "InstantFamilyModelLoader"
+    g["if"] = {"class_type": loader, "inputs": {"instantfamily_file": settings.instantfamily}}
     g["analyzer"] = {
         "class_type": "InstantFamilyLoadFaceAnalyzer",
         "inputs": {"pack": settings.insightface_pack, "provider": "auto", "det_size": 640, "det_thresh": 0.5},

@@ -71,12 +71,12 @@ def demo_nodes(comfy_host, toy_assets):
     root, _ = toy_assets
     demo = comfy_host.pack_import("nodes.demo")
     folders = comfy_host.folder_paths.folder_names_and_paths
-    saved = {name: list(folders[name][0]) for name in ("instantfamily", "insightface")}
-    for name in saved:  # only the toy files built here: not the repo's bundled demo model
-        folders[name][0][:] = [p for p in folders[name][0] if not p.startswith(demo.ASSETS)]
+    demo_folders = {demo.DEMO_INSTANTFAMILY: root / "instantfamily", demo.DEMO_INSIGHTFACE: root / "insightface"}
+    saved = {name: list(folders[name][0]) for name in demo_folders}
+    for name, folder in demo_folders.items():  # only the toy files built here: not the repo's bundled demo model
+        folders[name][0][:] = [str(folder)]
     previous = demo.ASSETS
     demo.ASSETS = str(root)
-    demo.register_asset_folders()
     comfy_host.folder_paths.filename_list_cache.clear()
     yield demo
     demo.ASSETS = previous
