@@ -8,6 +8,23 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instantfamily_core.config import InstantFamilyConfig
+
+# option -> the InstantFamilyConfig field it sets in the exported checkpoint; its default IS that field's default
+CONFIG_FIELDS = {
+    "max_faces": "max_ids_trained",
+    "mask_mode": "mask_mode",
+    "mask_margin": "mask_margin",
+    "overlap": "overlap",
+    "circle_radius_fraction": "circle_radius_fraction",
+    "projector_hidden": "projector_hidden",
+}
+
+
+def config_default(option: str):
+    """The default of ``option``: the default of the InstantFamilyConfig field it sets (one source)."""
+    return {f.name: f.default for f in dataclasses.fields(InstantFamilyConfig)}[CONFIG_FIELDS[option]]
+
 
 @dataclass
 class TrainOptions:
@@ -22,15 +39,15 @@ class TrainOptions:
     controlnet: str = ""
     # InstantFamily method
     resolution: int = 512
-    max_faces: int = 4
+    max_faces: int = config_default("max_faces")
     text_dropout: float = 0.05
     face_dropout: float = 0.05
     random_crop: bool = True
-    mask_mode: str = "hard"
-    mask_margin: float = 0.25
-    overlap: str = "both"
-    circle_radius_fraction: float = 0.25
-    projector_hidden: int = 1024
+    mask_mode: str = config_default("mask_mode")
+    mask_margin: float = config_default("mask_margin")
+    overlap: str = config_default("overlap")
+    circle_radius_fraction: float = config_default("circle_radius_fraction")
+    projector_hidden: int = config_default("projector_hidden")
     train_unet_kv: bool = False  # also train attn2 to_k / to_v of the UNet (exported as deltas)
     # optimisation
     batch_size: int = 8  # per process

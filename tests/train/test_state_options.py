@@ -117,3 +117,28 @@ def test_tf32_switches_cuda_backends_only_on_cuda():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def test_method_options_take_their_defaults_from_the_config():
+    """The options that become checkpoint settings have no defaults of their own: each IS the
+    InstantFamilyConfig field's default, every same-named field is in the table, and the trainer
+    writes each option into its field."""
+    import dataclasses
+
+    from instantfamily_core.config import InstantFamilyConfig, RecognizerInfo
+    from train.options import CONFIG_FIELDS, TrainOptions
+    from train.train import instantfamily_config
+
+    option_fields = {f.name: f for f in dataclasses.fields(TrainOptions)}
+    config_fields = {f.name: f for f in dataclasses.fields(InstantFamilyConfig)}
+    unrelated = {"controlnet"}  # the option: a ControlNet to start from; the field: the exported ControlNet's shape
+    shared = set(option_fields) & set(config_fields) - unrelated
+    assert shared <= set(CONFIG_FIELDS), f"options shadowing config fields: {sorted(shared - set(CONFIG_FIELDS))}"
+    for option, name in CONFIG_FIELDS.items():
+        assert option_fields[option].default is config_fields[name].default, option
+
+    changed = {"max_faces": 7, "mask_mode": "paper", "mask_margin": 0.4, "overlap": "nearest"}
+    changed |= {"circle_radius_fraction": 0.3, "projector_hidden": 32}
+    assert set(changed) == set(CONFIG_FIELDS)
+    config = instantfamily_config(TrainOptions(**changed), RecognizerInfo(), d_K=32)
+    assert {option: getattr(config, CONFIG_FIELDS[option]) for option in changed} == changed
