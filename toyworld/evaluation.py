@@ -201,10 +201,11 @@ def sample(
     seed: int = 0,
     with_faces: bool = True,
 ) -> np.ndarray:
-    """Batched DDIM + CFG on the net's device: (B, S, S, 3) uint8 scenes, one per example."""
+    """Batched DDIM + CFG (the trainer's sampler) on the net's device: (B, S, S, 3) uint8 scenes, one per example."""
     from diffusers import DDIMScheduler
 
     from train.net import FaceInputs
+    from train.sampling import guided_ddim
 
     from .pretrain import noise_scheduler
 
@@ -217,28 +218,17 @@ def sample(
     generator = torch.Generator().manual_seed(seed)  # CPU noise: the same draws on every device
     latents = (torch.randn(batch, 4, size, size, generator=generator) * scheduler.init_noise_sigma).to(device)
     text = toy.text_encoder.encode([""] * batch + [e["caption"] for e in examples]).to(device)  # (2B, T, d)
-    uncond = FaceInputs.empty(batch, net.config)
     if with_faces:
-        cond = FaceInputs(
+        faces = FaceInputs(
             [e["global_features"] for e in examples],
             [e["local_features"] for e in examples],
             [e["masks"] for e in examples],
         )
     else:
-        cond = FaceInputs.empty(batch, net.config)
-    faces = FaceInputs(
-        uncond.global_features + cond.global_features,
-        uncond.local_features + cond.local_features,
-        uncond.masks + cond.masks,
-    )
-    control = torch.stack([e["control"] for e in examples]).to(device)
-    control = torch.cat([control, control])
+        faces = FaceInputs.empty(batch, net.config)
+    control = torch.stack([e["control"] for e in examples]).to(device)  # (B, 3, H, W)
     with cached_hint(net):
-        for t in scheduler.timesteps:
-            model_in = torch.cat([latents, latents])
-            noise = net(model_in, torch.full((2 * batch,), int(t), device=device), text, faces, control)
-            noise = noise[:batch] + guidance * (noise[batch:] - noise[:batch])
-            latents = scheduler.step(noise, t, latents).prev_sample
+        latents = guided_ddim(net, scheduler, latents, text, faces, control, guidance)
     rgb = latents[:, :3].clamp(-1, 1)  # model space = RGB in [-1, 1]
     return ((rgb + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 

@@ -1,8 +1,6 @@
-"""Validation: a small DDIM loop with classifier-free guidance through ``InstantFamilyNet``, and the
-identity score of its images.
+"""Validation: images from the trainer's sampler (``train.sampling``: DDIM with classifier-free
+guidance through ``InstantFamilyNet``) for dataset examples, and the identity score of those images.
 
-The conditional row gets the caption and the faces; the unconditional row gets the empty caption
-and no faces (text-only attention), both with the same control image -- as ComfyUI samples it.
 The score is the pack's identity similarity (``instantfamily_core.evaluation.metrics.score_identities``, the
 metric of the Identity Report node) of the faces the pack's analyzer finds in each image against
 the global features the image was conditioned on.
@@ -19,6 +17,7 @@ from instantfamily_core.evaluation.metrics import IdentityScores, score_identiti
 
 from .models import encode_text
 from .net import FaceInputs, InstantFamilyNet
+from .sampling import guided_ddim
 
 
 @torch.no_grad()
@@ -48,19 +47,8 @@ def sample(
     latents = torch.randn(1, vae.config.latent_channels, height // factor, width // factor, generator=generator)
     latents = (latents * scheduler.init_noise_sigma).to(device, dtype)
     text = encode_text(text_encoder, tokenizer, ["", example["caption"]], device).to(dtype)  # (2, 77, d)
-    cond = FaceInputs([example["global_features"]], [example["local_features"]], [example["masks"]])
-    uncond = FaceInputs.empty(1, net.config)
-    faces = FaceInputs(
-        uncond.global_features + cond.global_features,
-        uncond.local_features + cond.local_features,
-        uncond.masks + cond.masks,
-    )
-    for t in scheduler.timesteps:
-        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-        timesteps = torch.full((2,), int(t), device=device)
-        noise = net(model_in, timesteps, text, faces, torch.cat([control, control])).float()
-        noise = noise[0:1] + guidance_scale * (noise[1:2] - noise[0:1])
-        latents = scheduler.step(noise.to(dtype), t, latents).prev_sample
+    faces = FaceInputs([example["global_features"]], [example["local_features"]], [example["masks"]])
+    latents = guided_ddim(net, scheduler, latents, text, faces, control, guidance_scale)
     image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample  # (1, 3, H, W) in [-1, 1]
     return ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
