@@ -165,9 +165,13 @@ def test_run_prompt_raises_comfyui_error_message(comfy_host):
 
 def test_the_pack_leaves_the_process_environment_alone(comfy_host):
     """Loading the pack, and listing every node's inputs (as the UI does), changes no environment
-    variable of ComfyUI's process (the trainer's modules once set HF_HUB_OFFLINE on import)."""
+    variable of ComfyUI's process (the trainer's modules once set HF_HUB_OFFLINE on import).
+    Running the demo nodes is checked in test_demo_bundled.py."""
     import os
 
+    node_modules = {f"{comfy_host.pack.__name__}.nodes.{name}" for name in comfy_host.pack._NODE_MODULES}
+    registered = {cls.__module__ for cls in comfy_host.pack.NODE_CLASS_MAPPINGS.values()}
+    assert registered == node_modules, "the comparison below must cover the import of every node module"
     assert comfy_host.environ_after_pack == comfy_host.environ_before_pack
     before = dict(os.environ)
     for cls in comfy_host.pack.NODE_CLASS_MAPPINGS.values():
