@@ -17,7 +17,8 @@ import sys
 import tracemalloc
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: the packages it imports live at the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.shards import ShardIndex  # noqa: E402
 

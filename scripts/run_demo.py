@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if not __package__:  # run as a file (python scripts/run_demo.py): the packages it imports live at the repo root
+    sys.path.insert(0, str(REPO))
 ASSETS = REPO / "toyworld" / "assets"
 TOY_CHECKPOINT = "toy_instantfamily_demo.safetensors"
 TOY_BASE = "toy_base.safetensors"
@@ -37,15 +39,6 @@ For real photos, put the real weights where ComfyUI looks for them:
   ComfyUI/models/instantfamily/          an InstantFamily checkpoint (train one: python -m train.train)
   ComfyUI/models/insightface/models/antelopev2/   scrfd_10g_bnkps.onnx + glintr100.onnx
 then open example_workflows/ in ComfyUI."""
-
-
-def load_comfy_host():
-    """The development harness's host driver (``instantfamily_dev.comfy_host``)."""
-    if str(REPO) not in sys.path:  # a script's sys.path starts at scripts/; the harness lives at the root
-        sys.path.insert(0, str(REPO))
-    from instantfamily_dev import comfy_host
-
-    return comfy_host
 
 
 def swap_first_two(identities: str) -> str:
@@ -200,11 +193,7 @@ def as_uint8(batch, index: int = 0):
 
 def demo_sheet(outputs, identities: str):
     """The one picture (``scripts/demo_sheet.py``) and the judge's verdicts per panel."""
-    for folder in (REPO, REPO / "scripts"):  # the trainer's toy world (judge) and the sheet module
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-    import demo_sheet as sheet_module
-
+    from scripts import demo_sheet as sheet_module
     from toyworld.evaluation import gallery
     from toyworld.judge import Judge
 
@@ -265,7 +254,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_assets()
     start = time.time()
-    comfy_host = load_comfy_host()
+    from instantfamily_dev import comfy_host
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="instantfamily_demo_") as session:

@@ -9,21 +9,13 @@ control circles carry the palette colours, and whose generation depends on the i
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _run_demo_module():
-    spec = importlib.util.spec_from_file_location("instantfamily_run_demo", REPO / "scripts" / "run_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import run_demo
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +92,7 @@ def test_toy_base_model_in_comfy_computes_the_diffusers_unet(comfy_host, demo_no
     assert heads == {8}
 
 
-def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes, toy_assets, tmp_path):
-    run_demo = _run_demo_module()
+def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes, toy_assets, tmp_path, monkeypatch):
     prompt = run_demo.demo_prompt(
         "3000, 3001, 3002", "three people on a teal gradient background", seed=0, steps=2, cfg=3.0
     )
@@ -133,7 +124,7 @@ def test_demo_prompt_runs_the_real_nodes(comfy_host, demo_nodes, toy_assets, tmp
 
     torch.manual_seed(0)
     Judge(JudgeNet()).save(Path(toy_assets[0]) / run_demo.JUDGE)
-    run_demo.ASSETS = Path(toy_assets[0])
+    monkeypatch.setattr(run_demo, "ASSETS", Path(toy_assets[0]))
     sheet, verdicts = run_demo.demo_sheet(outputs, "3000, 3001, 3002")
     assert set(verdicts) == {"generated", "same seed, first two IDs swapped", "same seed, no faces"}
     assert [v.expected for v in verdicts["generated"]] == [3000, 3001, 3002]
@@ -177,7 +168,7 @@ def test_demo_graph_runs_unet_and_controlnet_once_per_step_with_cond_and_uncond_
         elif isinstance(module, openaimodel.UNetModel):
             calls.append(("unet", x.shape[0]))
 
-    prompt = _run_demo_module().demo_prompt(
+    prompt = run_demo.demo_prompt(
         "3000, 3001, 3002", "three people", seed=0, steps=steps, cfg=3.0, compare=False
     )  # one generation: no swapped / no-faces branches
     original_call = torch.nn.Module.__call__

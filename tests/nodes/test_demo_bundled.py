@@ -6,13 +6,13 @@ there; here the pack's own asset folders are used as ComfyUI registered them.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from scripts import run_demo
+
 BUNDLED = (
     "toy_base.safetensors",
     "instantfamily/toy_instantfamily_demo.safetensors",
@@ -26,9 +26,6 @@ def test_bundled_demo_model_runs_in_comfy(comfy_host):
     missing = [name for name in BUNDLED if not (assets / name).is_file()]
     assert not missing, f"bundled demo files missing from {assets}: {missing} (python -m toyworld.build --demo)"
 
-    spec = importlib.util.spec_from_file_location("instantfamily_run_demo_bundled", REPO / "scripts" / "run_demo.py")
-    run_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_demo)
     caption = "two people on a teal plain background"
     # The first run of the demo graph (its nodes' lazy imports) must leave the process environment alone.
     # Two libraries the real nodes need edit it when imported (measured): OpenCV (LD_LIBRARY_PATH,

@@ -10,16 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from instantfamily_dev.comfy_host import REPO_ROOT
-
 NODE = "InstantFamilyIdentityReport"
 CENTRES = ((160, 320), (480, 320))  # on the toy detector's stride-32 anchors at 640 px
-
-
-def _load_test_module(name):
-    """A helper module of tests/core (the face-analysis fixtures, the photo helpers), by name:
-    tests/core is on pytest's pythonpath (pyproject.toml)."""
-    return importlib.import_module(name)
 
 
 def disc_scene(patterns, size=640):
@@ -48,7 +40,8 @@ def scores_from_text(text):
 
 @pytest.fixture(scope="module")
 def tiny_pack(comfy_models_dir):
-    face_fixtures = _load_test_module("instantfamily_dev.face_fixtures")
+    from instantfamily_dev import face_fixtures
+
     return face_fixtures.build_tiny_pack(str(comfy_models_dir / "insightface"), "tinypack_eval")
 
 
@@ -125,7 +118,8 @@ def test_identity_report_runs_in_a_real_prompt(comfy_host, tiny_pack):
 def photo_faces(comfy_host):
     """A FACES value built in the test (Load Faces needs insightface weights for real photos): two
     identities whose sources carry tight face crops of the astronaut and of Grace Hopper."""
-    photos = _load_test_module("eval_fixtures")
+    import eval_fixtures as photos  # tests/core is on pytest's pythonpath (pyproject.toml)
+
     identity = comfy_host.pack_import("instantfamily_core.identity")
     encoders = comfy_host.pack_import("instantfamily_core.evaluation.encoders")
     dlib = encoders.DlibEncoder()
@@ -224,9 +218,7 @@ def test_generation_script_graph_passes_comfyuis_validator(comfy_host, tiny_pack
     also run. Sampling is not: that needs SD1.5 + InstantFamily weights."""
     import folder_paths
 
-    spec = importlib.util.spec_from_file_location("generate_eval_set", REPO_ROOT / "scripts" / "generate_eval_set.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from scripts import generate_eval_set as script
 
     bodies, masks = script.side_by_side_layout(3, 512, 512)
     assert bodies.shape == (3, 18, 3) and masks.shape == (3, 512, 512)

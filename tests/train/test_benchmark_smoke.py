@@ -1,18 +1,14 @@
 """benchmarks/train_throughput.py keeps working at tiny size on CPU (figures come from GPU runs)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
+from benchmarks import shard_index_memory
+from benchmarks import train_throughput as module
 
 
 def test_benchmark_runs_at_tiny_size(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "figures.json"
     assert (
         module.main(
@@ -69,11 +65,8 @@ def test_benchmark_runs_at_tiny_size(tmp_path):
 
 
 def test_shard_index_benchmark_measures_both_in_one_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("shard_index_memory", SCRIPT.parent / "shard_index_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "index.json"
-    assert module.main(["--samples", "3000", "--per-shard", "500", "--json", str(out)]) == 0
+    assert shard_index_memory.main(["--samples", "3000", "--per-shard", "500", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["samples"] == 3000 and figures["new_mb_per_million"] > 0
     assert figures["old_mb_per_million"] > 5 * figures["new_mb_per_million"]  # the point of the arrays

@@ -1,18 +1,13 @@
 """benchmarks/prepare_throughput.py runs the real pipeline at tiny size and reports every stage's rate."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from train_fixtures import PACK
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "prepare_throughput.py"
+from benchmarks import prepare_throughput as module
 
 
 def test_prepare_benchmark_reports_each_stage(tmp_path, pack_root, prepare_models):
-    spec = importlib.util.spec_from_file_location("prepare_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     dwpose, captioner = prepare_models["dwpose"], prepare_models["captioner"]
     out = tmp_path / "figures.json"
     assert (

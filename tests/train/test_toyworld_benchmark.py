@@ -5,21 +5,12 @@ pack recognizer features -> shards -> the real trainer for each ablation -> expo
 -> generation -> judge scores, table, JSON and picture grid.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "toy_world.py"
-
-
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("toy_world_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import toy_world
 
 
 def _records(mixing_per_case, seeds=(0,), counts=(2, 3, 4, 5, 6)):
@@ -33,9 +24,8 @@ def _records(mixing_per_case, seeds=(0,), counts=(2, 3, 4, 5, 6)):
 
 
 def test_bootstrap_draw_picks_the_same_cases_in_every_row():
-    module = _benchmark_module()
     rows = {"hard": _records([0.0] * 5, seeds=(0, 1)), "nomask": _records([1.0] * 5)}
-    drawn = module.resample_cases(rows, np.random.default_rng(3))
+    drawn = toy_world.resample_cases(rows, np.random.default_rng(3))
     for n in (2, 6):
         hard = [r["case"] for r in drawn["hard"] if r["n"] == n and r["seed"] == 0]
         assert hard == [r["case"] for r in drawn["hard"] if r["n"] == n and r["seed"] == 1]
@@ -44,30 +34,28 @@ def test_bootstrap_draw_picks_the_same_cases_in_every_row():
 
 
 def test_target_verdicts_follow_the_bootstrap_interval():
-    module = _benchmark_module()
     nomask = _records([0.8] * 8)
     clear = {"hard": _records([0.1, 0.2, 0.1, 0.3, 0.2, 0.1, 0.2, 0.2]), "nomask": nomask}
-    summary = {row: module.summarise(records) for row, records in clear.items()}
-    check = module.target_checks(summary, {}, clear)["mixing hard / nomask"]
+    summary = {row: toy_world.summarise(records) for row, records in clear.items()}
+    check = toy_world.target_checks(summary, {}, clear)["mixing hard / nomask"]
     assert check["value"] == pytest.approx(0.175 / 0.8)
     assert check["interval"][0] <= check["value"] <= check["interval"][1] < 0.5
     assert check["verdict"] == "met"
 
     noisy = {"hard": _records([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.2]), "nomask": nomask}
-    summary = {row: module.summarise(records) for row, records in noisy.items()}
-    check = module.target_checks(summary, {}, noisy)["mixing hard / nomask"]
+    summary = {row: toy_world.summarise(records) for row, records in noisy.items()}
+    check = toy_world.target_checks(summary, {}, noisy)["mixing hard / nomask"]
     assert check["interval"][0] < 0.5 < check["interval"][1]
     assert check["verdict"] == "undecided at this sample size"
-    assert module.verdict((0.6, 0.9), "<=", 0.5) == "not met"
-    assert module.verdict((0.6, 0.85), ">=", 0.9) == "not met"
-    assert module.verdict((0.95, 1.3), ">=", 0.9) == "met"
-    assert module.verdict(None, ">=", 0.9) == "-"
+    assert toy_world.verdict((0.6, 0.9), "<=", 0.5) == "not met"
+    assert toy_world.verdict((0.6, 0.85), ">=", 0.9) == "not met"
+    assert toy_world.verdict((0.95, 1.3), ">=", 0.9) == "met"
+    assert toy_world.verdict(None, ">=", 0.9) == "-"
 
 
 @pytest.mark.slow
 def test_toy_world_smoke(tmp_path):
-    module = _benchmark_module()
-    assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert toy_world.main(["--smoke", "--out", str(tmp_path)]) == 0
 
     result = json.loads((tmp_path / "toy_world.json").read_text())
     summary = result["summary"]
