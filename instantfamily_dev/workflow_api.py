@@ -246,3 +246,49 @@ def ui_to_api(workflow: dict, definitions: dict) -> dict:
             inputs[slot["name"]] = [str(origin), out_slot]
         prompt[str(node_id)] = {"class_type": type_, "inputs": inputs}
     return prompt
+
+
+# Nodes a workflow may use although neither the host nor this pack has them, as recorded from their own pack.
+DW_PREPROCESSOR = {  # comfyui_controlnet_aux node_wrappers/dwpose.py, DWPose_Preprocessor.INPUT_TYPES
+    "required": {"image": ("IMAGE",)},
+    "optional": {
+        "detect_hand": (["enable", "disable"], {"default": "enable"}),
+        "detect_body": (["enable", "disable"], {"default": "enable"}),
+        "detect_face": (["enable", "disable"], {"default": "enable"}),
+        "resolution": ("INT", {"default": 512, "min": 64, "max": 16384, "step": 64}),
+        "bbox_detector": (
+            [
+                "None",
+                "yolox_l.torchscript.pt",
+                "yolox_l.onnx",
+                "yolo_nas_l_fp16.onnx",
+                "yolo_nas_m_fp16.onnx",
+                "yolo_nas_s_fp16.onnx",
+            ],
+            {"default": "yolox_l.onnx"},
+        ),
+        "pose_estimator": (
+            ["dw-ll_ucoco_384_bs5.torchscript.pt", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco.onnx"],
+            {"default": "dw-ll_ucoco_384_bs5.torchscript.pt"},
+        ),
+        "scale_stick_for_xinsr_cn": (["disable", "enable"], {"default": "disable"}),
+    },
+}
+# type -> (INPUT_TYPES, RETURN_TYPES, RETURN_NAMES) of those recorded nodes
+RECORDED_NODES = {"DWPreprocessor": (DW_PREPROCESSOR, ("IMAGE", "POSE_KEYPOINT"), ("IMAGE", "POSE_KEYPOINT"))}
+
+
+def node_sockets(node_class_mappings: dict, node_type: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(link inputs, outputs) as (name, type) lists of a node type, from its own INPUT_TYPES and
+    RETURN_TYPES / RETURN_NAMES (a host's class, or a recorded node); frontend-only nodes have none."""
+    if node_type in UI_ONLY_TYPES:
+        return [], []
+    if node_type in node_class_mappings:
+        cls = node_class_mappings[node_type]
+        input_types, types = cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES)
+        names = tuple(getattr(cls, "RETURN_NAMES", None) or types)
+    elif node_type in RECORDED_NODES:
+        input_types, types, names = RECORDED_NODES[node_type]
+    else:
+        raise KeyError(f"{node_type!r} is neither a node of this host nor recorded in RECORDED_NODES")
+    return sockets_of(input_types), list(zip(names, types))

@@ -5,18 +5,25 @@
 
 Every workflow uses only stock ComfyUI nodes and this pack's nodes, except the documented optional
 variant ``two_people_dwpose`` (needs comfyui_controlnet_aux for ``DWPreprocessor``). File names in
-LoadImage / loader widgets are placeholders: users pick their own files in the dropdowns.
+LoadImage / loader widgets are placeholders: users pick their own files in the dropdowns. Each node's
+sockets are read from its own INPUT_TYPES / RETURN_TYPES on a ComfyUI host started here
+(``COMFYUI_PATH``, or the copy under ``.hosts/`` that ``INSTANTFAMILY_COMFY_HOST`` picks).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
-from workflow_builder import Graph, dumps, render_thumbnail  # scripts/ is sys.path[0] when run as a script
+REPO = Path(__file__).resolve().parents[1]
+if not __package__:  # run as a file (python scripts/make_workflows.py): the packages it imports live at the root
+    sys.path.insert(0, str(REPO))
 
-OUT = Path(__file__).resolve().parents[1] / "example_workflows"
+from scripts.workflow_builder import Graph, dumps, render_thumbnail  # noqa: E402
+
+OUT = REPO / "example_workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 CHECKPOINT = "instantfamily_sd15.safetensors"
 NEGATIVE = "lowres, blurry, deformed face, disfigured, extra people, duplicate face, watermark, text"
@@ -148,8 +155,8 @@ def common_top(g, note_text, y=0):
     return analyzer, instantfamily
 
 
-def two_people(optional_pose=False):
-    g = Graph()
+def two_people(node_classes, optional_pose=False):
+    g = Graph(node_classes)
     analyzer, instantfamily = common_top(
         g,
         (
@@ -186,8 +193,8 @@ def two_people(optional_pose=False):
     return g
 
 
-def four_people_group_photo():
-    g = Graph()
+def four_people_group_photo(node_classes):
+    g = Graph(node_classes)
     analyzer, instantfamily = common_top(
         g,
         (
@@ -218,8 +225,8 @@ def four_people_group_photo():
     return g
 
 
-def seven_people():
-    g = Graph()
+def seven_people(node_classes):
+    g = Graph(node_classes)
     analyzer, instantfamily = common_top(
         g,
         (
@@ -250,8 +257,8 @@ def seven_people():
     return g
 
 
-def several_photos_per_person():
-    g = Graph()
+def several_photos_per_person(node_classes):
+    g = Graph(node_classes)
     analyzer, instantfamily = common_top(
         g,
         (
@@ -291,8 +298,8 @@ def several_photos_per_person():
     return g
 
 
-def evaluation_identity_report():
-    g = Graph()
+def evaluation_identity_report(node_classes):
+    g = Graph(node_classes)
     analyzer, instantfamily = common_top(
         g,
         (
@@ -328,7 +335,7 @@ WORKFLOWS = {
     # name: (builder, thumbnail title, thumbnail subtitle)
     "two_people_pose_template": (two_people, "Two people + pose template", "ID photos -> template -> SD1.5"),
     "two_people_dwpose": (
-        lambda: two_people(optional_pose=True),
+        lambda node_classes: two_people(node_classes, optional_pose=True),
         "Two people + DWPose (optional)",
         "needs comfyui_controlnet_aux",
     ),
@@ -343,16 +350,24 @@ WORKFLOWS = {
 }
 
 
-def build_all() -> dict[str, str]:
-    """name -> JSON text of every example workflow."""
-    return {name: dumps(builder().to_json()) for name, (builder, _, _) in WORKFLOWS.items()}
+def build_all(node_classes: dict) -> dict[str, str]:
+    """name -> JSON text of every example workflow; ``node_classes``: a host's NODE_CLASS_MAPPINGS (the sockets)."""
+    return {name: dumps(builder(node_classes).to_json()) for name, (builder, _, _) in WORKFLOWS.items()}
+
+
+def host_node_classes(session_dir: Path) -> dict:
+    """NODE_CLASS_MAPPINGS of a started ComfyUI host with this pack loaded (instantfamily_dev.comfy_host)."""
+    from instantfamily_dev.comfy_host import start_host
+
+    return start_host(session_dir).nodes.NODE_CLASS_MAPPINGS
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare with the committed files")
     args = parser.parse_args(argv)
-    texts = build_all()
+    with tempfile.TemporaryDirectory(prefix="instantfamily_workflows_") as session:
+        texts = build_all(host_node_classes(Path(session)))
     if args.check:
         stale = [
             n for n, t in texts.items() if not (OUT / f"{n}.json").is_file() or (OUT / f"{n}.json").read_text() != t

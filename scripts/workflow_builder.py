@@ -1,9 +1,10 @@
 """A small writer of ComfyUI UI-format (litegraph) workflows and their thumbnails.
 
 Used by ``scripts/make_workflows.py``. Node ids, link ids, slot indices and execution order are
-derived here, so the generated JSON stays self-consistent. Each node's sockets are listed in
-``SOCKETS`` (in the order its ``INPUT_TYPES`` declares them); ``tests/nodes/test_workflows.py``
-checks every node against the real host's definitions, so a drift here fails a test.
+derived here, so the generated JSON stays self-consistent. Each node's sockets come from the node's
+own ``INPUT_TYPES`` and ``RETURN_TYPES`` (``instantfamily_dev.workflow_api.node_sockets``), read from
+the classes of a started ComfyUI host; ``tests/nodes/test_workflows.py`` checks every node of the
+committed workflows against each host's definitions.
 """
 
 from __future__ import annotations
@@ -11,91 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-# type -> (socket inputs [(name, type)], outputs [(name, type)]); widget values are given per node.
-SOCKETS = {
-    "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
-    "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
-    "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
-    "KSampler": (
-        [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
-        [("LATENT", "LATENT")],
-    ),
-    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
-    "SaveImage": ([("images", "IMAGE")], []),
-    "PreviewImage": ([("images", "IMAGE")], []),
-    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
-    "Note": ([], []),
-    # comfyui_controlnet_aux (optional variant only)
-    "DWPreprocessor": ([("image", "IMAGE")], [("IMAGE", "IMAGE"), ("POSE_KEYPOINT", "POSE_KEYPOINT")]),
-    # this pack
-    "InstantFamilyModelLoader": ([], [("instantfamily", "INSTANTFAMILY_MODEL")]),
-    "InstantFamilyLoadFaceAnalyzer": ([], [("analyzer", "INSTANTFAMILY_ANALYZER")]),
-    "InstantFamilyLoadFaces": (
-        [
-            ("analyzer", "INSTANTFAMILY_ANALYZER"),
-            ("images", "IMAGE"),
-            ("faces", "INSTANTFAMILY_FACES"),
-            ("images_2", "IMAGE"),
-            ("images_3", "IMAGE"),
-            ("images_4", "IMAGE"),
-        ],
-        [("faces", "INSTANTFAMILY_FACES"), ("preview", "IMAGE"), ("crops", "IMAGE")],
-    ),
-    "InstantFamilyBuildEmbeddingStack": (
-        [("instantfamily", "INSTANTFAMILY_MODEL"), ("faces", "INSTANTFAMILY_FACES")],
-        [("stack", "INSTANTFAMILY_STACK")],
-    ),
-    "InstantFamilyFaceMask": (
-        [
-            ("faces", "INSTANTFAMILY_FACES"),
-            ("template", "IMAGE"),
-            ("analyzer", "INSTANTFAMILY_ANALYZER"),
-            ("pose_keypoint", "POSE_KEYPOINT"),
-            ("masks", "MASK"),
-            ("instantfamily", "INSTANTFAMILY_MODEL"),
-        ],
-        [("face_masks", "INSTANTFAMILY_FACE_MASKS"), ("preview", "IMAGE")],
-    ),
-    "InstantFamilyPoseCircleImage": (
-        [
-            ("pose_keypoint", "POSE_KEYPOINT"),
-            ("pose_image", "IMAGE"),
-            ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
-            ("instantfamily", "INSTANTFAMILY_MODEL"),
-        ],
-        [("control_image", "IMAGE")],
-    ),
-    "InstantFamilyPoseCircleControlNet": (
-        [
-            ("positive", "CONDITIONING"),
-            ("negative", "CONDITIONING"),
-            ("model", "MODEL"),
-            ("instantfamily", "INSTANTFAMILY_MODEL"),
-            ("stack", "INSTANTFAMILY_STACK"),
-            ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
-            ("control_image", "IMAGE"),
-        ],
-        [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
-    ),
-    "InstantFamilyApply": (
-        [
-            ("model", "MODEL"),
-            ("instantfamily", "INSTANTFAMILY_MODEL"),
-            ("stack", "INSTANTFAMILY_STACK"),
-            ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
-        ],
-        [("MODEL", "MODEL")],
-    ),
-    "InstantFamilyIdentityReport": (
-        [
-            ("images", "IMAGE"),
-            ("faces", "INSTANTFAMILY_FACES"),
-            ("analyzer", "INSTANTFAMILY_ANALYZER"),
-            ("face_masks", "INSTANTFAMILY_FACE_MASKS"),
-        ],
-        [("report", "STRING"), ("confusion_matrix", "IMAGE"), ("verdicts", "IMAGE")],
-    ),
-}
+from instantfamily_dev.workflow_api import node_sockets
 
 NODE_WIDTH = 320
 NOTE_COLOUR, NOTE_BGCOLOUR = "#432", "#653"
@@ -110,36 +27,38 @@ class Node:
     title: str | None = None
     width: float = NODE_WIDTH
     height: float | None = None
+    inputs: list = field(default_factory=list)  # socket inputs [(name, type)], as INPUT_TYPES declares them
+    outputs: list = field(default_factory=list)  # [(name, type)], as RETURN_NAMES / RETURN_TYPES declare them
     in_links: dict = field(default_factory=dict)  # input name -> link id
     out_links: dict = field(default_factory=dict)  # output slot -> [link ids]
 
     def __getitem__(self, output):
         """``node["faces"]`` or ``node[0]``: an output of this node, to pass to ``Graph.link``."""
-        outputs = SOCKETS[self.type][1]
-        slot = output if isinstance(output, int) else [n for n, _ in outputs].index(output)
+        slot = output if isinstance(output, int) else [n for n, _ in self.outputs].index(output)
         return self, slot
 
     @property
     def size(self) -> tuple[float, float]:
         if self.height is not None:
             return self.width, self.height
-        inputs, outputs = SOCKETS[self.type]
-        rows = max(len(inputs), len(outputs))
+        rows = max(len(self.inputs), len(self.outputs))
         return self.width, 30 + 22 * rows + 26 * len(self.widgets)
 
 
 class Graph:
-    """Nodes, links and groups of one workflow."""
+    """Nodes, links and groups of one workflow; ``node_classes``: a host's NODE_CLASS_MAPPINGS (the sockets' source)."""
 
-    def __init__(self):
+    def __init__(self, node_classes: dict):
+        self.node_classes = node_classes
         self.nodes: list[Node] = []
         self.links: list[list] = []  # [id, origin id, origin slot, target id, target slot, type]
         self.groups: list[dict] = []
 
     def add(self, type_: str, pos, widgets=(), title=None, **size) -> Node:
-        if type_ not in SOCKETS:
-            raise KeyError(f"add {type_!r} to SOCKETS first")
-        node = Node(len(self.nodes) + 1, type_, tuple(pos), list(widgets), title, **size)
+        inputs, outputs = node_sockets(self.node_classes, type_)
+        node = Node(
+            len(self.nodes) + 1, type_, tuple(pos), list(widgets), title, **size, inputs=inputs, outputs=outputs
+        )
         self.nodes.append(node)
         return node
 
@@ -148,13 +67,13 @@ class Graph:
 
     def link(self, source, target: Node, input_name: str) -> None:
         origin, slot = source
-        inputs = SOCKETS[target.type][0]
+        inputs = target.inputs
         names = [n for n, _ in inputs]
         if input_name not in names:
             raise KeyError(f"{target.type} has no socket input {input_name!r} (has {names})")
         if input_name in target.in_links:
             raise ValueError(f"{target.type}.{input_name} is linked twice")
-        out_type = SOCKETS[origin.type][1][slot][1]
+        out_type = origin.outputs[slot][1]
         in_type = inputs[names.index(input_name)][1]
         if out_type != in_type:
             raise TypeError(f"{origin.type} output {slot} ({out_type}) -> {target.type}.{input_name} ({in_type})")
@@ -190,7 +109,7 @@ class Graph:
         order = self.execution_order()
         nodes = []
         for n in self.nodes:
-            inputs, outputs = SOCKETS[n.type]
+            inputs, outputs = n.inputs, n.outputs
             entry = {
                 "id": n.id,
                 "type": n.type,

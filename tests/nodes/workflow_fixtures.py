@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import zlib
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instantfamily_dev import workflow_api as api
 from instantfamily_dev.comfy_host import REPO_ROOT
 
 WORKFLOW_DIR = REPO_ROOT / "example_workflows"
@@ -32,35 +32,11 @@ TEST_PACK = "tinypack_workflows"
 TEST_CHECKPOINT = "instantfamily_workflows_test.safetensors"
 
 # Node types a workflow may use although neither the host nor this pack has them: only in the named
-# workflows, documented there as optional. Their inputs as recorded from the other pack (for the widget checks).
+# workflows, documented there as optional. Their inputs as recorded from the other pack (for the widget checks),
+# in the harness (instantfamily_dev.workflow_api.RECORDED_NODES): the generator derives their sockets from them.
 OPTIONAL_NODES = {"DWPreprocessor": "comfyui_controlnet_aux"}
 OPTIONAL_WORKFLOWS = {"two_people_dwpose": {"DWPreprocessor"}}
-DW_PREPROCESSOR = {  # comfyui_controlnet_aux node_wrappers/dwpose.py, DWPose_Preprocessor.INPUT_TYPES
-    "required": {"image": ("IMAGE",)},
-    "optional": {
-        "detect_hand": (["enable", "disable"], {"default": "enable"}),
-        "detect_body": (["enable", "disable"], {"default": "enable"}),
-        "detect_face": (["enable", "disable"], {"default": "enable"}),
-        "resolution": ("INT", {"default": 512, "min": 64, "max": 16384, "step": 64}),
-        "bbox_detector": (
-            [
-                "None",
-                "yolox_l.torchscript.pt",
-                "yolox_l.onnx",
-                "yolo_nas_l_fp16.onnx",
-                "yolo_nas_m_fp16.onnx",
-                "yolo_nas_s_fp16.onnx",
-            ],
-            {"default": "yolox_l.onnx"},
-        ),
-        "pose_estimator": (
-            ["dw-ll_ucoco_384_bs5.torchscript.pt", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco.onnx"],
-            {"default": "dw-ll_ucoco_384_bs5.torchscript.pt"},
-        ),
-        "scale_stick_for_xinsr_cn": (["disable", "enable"], {"default": "disable"}),
-    },
-}
-RECORDED_DEFINITIONS = {"DWPreprocessor": DW_PREPROCESSOR}
+RECORDED_DEFINITIONS = {t: definition for t, (definition, _, _) in api.RECORDED_NODES.items()}
 
 
 def workflow_names() -> list[str]:
@@ -69,11 +45,6 @@ def workflow_names() -> list[str]:
 
 def load_workflow(name: str) -> dict:
     return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
-
-
-def load_test_module(name: str):
-    """A helper module of tests/core (e.g. face_fixtures), by name: tests/core is on pytest's pythonpath."""
-    return importlib.import_module(name)
 
 
 # -- photos -----------------------------------------------------------------------------------
@@ -158,7 +129,8 @@ def tiny_controlnet_state(comfy_host) -> dict:
 
 def build_test_models(comfy_host, models_dir: Path) -> None:
     """Write the tiny face pack and the test checkpoint under ``models_dir`` (a ComfyUI models folder)."""
-    face_fixtures = load_test_module("instantfamily_dev.face_fixtures")
+    from instantfamily_dev import face_fixtures
+
     pack_dir = face_fixtures.build_tiny_pack(str(models_dir / "insightface"), TEST_PACK)
     config_mod = comfy_host.pack_import("instantfamily_core.config")
     projector_mod = comfy_host.pack_import("instantfamily_core.projector")
