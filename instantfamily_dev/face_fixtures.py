@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+TINY_PACK = "tinypack"  # the tiny pack's folder name under models/ (tests of every layer build it under this name)
 TOY_BOX_HALF = 80.0  # detector pixels
 TOY_KEYPOINTS = ((-0.8, -0.5), (0.8, -0.5), (0.0, 0.2), (-0.6, 0.9), (0.6, 0.9))  # in stride-32 units
 
@@ -140,7 +141,7 @@ def export_toy_detector(path: str) -> str:
     return path
 
 
-def build_tiny_pack(insightface_root: str, pack: str = "tinypack") -> str:
+def build_tiny_pack(insightface_root: str, pack: str = TINY_PACK) -> str:
     """Write det + rec ONNX into <root>/models/<pack>/ and return that folder."""
     folder = os.path.join(insightface_root, "models", pack)
     os.makedirs(folder, exist_ok=True)

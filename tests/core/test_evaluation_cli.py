@@ -11,7 +11,6 @@ import pytest
 from eval_fixtures import astronaut, build_tiny_clip, face_region, grace_hopper, group_photo, paste
 from PIL import Image
 
-from instantfamily_core.evaluation.encoders import DlibEncoder
 from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,18 +22,13 @@ def save(image, path):
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    return DlibEncoder()
-
-
-@pytest.fixture(scope="module")
-def eval_set(tmp_path_factory, encoder):
+def eval_set(tmp_path_factory, dlib_encoder):
     """references/<id>/ photos, generated/ stand-ins, manifest.json: 2 cases x 2 prompts x 2 instances."""
     root = tmp_path_factory.mktemp("evalset")
     ast, gh, group = astronaut(), grace_hopper(), group_photo()
-    r_ast = face_region(ast, encoder.encode(ast)[0].box)
-    r_gh = face_region(gh, encoder.encode(gh)[0].box)
-    r_stranger = face_region(group, encoder.encode(group)[3].box)
+    r_ast = face_region(ast, dlib_encoder.encode(ast)[0].box)
+    r_gh = face_region(gh, dlib_encoder.encode(gh)[0].box)
+    r_stranger = face_region(group, dlib_encoder.encode(group)[3].box)
     save(ast, f"{root}/references/astronaut/00.png")
     save(gh, f"{root}/references/hopper/00.jpg")
     save(np.zeros((64, 64, 3), np.uint8), f"{root}/references/hopper/01.png")  # not the first: unused
@@ -127,30 +121,32 @@ def test_cli_writes_the_report_files(eval_set, tmp_path):
     assert f"{summary['2']['multi_sim']['mean']:.3f} ±" in table
 
 
-def test_missing_generated_images_fail_or_are_skipped(eval_set, encoder, tmp_path):
+def test_missing_generated_images_fail_or_are_skipped(eval_set, dlib_encoder, tmp_path):
     manifest = Manifest.load(f"{eval_set}/manifest.json")
     manifest.instances = 3  # instance 2 was never generated
     with pytest.raises(ValueError, match="4 generated images are missing"):
-        evaluate_folder(manifest, f"{eval_set}/references", f"{eval_set}/generated", encoder)
-    report = evaluate_folder(manifest, f"{eval_set}/references", f"{eval_set}/generated", encoder, skip_missing=True)
+        evaluate_folder(manifest, f"{eval_set}/references", f"{eval_set}/generated", dlib_encoder)
+    report = evaluate_folder(
+        manifest, f"{eval_set}/references", f"{eval_set}/generated", dlib_encoder, skip_missing=True
+    )
     assert len(report.rows) == 8 and len(report.settings["missing_files"]) == 4
     assert "TextSim" in summary_table(report)
 
 
-def test_bad_layouts_give_clear_errors(eval_set, encoder, tmp_path):
+def test_bad_layouts_give_clear_errors(eval_set, dlib_encoder, tmp_path):
     with pytest.raises(ValueError, match="non-empty 'cases'"):
         Manifest.from_dict({"cases": []})
     with pytest.raises(ValueError, match="case 0 needs"):
         Manifest.from_dict({"cases": [{"identities": ["a"]}]})
     manifest = Manifest.from_dict({"cases": [{"identities": ["nobody"], "prompts": ["x"]}], "instances": 2})
     with pytest.raises(ValueError, match="reference identity 'nobody'"):
-        evaluate_folder(manifest, f"{eval_set}/references", f"{eval_set}/generated", encoder)
+        evaluate_folder(manifest, f"{eval_set}/references", f"{eval_set}/generated", dlib_encoder)
     blank = tmp_path / "refs" / "blank"
     blank.mkdir(parents=True)
     Image.new("RGB", (120, 120), (128, 128, 128)).save(blank / "0.png")
     manifest = Manifest.from_dict({"cases": [{"identities": ["blank"], "prompts": ["x"]}], "instances": 2})
     with pytest.raises(ValueError, match="no face found in the reference image .*0.png"):
-        evaluate_folder(manifest, str(tmp_path / "refs"), f"{eval_set}/generated", encoder)
+        evaluate_folder(manifest, str(tmp_path / "refs"), f"{eval_set}/generated", dlib_encoder)
 
 
 def test_cli_without_clip_skips_textsim(eval_set, tmp_path):

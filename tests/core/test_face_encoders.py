@@ -19,11 +19,6 @@ from instantfamily_core.evaluation.metrics import score_identities, single_sim
 
 
 @pytest.fixture(scope="module")
-def dlib_encoder():
-    return DlibEncoder()
-
-
-@pytest.fixture(scope="module")
 def photos(dlib_encoder):
     ast, gh, group = astronaut(), grace_hopper(), group_photo()
     faces = {name: dlib_encoder.encode(img) for name, img in (("ast", ast), ("gh", gh), ("group", group))}

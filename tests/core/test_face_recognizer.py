@@ -15,14 +15,12 @@ from instantfamily_dev.face_fixtures import TinyRecognizer, _export, _randomise_
 
 
 @pytest.fixture(scope="module")
-def crops(tiny_analyzer):
+def crops(tiny_analyzer, dlib_backend):
     """Aligned crops: three synthetic 'faces' and the astronaut's face (dlib keypoints)."""
     faces = tiny_analyzer.analyze(disc_image(centres=((96, 96), (320, 320), (544, 544))))
     assert len(faces) == 3
-    from instantfamily_core.faces.dlib_backend import DlibFaceBackend
-
     photo = astronaut()
-    _, keypoints = DlibFaceBackend().detect(photo[:, :, ::-1].copy(), input_size=(512, 512))
+    _, keypoints = dlib_backend.detect(photo[:, :, ::-1].copy(), input_size=(512, 512))
     return np.stack([f.crop for f in faces] + [align_crop(photo, keypoints[0])])  # (4, 112, 112, 3)
 
 

@@ -19,6 +19,17 @@ def comfy_host(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def host_tiny_pack(comfy_host):
+    """Folder of the tiny insightface pack (``face_fixtures.TINY_PACK``) in this session's
+    models/insightface/models/, where Load Face Analyzer lists it."""
+    from instantfamily_dev.face_fixtures import TINY_PACK, build_tiny_pack
+
+    folder = build_tiny_pack(str(comfy_host.models_dir / "insightface"), TINY_PACK)
+    comfy_host.folder_paths.filename_list_cache.clear()
+    return folder
+
+
+@pytest.fixture(scope="session")
 def comfy_models_dir(comfy_host):
     """This session's ComfyUI ``models`` dir (instantfamily/, insightface/models/, controlnet/ …)."""
     return comfy_host.models_dir

@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from instantfamily_dev.face_fixtures import TINY_PACK
+
 NODE = "InstantFamilyIdentityReport"
 CENTRES = ((160, 320), (480, 320))  # on the toy detector's stride-32 anchors at 640 px
 
@@ -38,14 +40,7 @@ def scores_from_text(text):
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_pack(comfy_models_dir):
-    from instantfamily_dev import face_fixtures
-
-    return face_fixtures.build_tiny_pack(str(comfy_models_dir / "insightface"), "tinypack_eval")
-
-
-def test_identity_report_runs_in_a_real_prompt(comfy_host, tiny_pack):
+def test_identity_report_runs_in_a_real_prompt(comfy_host, host_tiny_pack):
     import folder_paths
 
     input_dir = folder_paths.get_input_directory()
@@ -57,7 +52,7 @@ def test_identity_report_runs_in_a_real_prompt(comfy_host, tiny_pack):
         "1": {"class_type": "LoadImage", "inputs": {"image": "eval_ref.png"}},
         "2": {
             "class_type": "InstantFamilyLoadFaceAnalyzer",
-            "inputs": {"pack": "tinypack_eval", "provider": "CPU", "det_size": 640, "det_thresh": 0.5},
+            "inputs": {"pack": TINY_PACK, "provider": "CPU", "det_size": 640, "det_thresh": 0.5},
         },
         "3": {
             "class_type": "InstantFamilyLoadFaces",
@@ -98,7 +93,7 @@ def test_identity_report_runs_in_a_real_prompt(comfy_host, tiny_pack):
     # recognizer cannot tell textures apart, so face discrimination is tested with dlib below)
     faces_mod = comfy_host.pack_import("instantfamily_core.faces")
     metrics = comfy_host.pack_import("instantfamily_core.evaluation.metrics")
-    analyzer = faces_mod.load_face_analyzer([str(comfy_host.models_dir / "insightface")], "tinypack_eval", "CPU")
+    analyzer = faces_mod.load_face_analyzer([str(comfy_host.models_dir / "insightface")], TINY_PACK, "CPU")
     refs = [f.global_feature for f in sorted(analyzer.analyze(disc_scene([0, 1])), key=lambda f: f.box[0])]
     for (identity, multi), patterns in zip(reported, ([1, 0], [0, 2], [0, None])):
         gens = [f.global_feature for f in analyzer.analyze(disc_scene(patterns))]
@@ -212,7 +207,7 @@ def test_identity_report_errors_name_the_fix(comfy_host, photo_faces):
             node.report(images=images, faces=faces, encoder="facenet")
 
 
-def test_generation_script_graph_passes_comfyuis_validator(comfy_host, tiny_pack):
+def test_generation_script_graph_passes_comfyuis_validator(comfy_host, host_tiny_pack):
     """scripts/generate_eval_set.py's per-image graph, checked by ComfyUI's own prompt validator (node
     ids, input names, link types, widget values); its layout part (faces, ID regions, control image) is
     also run. Sampling is not: that needs SD1.5 + InstantFamily weights."""
@@ -255,7 +250,7 @@ def test_generation_script_graph_passes_comfyuis_validator(comfy_host, tiny_pack
             "--instantfamily",
             "eval_dummy.safetensors",
             "--insightface-pack",
-            "tinypack_eval",
+            TINY_PACK,
         ]
     )
     assert (args.seed, args.steps, args.cfg, args.width, args.height) == (42, 50, 5.0, 512, 512)

@@ -8,33 +8,22 @@ import pytest
 import torch
 from PIL import Image
 
+from instantfamily_dev import face_fixtures
 from instantfamily_dev.comfy_host import PromptExecutionError
+from instantfamily_dev.face_fixtures import TINY_PACK
 
-PACK = "tinypack_nodes"
+PACK = TINY_PACK  # host_tiny_pack (tests/nodes/conftest.py)
 CONTEXT = 32  # the fixture pack's tiny model's cross-attention width
 CENTRES = ((544, 320), (96, 320), (320, 224))  # on the toy detector's stride-32 anchors at 640 px
 
 
-def _face_fixtures():
-    from instantfamily_dev import face_fixtures
-
+@pytest.fixture(scope="module")
+def fixtures():
     return face_fixtures
 
 
 @pytest.fixture(scope="module")
-def fixtures():
-    return _face_fixtures()
-
-
-@pytest.fixture(scope="module")
-def tiny_pack(comfy_host, fixtures):
-    folder = fixtures.build_tiny_pack(str(comfy_host.models_dir / "insightface"), PACK)
-    comfy_host.folder_paths.filename_list_cache.clear()
-    return folder
-
-
-@pytest.fixture(scope="module")
-def input_images(comfy_host, fixtures, tiny_pack):
+def input_images(comfy_host, fixtures, host_tiny_pack):
     input_dir = comfy_host.folder_paths.get_input_directory()
     Image.fromarray(fixtures.disc_image(centres=CENTRES)).save(os.path.join(input_dir, "faces_group.png"))
     Image.fromarray(fixtures.disc_image(centres=((320, 320),))).save(os.path.join(input_dir, "faces_one.png"))
@@ -43,14 +32,14 @@ def input_images(comfy_host, fixtures, tiny_pack):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(comfy_host, tiny_pack):
+def checkpoint(comfy_host, host_tiny_pack):
     """A checkpoint whose projector takes the tiny recognizer's 512 / 512x7x7 features."""
     config_mod = comfy_host.pack_import("instantfamily_core.config")
     projector_mod = comfy_host.pack_import("instantfamily_core.projector")
     checkpoint_mod = comfy_host.pack_import("instantfamily_core.checkpoint")
     model_pack = comfy_host.pack_import("instantfamily_core.faces.model_pack")
     recognizer = config_mod.RecognizerInfo(
-        PACK, "rec_tiny.onnx", model_pack.file_sha256(os.path.join(tiny_pack, "rec_tiny.onnx"))
+        PACK, "rec_tiny.onnx", model_pack.file_sha256(os.path.join(host_tiny_pack, "rec_tiny.onnx"))
     )
     config = config_mod.InstantFamilyConfig(d_K=CONTEXT, projector_hidden=24, recognizer=recognizer)
     torch.manual_seed(0)
@@ -83,7 +72,7 @@ def faces_node(images, mode="every face", combine="separate", indices="", analyz
     return {"class_type": "InstantFamilyLoadFaces", "inputs": inputs}
 
 
-def test_nodes_are_registered(comfy_host, tiny_pack):
+def test_nodes_are_registered(comfy_host, host_tiny_pack):
     analyzer = comfy_host.node_class("InstantFamilyLoadFaceAnalyzer")
     faces = comfy_host.node_class("InstantFamilyLoadFaces")
     assert analyzer.RETURN_TYPES == ("INSTANTFAMILY_ANALYZER",) and analyzer.CATEGORY == "InstantFamily/faces"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_fixtures import PACK, build_prepare_models, face_fixtures, prepare_args, write_raw_folder
+from train_fixtures import PACK, build_prepare_models, prepare_args, write_raw_folder
 
 
 @pytest.fixture(autouse=True)
@@ -18,11 +18,12 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def pack_root(tmp_path_factory) -> str:
-    """An insightface root with models/tinypack/ (toy SCRFD detector + tiny one-pass recognizer)."""
-    root = tmp_path_factory.mktemp("insightface")
-    face_fixtures().build_tiny_pack(str(root), PACK)
-    return str(root)
+def pack_root(tiny_pack) -> str:
+    """An insightface root with models/tinypack/ (toy SCRFD detector + tiny one-pass recognizer): the
+    face tests' ``tiny_pack`` (tests/core/conftest_faces.py), built once per session."""
+    root, pack, _ = tiny_pack
+    assert pack == PACK
+    return root
 
 
 @pytest.fixture(scope="session")

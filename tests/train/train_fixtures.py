@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from instantfamily_dev.face_fixtures import TINY_PACK
+
 SIZE = 640
-PACK = "tinypack"
+PACK = TINY_PACK
 LATENT_RESOLUTION = 64  # px of the latents prepare caches
 
 
