@@ -42,7 +42,7 @@ def trained(comfy_host, tmp_path_factory, one_thread):
 
     root = tmp_path_factory.mktemp("prepared_through_nodes")
     insightface_root = comfy_host.models_dir / "insightface"  # where Load Face Analyzer looks
-    face_fixtures().build_tiny_pack(str(insightface_root), PACK)
+    face_fixtures.build_tiny_pack(str(insightface_root), PACK)
     photos = write_photo_folder(root / "photos", names=(PHOTO, "b_three"))
     shard = write_img2dataset(root / "laion", names=("e_four", "f_two"))
     args = full_prepare_args(

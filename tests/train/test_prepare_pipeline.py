@@ -39,7 +39,7 @@ def models(prepare_models):
 def photos_prepared(tmp_path_factory, pack_root, models):
     torch.set_num_threads(1)
     photos = write_photo_folder(tmp_path_factory.mktemp("photos"))
-    wide = face_fixtures().disc_image((480, SIZE), centres=((160, 224), (480, 224)))
+    wide = face_fixtures.disc_image((480, SIZE), centres=((160, 224), (480, 224)))
     Image.fromarray(wide).save(photos / "w_wide.png")  # 640x480: latents of 88x64 px, cropped in cells
     output = tmp_path_factory.mktemp("prepared_photos")
     args = full_prepare_args([photos], output, pack_root, models)

@@ -40,7 +40,7 @@ def write_multiid(root):
     refs = root / "ref"
     (refs / "alice").mkdir(parents=True)
     (refs / "bob").mkdir()
-    fixtures = face_fixtures()
+    fixtures = face_fixtures
     Image.fromarray(fixtures.disc_image(centres=((96, 96), (320, 320)))).save(refs / "alice" / "0001.png")
     (refs / "alice" / "0001.json").write_text(json.dumps({"bboxes": [[260, 260, 380, 380]]}))
     Image.fromarray(fixtures.disc_image(centres=((256, 224),))).save(refs / "bob" / "0001.png")
@@ -115,7 +115,7 @@ def test_face_less_images_cost_one_detector_pass(pack_root):
     assert len(analyzer.detect(empty, retry=False)[0]) == 0 and len(calls) == 1
     calls.clear()
     assert len(analyzer.detect(empty)[0]) == 0 and len(calls) == 8  # the node's retries, for bulk data: off
-    with_face = face_fixtures().disc_image(centres=((320, 320),))
+    with_face = face_fixtures.disc_image(centres=((320, 320),))
     boxes, keypoints, scores = analyzer.detect(with_face, retry=False)
     faces = analyzer.recognize(with_face, boxes, keypoints, scores)
     np.testing.assert_allclose(faces[0].global_feature, analyzer.analyze(with_face)[0].global_feature, rtol=1e-5)

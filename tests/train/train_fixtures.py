@@ -7,34 +7,20 @@ plus optional extra people without a face, and a caption for most images.
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 from pathlib import Path
 
+import dwpose_fixtures  # tests/core is on pytest's pythonpath (pyproject.toml)
 import numpy as np
 from PIL import Image
 
+from instantfamily_dev import face_fixtures
 from instantfamily_dev.face_fixtures import TINY_PACK
 
 SIZE = 640
 PACK = TINY_PACK
 LATENT_RESOLUTION = 64  # px of the latents prepare caches
-
-
-def core_fixtures(name: str):
-    """tests/core/<name>.py (tiny ONNX model builders); tests/core is on pytest's pythonpath."""
-    return importlib.import_module(name)
-
-
-def face_fixtures():
-    """Tiny insightface detector/recognizer builders and disc images."""
-    return importlib.import_module("instantfamily_dev.face_fixtures")
-
-
-def dwpose_fixtures():
-    """DWPose ONNX stand-ins."""
-    return core_fixtures("dwpose_fixtures")
 
 
 def person(cx: float, cy: float, size: float = 160.0) -> np.ndarray:
@@ -89,7 +75,7 @@ VALID = ("a_two", "b_three", "c_one", "d_five", "e_four", "f_two")
 
 def write_raw_folder(folder: Path) -> Path:
     """The synthetic images + sidecars, plus one corrupt .jpg."""
-    fixtures = face_fixtures()
+    fixtures = face_fixtures
     folder.mkdir(parents=True, exist_ok=True)
     for name, (centres, extra, caption, with_pose) in IMAGES.items():
         image = (
@@ -110,7 +96,7 @@ def write_webdataset_tar(path: Path, names: tuple[str, ...]) -> Path:
     """An input WebDataset shard (png, txt, pose.json) holding the given synthetic images."""
     import tarfile
 
-    fixtures = face_fixtures()
+    fixtures = face_fixtures
     with tarfile.open(path, "w") as tar:
         for name in names:
             centres, extra, caption, _ = IMAGES[name]
@@ -207,7 +193,7 @@ def train_args(data: Path, output: Path, *extra: str) -> list[str]:
 
 def image_bytes(centres, fmt: str = "PNG", size=(SIZE, SIZE)) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(face_fixtures().disc_image(size, centres=centres)).save(buffer, format=fmt)
+    Image.fromarray(face_fixtures.disc_image(size, centres=centres)).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
@@ -257,7 +243,7 @@ def build_tiny_captioner(folder: Path) -> Path:
 def build_prepare_models(root: Path) -> dict:
     """DWPose ONNX stand-ins and a tiny random BLIP captioner under ``root``, for the prepare pipeline."""
     return {
-        "dwpose": dwpose_fixtures().build_dwpose_folder(str(root / "dwpose")),
+        "dwpose": dwpose_fixtures.build_dwpose_folder(str(root / "dwpose")),
         "captioner": build_tiny_captioner(root / "blip"),
     }
 
