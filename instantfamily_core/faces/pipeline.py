@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..identity import DetectedFace, Faces
+from ..images import to_rgb_uint8
 from .analyzer import FaceAnalyzer, retry_sizes
 from .grouping import MODES, build_faces
-from .images import to_rgb_uint8
 from .preview import draw_preview
 
 
