@@ -28,6 +28,7 @@ from .control_image import draw_control_image
 from .identity import DetectedFace
 from .masks import FaceMasks, masks_from_boxes, masks_from_images
 from .pose import PoseFrame
+from .preview_text import draw_note, draw_slot_label
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ def preview_face_masks(
     alpha: float = 0.45,
     note: str = "",
 ) -> np.ndarray:
-    """Each slot's region tinted in its palette colour, its slot number (black on white) at its face centre.
+    """Each slot's region tinted in its palette colour, its slot label (``draw_slot_label``) at its face centre.
 
     background: (H, W, 3) uint8 RGB (resized to the masks' size) or None for black.
     note: a line written along the bottom edge (e.g. ``config.untrained_note(N)``). Returns uint8 RGB.
@@ -358,41 +359,8 @@ def preview_face_masks(
     scale = max(0.4, min(height, width) / 300)
     thickness = max(1, int(round(scale * 2)))
     for slot in range(len(face_masks)):
-        text = str(slot)
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        x = int(face_masks.centres[slot, 0] * width - tw / 2)
-        y = int(face_masks.centres[slot, 1] * height + th / 2)
-        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness + 3, cv2.LINE_AA)
-        cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+        centre = (float(face_masks.centres[slot, 0]) * width, float(face_masks.centres[slot, 1]) * height)
+        draw_slot_label(canvas, str(slot), centre, config.palette_colour(slot), scale, thickness, centred=True)
     if note:
         draw_note(canvas, note)
-    return canvas
-
-
-def draw_note(canvas: np.ndarray, note: str) -> np.ndarray:
-    """``note`` in white on a black band along the bottom of ``canvas`` (in place), wrapped to its width."""
-    height, width = canvas.shape[:2]
-    scale = max(0.3, min(height, width) / 700)
-    (char_w, line_h), _ = cv2.getTextSize("n", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    per_line = max(8, int(width / (char_w * 1.1)) - 1)
-    words, lines = note.split(), [""]
-    for word in words:
-        if lines[-1] and len(lines[-1]) + 1 + len(word) > per_line:
-            lines.append(word)
-        else:
-            lines[-1] = f"{lines[-1]} {word}".strip()
-    step = int(line_h * 1.8)
-    top = max(0, height - step * len(lines) - 4)
-    canvas[top:] = 0
-    for k, line in enumerate(lines):
-        cv2.putText(
-            canvas,
-            line,
-            (3, top + step * (k + 1) - 2),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
     return canvas

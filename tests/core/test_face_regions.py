@@ -180,5 +180,6 @@ def test_preview_tints_each_region_in_its_slot_colour():
     assert preview[20, 20].tolist() == [170, 55, 55]  # 0.55 * 100 + 0.45 * (255, 0, 0)
     assert preview[110, 305].tolist() == [55, 55, 170]
     assert preview[190, 200].tolist() == [100, 100, 100]
-    text = (preview[30:50, 30:50] == 0).all(axis=-1)  # the black slot number sits at the face centre
+    text = (preview[30:50, 30:50] == 0).all(axis=-1)  # the slot label's black plate sits at the face centre
     assert text.any()
+    assert (preview[30:50, 30:50] == (255, 0, 0)).all(axis=-1).any()  # its number in the slot's colour
