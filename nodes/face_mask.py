@@ -55,11 +55,13 @@ class InstantFamilyFaceMask:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..instantfamily_core.config import OVERLAP_RULES
+
         return {
             "required": {
                 "margin": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": MARGIN_TOOLTIP}),
                 "order": ("STRING", {"default": "", "multiline": False, "tooltip": ORDER_TOOLTIP}),
-                "overlap": (["both", "nearest"], {"default": "both", "tooltip": OVERLAP_TOOLTIP}),
+                "overlap": (list(OVERLAP_RULES), {"default": OVERLAP_RULES[0], "tooltip": OVERLAP_TOOLTIP}),
             },
             "optional": {
                 "faces": ("INSTANTFAMILY_FACES", {"tooltip": "the stack's IDs: one region per ID"}),

@@ -108,15 +108,15 @@ class InstantFamilyLoadFaces:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..instantfamily_core.faces.grouping import COMBINE, MODES, ORDERS
+        from ..instantfamily_core.faces.grouping import COMBINE_RULES, FACE_ORDERS, FACE_SELECTION_MODES
 
         return {
             "required": {
                 "analyzer": ("INSTANTFAMILY_ANALYZER",),
                 "images": ("IMAGE",),
-                "mode": (list(MODES), {"default": MODES[0], "tooltip": MODE_TOOLTIP}),
-                "order": (list(ORDERS), {"default": ORDERS[0], "tooltip": "order of the faces of one image"}),
-                "combine": (list(COMBINE), {"default": COMBINE[0], "tooltip": COMBINE_TOOLTIP}),
+                "mode": (list(FACE_SELECTION_MODES), {"default": FACE_SELECTION_MODES[0], "tooltip": MODE_TOOLTIP}),
+                "order": (list(FACE_ORDERS), {"default": FACE_ORDERS[0], "tooltip": "order of the faces of one image"}),
+                "combine": (list(COMBINE_RULES), {"default": COMBINE_RULES[0], "tooltip": COMBINE_TOOLTIP}),
                 "face_indices": ("STRING", {"default": "", "multiline": False, "tooltip": INDICES_TOOLTIP}),
             },
             "optional": {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..faces.grouping import COMBINE_RULES, FACE_ORDERS, FACE_SELECTION_MODES
 from .comfy_client import SUBFOLDER
 
 # A standing person in COCO-18 order, in head heights relative to the nose (x right, y down).
@@ -161,9 +162,9 @@ def build_prompt(settings, refs: list[str], masks: str, pose: str | None, text: 
         inputs = {
             "analyzer": ["analyzer", 0],
             "images": [f"ref{k}", 0],
-            "mode": "largest face per image",
-            "order": "left to right",
-            "combine": "separate",
+            "mode": FACE_SELECTION_MODES[0],
+            "order": FACE_ORDERS[0],
+            "combine": COMBINE_RULES[0],
             "face_indices": "",
         }
         if faces is not None:
