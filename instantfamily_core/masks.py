@@ -47,15 +47,6 @@ class FaceMasks:
         """(height, width) of the mask image space."""
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
-    def select(self, order: list[int]) -> FaceMasks:
-        """Reorder / subset the slots."""
-        index = torch.as_tensor(order, dtype=torch.long)
-        return FaceMasks(
-            masks=self.masks[index],
-            centres=self.centres[index],
-            boxes=None if self.boxes is None else self.boxes[index],
-        )
-
 
 def enlarge_box(box: torch.Tensor, margin: float) -> torch.Tensor:
     """Scale x1, y1, x2, y2 boxes by (1 + margin) about their centres, clipped to [0, 1].
