@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import MASK_MODES
+from .config import DEFAULT_OVERLAP, MASK_MODES
 from .masks import FaceMasks, crop_to_latent, latent_grid, masks_on_grid
 from .region_plan import RegionPlan
 
@@ -262,7 +262,7 @@ class FaceAttention:
         tokens_per_face: int,
         mode: str = "hard",
         weight: float = 1.0,
-        overlap: str = "both",
+        overlap: str = DEFAULT_OVERLAP,
         kernel: str = "auto",
     ):
         if mode not in MASK_MODES:

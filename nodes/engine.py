@@ -123,7 +123,7 @@ class InstantFamilyApply:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..instantfamily_core.config import MASK_MODES, OVERLAP_RULES
+        from ..instantfamily_core.config import DEFAULT_OVERLAP, MASK_MODES, OVERLAP_RULES
 
         return {
             "required": {
@@ -174,7 +174,7 @@ class InstantFamilyApply:
                 "overlap": (
                     list(OVERLAP_RULES),
                     {
-                        "default": OVERLAP_RULES[0],
+                        "default": DEFAULT_OVERLAP,
                         "tooltip": "where two face regions overlap: both faces visible (paper) or only the nearest",
                     },
                 ),

@@ -55,13 +55,16 @@ class InstantFamilyFaceMask:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..instantfamily_core.config import OVERLAP_RULES
+        from ..instantfamily_core.config import DEFAULT_OVERLAP, MASK_MARGIN, OVERLAP_RULES
 
         return {
             "required": {
-                "margin": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": MARGIN_TOOLTIP}),
+                "margin": (
+                    "FLOAT",
+                    {"default": MASK_MARGIN, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": MARGIN_TOOLTIP},
+                ),
                 "order": ("STRING", {"default": "", "multiline": False, "tooltip": ORDER_TOOLTIP}),
-                "overlap": (list(OVERLAP_RULES), {"default": OVERLAP_RULES[0], "tooltip": OVERLAP_TOOLTIP}),
+                "overlap": (list(OVERLAP_RULES), {"default": DEFAULT_OVERLAP, "tooltip": OVERLAP_TOOLTIP}),
             },
             "optional": {
                 "faces": ("INSTANTFAMILY_FACES", {"tooltip": "the stack's IDs: one region per ID"}),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..config import OVERLAP_RULES
+from ..config import DEFAULT_OVERLAP, OVERLAP_RULES
 from ..masks import FaceMasks
 
 
-def resolve_overlap(face_masks: FaceMasks, overlap: str = "both") -> FaceMasks:
+def resolve_overlap(face_masks: FaceMasks, overlap: str = DEFAULT_OVERLAP) -> FaceMasks:
     """Apply the overlap rule in image space.
 
     "both": unchanged (an overlapped pixel sees both faces). "nearest": a pixel covered by several

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..config import DEFAULT_OVERLAP, MASK_MARGIN
 from ..identity import DetectedFace
 from ..masks import FaceMasks, masks_from_boxes, masks_from_images
 from ..pose import PoseFrame
@@ -30,8 +31,8 @@ def face_masks_from_pose(
     frame: PoseFrame,
     n_ids: int | None = None,
     order: str | Sequence[int] | None = None,
-    margin: float = 0.25,
-    overlap: str = "both",
+    margin: float = MASK_MARGIN,
+    overlap: str = DEFAULT_OVERLAP,
 ) -> tuple[FaceMasks, list[int]]:
     """Face masks of the ID slots from a parsed pose frame, in the canvas' size.
 
@@ -108,8 +109,8 @@ def face_masks_from_detections(
     image_size: tuple[int, int],
     n_ids: int | None = None,
     order: str | Sequence[int] | None = None,
-    margin: float = 0.25,
-    overlap: str = "both",
+    margin: float = MASK_MARGIN,
+    overlap: str = DEFAULT_OVERLAP,
 ) -> FaceMasks:
     """Face masks of the ID slots from faces detected on a template image of ``image_size`` (H, W)."""
     if n_ids == 0:
@@ -128,8 +129,8 @@ def face_masks_from_boxes(
     image_size: tuple[int, int],
     n_ids: int | None = None,
     order: str | Sequence[int] | None = None,
-    margin: float = 0.25,
-    overlap: str = "both",
+    margin: float = MASK_MARGIN,
+    overlap: str = DEFAULT_OVERLAP,
 ) -> FaceMasks:
     """Face masks of the ID slots from detector face boxes (P, 4) in pixels of an image of ``image_size``."""
     boxes_px = np.asarray(boxes_px, np.float64).reshape(-1, 4)
@@ -142,7 +143,7 @@ def face_masks_from_boxes(
 
 
 def face_masks_from_user_masks(
-    masks, n_ids: int | None = None, order: str | Sequence[int] | None = None, overlap: str = "both"
+    masks, n_ids: int | None = None, order: str | Sequence[int] | None = None, overlap: str = DEFAULT_OVERLAP
 ) -> FaceMasks:
     """Face masks from user-drawn masks (M, H, W), one per ID in batch order (or picked by ``order``).
 
