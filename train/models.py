@@ -318,9 +318,10 @@ def _hidden_states(text_encoder, tokenizer, captions: list[str], device, penulti
     """(hidden (B, 77, d), pooled projection (B, p) or None) of one CLIP text encoder."""
     length = text_encoder.config.max_position_embeddings  # 77 (ComfyUI's tokenizer config says 8192)
     ids = tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-    output = text_encoder(ids.to(device), output_hidden_states=penultimate)
-    hidden = output.hidden_states[-2] if penultimate else output.last_hidden_state
-    return hidden, getattr(output, "text_embeds", None)
+    if not penultimate:
+        return text_encoder(ids.to(device))[0], None
+    output = text_encoder(ids.to(device), output_hidden_states=True)
+    return output.hidden_states[-2], getattr(output, "text_embeds", None)
 
 
 @torch.no_grad()
