@@ -161,7 +161,8 @@ class InstantFamilyNet(nn.Module):
                 f"time_ids {tuple(time_ids.shape)}: expected (B={latents.shape[0]}, 6) = (original_h, "
                 "original_w, crop_top, crop_left, target_h, target_w)"
             )
-        return {"text_embeds": pooled.to(latents.dtype), "time_ids": time_ids.to(latents.device, latents.dtype)}
+        # sizes stay float32 (bf16 would round 1023 px to 1024); diffusers embeds them as ComfyUI does, in float32
+        return {"text_embeds": pooled.to(latents.dtype), "time_ids": time_ids.to(latents.device, torch.float32)}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Every parameter that requires grad, by its name in this module."""

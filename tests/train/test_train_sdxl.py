@@ -70,3 +70,11 @@ def test_sdxl_export_is_an_sdxl_checkpoint_that_predicts_what_was_trained(sdxl_r
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="pooled"):
         net(latents, t, text, faces, control)
+
+
+def test_sdxl_bf16_gradient_checkpointing_step(prepared, tmp_path):
+    from train.train import train
+
+    args = train_args(prepared, tmp_path / "bf16", "--model-config", "tiny_sdxl", "--max-steps", "1")
+    losses = train(parse([*args, "--mixed-precision", "bf16", "--gradient-checkpointing", "true"]))
+    assert len(losses) == 1 and all(torch.isfinite(torch.tensor(losses)))
