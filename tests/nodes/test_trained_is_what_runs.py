@@ -190,3 +190,51 @@ def test_a_tiny_sdxl_training_run_exported_runs_in_the_nodes_what_it_trained(com
     runs = nodes_prediction(comfy_host, "sdxl-run.safetensors", base_unet, latents, text, control, pooled, features)
     assert (trained - without_faces).abs().max() > 1e-4
     assert (runs - trained).abs().max() <= 1e-4, (runs - trained).abs().max()
+
+
+def test_the_exported_sdxl_controlnet_gets_y_and_serves_cond_and_uncond_in_the_sampler(comfy_host, sdxl_training_run):
+    from net_fixtures import pooled_text
+
+    from instantfamily_core.masks import masks_from_boxes
+    from train.models import load_base
+
+    comfy_host.folder_paths.filename_list_cache.clear()
+    (loaded,) = comfy_host.node_class("InstantFamilyModelLoader")().load("sdxl-run.safetensors")
+    identity = comfy_host.pack_import("instantfamily_core.identity")
+    global_features, local_features = _faces(loaded.config)
+    faces = identity.Faces(
+        [identity.Identity(global_features[i].numpy(), local_features[i].numpy()) for i in range(3)],
+        recognizer=loaded.config.recognizer,
+    )
+    (stack,) = comfy_host.node_class("InstantFamilyBuildEmbeddingStack")().build(loaded, faces)
+    face_masks = comfy_host.pack_import("instantfamily_core.masks").masks_from_boxes(torch.tensor(BOXES), (64, 64))
+    assert torch.equal(face_masks.masks, masks_from_boxes(torch.tensor(BOXES), (64, 64)).masks)
+    base = comfy_model_from(load_base("", "tiny_sdxl", seed=0).unet)
+    (patched,) = comfy_host.node_class("InstantFamilyApply")().apply(
+        base, loaded, stack, face_masks, 1.0, 0.0, 1.0, "as trained", "both"
+    )
+    g = torch.Generator().manual_seed(1)
+    positive = [[torch.randn(1, 77, loaded.config.d_K, generator=g), {"pooled_output": pooled_text(1, seed=4)}]]
+    negative = [[torch.randn(1, 77, loaded.config.d_K, generator=g), {"pooled_output": pooled_text(1, seed=5)}]]
+    control_image = torch.rand(1, 64, 64, 3, generator=g)
+    positive, negative = comfy_host.node_class("InstantFamilyPoseCircleControlNet")().apply(
+        positive, negative, patched, loaded, stack, face_masks, control_image, 1.0, 0.0, 1.0
+    )
+    control_model = positive[0][1]["control"].control_model
+    seen = []
+    original = type(control_model).forward
+
+    def recording(self, x, hint, timesteps, context, y=None, *args, **kwargs):
+        seen.append((x.shape[0], None if y is None else tuple(y.shape)))
+        return original(self, x, hint, timesteps, context, y, *args, **kwargs)
+
+    type(control_model).forward = recording
+    try:
+        out = comfy_host.sample(patched, positive, negative, torch.zeros(1, 4, 8, 8), seed=3, steps=2, cfg=3.0)
+    finally:
+        type(control_model).forward = original
+    assert torch.isfinite(out).all()
+    import comfy.controlnet
+
+    batched = "transformer_options" in inspect.signature(comfy.controlnet.ControlNet.get_control).parameters
+    assert seen == ([(2, (2, 2816))] * 2 if batched else [(1, (1, 2816))] * 4), seen  # y: pooled + sizes
