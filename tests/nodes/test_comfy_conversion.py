@@ -53,3 +53,30 @@ def test_full_sdxl_is_detected_by_comfyui_as_sdxl_with_our_config(comfy_host):
         "num_head_channels",
     ):
         assert ours[key] == detected[key], (key, ours[key], detected[key])
+
+
+def test_sdxl_single_file_as_comfyui_saves_its_text_encoders_loads_in_the_trainer(comfy_host, tmp_path):
+    """ComfyUI's own SDXL checkpoint writer (supported_models.SDXL.process_clip_state_dict_for_saving)
+    names both text encoders; the trainer's single-file loader reads what it writes."""
+    import comfy.supported_models
+    from safetensors.torch import save_file
+    from sdxl_files import sdxl_single_file_tensors
+    from test_models import assert_same
+
+    from train.models import load_base
+
+    reference = load_base("", "tiny_sdxl", seed=2)
+    tensors = {k: v for k, v in sdxl_single_file_tensors(reference).items() if not k.startswith("conditioner.")}
+    clip_l = {k.removeprefix("text_model."): v for k, v in reference.text_encoder.state_dict().items()}
+    clip = {"clip_l.transformer.text_model." + k: v for k, v in clip_l.items()}  # ComfyUI's own CLIP names
+    clip.update({"clip_g.transformer." + k: v for k, v in reference.text_encoder_2.state_dict().items()})
+    saving = comfy.supported_models.SDXL.process_clip_state_dict_for_saving
+    written = saving(comfy.supported_models.SDXL.__new__(comfy.supported_models.SDXL), clip)
+    assert any(k.startswith("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_") for k in written)
+    tensors.update({k: v.contiguous() for k, v in written.items()})
+    path = tmp_path / "tiny-sdxl-comfy.safetensors"
+    save_file(tensors, str(path))
+    loaded = load_base(str(path), "tiny_sdxl")
+    assert_same(loaded.text_encoder, reference.text_encoder)
+    assert_same(loaded.text_encoder_2, reference.text_encoder_2)
+    assert_same(loaded.unet, reference.unet)
