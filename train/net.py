@@ -63,6 +63,26 @@ def default_time_ids(latents: torch.Tensor, vae_factor: int = 8) -> torch.Tensor
     return row.expand(latents.shape[0], 6)
 
 
+def added_conditioning(
+    unet_config, latents: torch.Tensor, pooled: torch.Tensor | None, time_ids: torch.Tensor | None
+) -> dict | None:
+    """diffusers' ``added_cond_kwargs`` for an SDXL UNet / ControlNet (pooled text + size); None for SD1.5."""
+    if not is_sdxl(unet_config):
+        if pooled is not None or time_ids is not None:
+            raise ValueError("pooled / time_ids given to an SD1.5 UNet: they are SDXL conditioning")
+        return None
+    if pooled is None:
+        raise ValueError("an SDXL UNet needs the pooled text embedding (B, 1280): train.models.encode_prompts")
+    time_ids = default_time_ids(latents) if time_ids is None else time_ids
+    if time_ids.shape != (latents.shape[0], 6):
+        raise ValueError(
+            f"time_ids {tuple(time_ids.shape)}: expected (B={latents.shape[0]}, 6) = (original_h, "
+            "original_w, crop_top, crop_left, target_h, target_w)"
+        )
+    # sizes stay float32 (bf16 would round 1023 px to 1024); diffusers embeds them as ComfyUI does, in float32
+    return {"text_embeds": pooled.to(latents.dtype), "time_ids": time_ids.to(latents.device, torch.float32)}
+
+
 class InstantFamilyNet(nn.Module):
     """UNet + ControlNet (diffusers) + Projector; attn2 of both go through the core FaceAttention."""
 
@@ -125,7 +145,7 @@ class InstantFamilyNet(nn.Module):
         """
         context, attention = self.face_context(text_embeddings, faces)
         self.face_batch.set(attention, tuple(noisy_latents.shape[-2:]))
-        added = self.added_conditioning(noisy_latents, pooled, time_ids)
+        added = added_conditioning(self.unet.config, noisy_latents, pooled, time_ids)
         down, mid = self.controlnet(
             noisy_latents,
             timesteps,
@@ -144,25 +164,6 @@ class InstantFamilyNet(nn.Module):
             added_cond_kwargs=added,
             return_dict=False,
         )[0]
-
-    def added_conditioning(
-        self, latents: torch.Tensor, pooled: torch.Tensor | None, time_ids: torch.Tensor | None
-    ) -> dict | None:
-        """diffusers' ``added_cond_kwargs`` for an SDXL UNet (pooled text + size); None for SD1.5."""
-        if not is_sdxl(self.unet.config):
-            if pooled is not None or time_ids is not None:
-                raise ValueError("pooled / time_ids given to an SD1.5 UNet: they are SDXL conditioning")
-            return None
-        if pooled is None:
-            raise ValueError("an SDXL UNet needs the pooled text embedding (B, 1280): train.models.encode_prompts")
-        time_ids = default_time_ids(latents) if time_ids is None else time_ids
-        if time_ids.shape != (latents.shape[0], 6):
-            raise ValueError(
-                f"time_ids {tuple(time_ids.shape)}: expected (B={latents.shape[0]}, 6) = (original_h, "
-                "original_w, crop_top, crop_left, target_h, target_w)"
-            )
-        # sizes stay float32 (bf16 would round 1023 px to 1024); diffusers embeds them as ComfyUI does, in float32
-        return {"text_embeds": pooled.to(latents.dtype), "time_ids": time_ids.to(latents.device, torch.float32)}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Every parameter that requires grad, by its name in this module."""
