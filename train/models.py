@@ -151,7 +151,7 @@ def load_base(pretrained: str, model_config: str = "sd15", tokenizer: str = "", 
     checkpoints), or "" for a random initialisation from the configs (tests, benchmarks; never for
     real training). ``model_config`` names the family (``sd15``/``tiny`` or ``sdxl``/``tiny_sdxl``);
     weights of the other family are refused. SDXL's second tokenizer is ``tokenizer_2`` beside the
-    first (or the first again when there is none: CLIP-L and bigG share the vocabulary).
+    first, or else the first padded with token 0 (CLIP-L and bigG share the vocabulary).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
@@ -199,11 +199,21 @@ def load_base(pretrained: str, model_config: str = "sd15", tokenizer: str = "", 
     tokenizers = [_tokenizer(tokenizer_path)]
     if family == "SDXL":
         second = tokenizer_path.parent / "tokenizer_2"
-        tokenizers.append(_tokenizer(second) if second.is_dir() else tokenizers[0])
+        tokenizers.append(_tokenizer(second) if second.is_dir() else _zero_padded(tokenizers[0]))
     base = BaseModels(unet, vae, encoders[0], tokenizers[0], scheduler)
     if family == "SDXL":
         base.text_encoder_2, base.tokenizer_2 = encoders[1], tokenizers[1]
     return base
+
+
+def _zero_padded(tokenizer):
+    """SDXL's second tokenizer made from the first: the same vocabulary, padded with token 0 ("!" in
+    CLIP's), as SDXL's own tokenizer_2 and ComfyUI's clip_g tokenizer pad (the first pads with the end token)."""
+    import copy
+
+    second = copy.deepcopy(tokenizer)
+    second.pad_token = second.convert_ids_to_tokens(0)
+    return second
 
 
 def _wrong_family(pretrained: str, found: str, model_config: str, family: str) -> str:

@@ -82,6 +82,11 @@ def test_sdxl_random_base_has_two_text_encoders_and_the_sdxl_conditioning():
     first = base.text_encoder(ids, output_hidden_states=True).hidden_states[-2]  # the penultimate layer
     assert torch.equal(cond.context[..., : first.shape[-1]], first)
     assert not torch.equal(first, base.text_encoder(ids).last_hidden_state)
+    # the second tokenizer pads with token 0, as SDXL's tokenizer_2 and ComfyUI's clip_g tokenizer do
+    first_ids, second_ids = (t(["two"], padding="max_length", max_length=77).input_ids[0] for t in base.tokenizers)
+    words = first_ids.index(base.tokenizer.eos_token_id) + 1  # start, the words, the end token
+    assert second_ids[:words] == first_ids[:words]
+    assert set(first_ids[words:]) == {base.tokenizer.eos_token_id} and set(second_ids[words:]) == {0}
     sd15 = load_base("", "tiny", seed=1)
     assert (
         sd15.family == "SD1.5" and encode_prompts(sd15.text_encoders, sd15.tokenizers, captions, "cpu").pooled is None
