@@ -80,3 +80,47 @@ def test_sdxl_single_file_as_comfyui_saves_its_text_encoders_loads_in_the_traine
     assert_same(loaded.text_encoder, reference.text_encoder)
     assert_same(loaded.text_encoder_2, reference.text_encoder_2)
     assert_same(loaded.unet, reference.unet)
+
+
+def test_the_trainers_sdxl_text_conditioning_is_comfyuis(comfy_host):
+    """encode_prompts (the trainer's SDXL context) equals what ComfyUI's SDXL CLIP gives for the same
+    tokens: both encoders' penultimate layer without the final norm, CLIP-L first, the second padded
+    with token 0. (ComfyUI's CLIP projects pooled text square, hidden -> hidden, as bigG's 1280 -> 1280:
+    the tiny encoder's 20 -> 1280 projection has no ComfyUI twin, so the pooled embedding is not compared.)"""
+    import comfy.sd1_clip
+
+    from train.models import config_dir, encode_prompts, load_base
+
+    base = load_base("", "tiny_sdxl", seed=6)
+    captions = ["two people"]
+    ours = encode_prompts(base.text_encoders, base.tokenizers, captions, "cpu")
+    outputs = []
+    for encoder, tokenizer, folder, pad in (
+        (base.text_encoder, base.tokenizer, "text_encoder", base.tokenizer.eos_token_id),
+        (base.text_encoder_2, base.tokenizer_2, "text_encoder_2", 0),
+    ):
+        special = {"start": tokenizer.bos_token_id, "end": tokenizer.eos_token_id, "pad": pad}
+        with torch.no_grad():  # (the 2024 host fills its projection in place)
+            clip = comfy.sd1_clip.SDClipModel(
+                layer="hidden",
+                layer_idx=-2,
+                textmodel_json_config=str(config_dir("tiny_sdxl") / folder / "config.json"),
+                special_tokens=special,
+                layer_norm_hidden_state=False,
+            )
+        state = {
+            "text_model." + k.removeprefix("text_model."): v
+            for k, v in encoder.state_dict().items()
+            if k != "text_projection.weight"
+        }
+        vocabulary = clip.transformer.text_model.embeddings.token_embedding.weight.shape[0]  # ComfyUI: CLIP's 49408
+        embedding = state["text_model.embeddings.token_embedding.weight"]  # the tiny vocabulary's rows first
+        state["text_model.embeddings.token_embedding.weight"] = torch.cat(
+            [embedding, embedding.new_zeros(vocabulary - embedding.shape[0], embedding.shape[1])]
+        )
+        missing, unexpected = clip.transformer.load_state_dict(state, strict=False)  # ComfyUI's CLIP names
+        assert missing == ["text_projection.weight"] and not [k for k in unexpected if not k.endswith("position_ids")]
+        ids = tokenizer(captions, padding="max_length", max_length=77).input_ids[0]
+        with torch.no_grad():
+            outputs.append(clip.encode_token_weights([[(token, 1.0) for token in ids]])[0])
+    torch.testing.assert_close(torch.cat(outputs, dim=-1), ours.context, atol=1e-5, rtol=1e-5)
