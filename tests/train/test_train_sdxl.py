@@ -18,7 +18,8 @@ def sdxl_run(prepared, tmp_path_factory):
     """A 2-step tiny SDXL run (UNet K/V trained too) and its exported file."""
     run = tmp_path_factory.mktemp("sdxl") / "run"
     args = train_args(prepared, run, "--model-config", "tiny_sdxl", "--max-steps", "2", "--checkpoint-every", "2")
-    trainer = Trainer(parse([*args, "--train-unet-kv", "true", "--text-dropout", "0"]))
+    options = ["--train-unet-kv", "true", "--text-dropout", "0", "--validation-steps", "2", "--validation-samples", "1"]
+    trainer = Trainer(parse([*args, *options]))
     losses = trainer.run()
     exported = export(run / "checkpoints" / "latest", run.parent / "raw.safetensors")  # float32: exact comparison
     return trainer, losses, exported
@@ -43,6 +44,14 @@ def test_sdxl_trains_and_the_size_conditioning_reaches_the_net(sdxl_run):
     assert torch.equal(loss(default), plain)  # absent = original and target at the image size, no crop
     cropped = torch.tensor([[96.0, 128.0, 16.0, 32.0, 64.0, 64.0]]).repeat(rows, 1)
     assert (loss(cropped) - plain).abs().max() > 1e-6  # the batch's crop conditioning takes part
+
+
+def test_sdxl_validation_samples_an_image_with_the_pooled_and_size_conditioning(sdxl_run):
+    trainer, _, _ = sdxl_run
+    record = trainer.validate()
+    assert record["samples"] == 1
+    picture = trainer.output / "validation" / f"step-{trainer.step:08d}.png"
+    assert picture.is_file() and picture.stat().st_size > 0
 
 
 def test_sdxl_export_is_an_sdxl_checkpoint_that_predicts_what_was_trained(sdxl_run):
