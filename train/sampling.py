@@ -31,11 +31,13 @@ def guided_ddim(
     faces: FaceInputs,
     control: torch.Tensor,
     guidance_scale: float,
+    pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise ``latents`` over ``scheduler.timesteps`` (set by the caller) -> the final latents.
 
     latents: (B, C, h, w), already scaled by the scheduler's initial sigma, in the dtype the net runs;
-    text: (2B, T, d), the B unconditional rows first; faces: the B conditional rows; control: (B, 3, H, W).
+    text: (2B, T, d), the B unconditional rows first; faces: the B conditional rows; control: (B, 3, H, W);
+    pooled: SDXL's pooled text (2B, P) in the order of ``text``, None for SD1.5.
     """
     batch = latents.shape[0]
     both = with_unconditional_rows(faces, net.config)
@@ -43,7 +45,7 @@ def guided_ddim(
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)  # (2B, C, h, w)
         timesteps = torch.full((2 * batch,), int(t), device=latents.device)
-        noise = net(model_in, timesteps, text, both, control).float()
+        noise = net(model_in, timesteps, text, both, control, pooled=pooled).float()
         noise = noise[:batch] + guidance_scale * (noise[batch:] - noise[:batch])  # (B, C, h, w)
         latents = scheduler.step(noise.to(latents.dtype), t, latents).prev_sample
     return latents

@@ -15,7 +15,7 @@ from PIL import Image
 from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.evaluation.metrics import IdentityScores, score_identities
 
-from .models import encode_text
+from .models import encode_prompts
 from .net import FaceInputs, InstantFamilyNet
 from .sampling import guided_ddim
 
@@ -24,8 +24,8 @@ from .sampling import guided_ddim
 def sample(
     net: InstantFamilyNet,
     vae,
-    text_encoder,
-    tokenizer,
+    text_encoders,
+    tokenizers,
     scheduler_config,
     example: dict,
     *,
@@ -46,9 +46,10 @@ def sample(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     latents = torch.randn(1, vae.config.latent_channels, height // factor, width // factor, generator=generator)
     latents = (latents * scheduler.init_noise_sigma).to(device, dtype)
-    text = encode_text(text_encoder, tokenizer, ["", example["caption"]], device).to(dtype)  # (2, 77, d)
+    text = encode_prompts(text_encoders, tokenizers, ["", example["caption"]], device)  # context (2, 77, d)
+    pooled = None if text.pooled is None else text.pooled.to(dtype)  # SDXL (2, 1280)
     faces = FaceInputs([example["global_features"]], [example["local_features"]], [example["masks"]])
-    latents = guided_ddim(net, scheduler, latents, text, faces, control, guidance_scale)
+    latents = guided_ddim(net, scheduler, latents, text.context.to(dtype), faces, control, guidance_scale, pooled)
     image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample  # (1, 3, H, W) in [-1, 1]
     return ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
