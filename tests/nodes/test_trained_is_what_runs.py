@@ -148,8 +148,9 @@ def test_exported_checkpoint_through_the_nodes_predicts_what_the_trainer_predict
 @pytest.fixture(scope="module")
 def sdxl_training_run(comfy_host, tmp_path_factory):
     """prepare (tiny pack, raw folder) -> 2 tiny SDXL steps with UNet K/V -> export float32 into models/."""
-    from train_fixtures import face_fixtures, prepare_args, train_args, write_raw_folder
+    from train_fixtures import prepare_args, train_args, write_raw_folder
 
+    from instantfamily_dev import face_fixtures
     from train.export import export
     from train.options import parse
     from train.prepare import main as prepare
@@ -159,7 +160,7 @@ def sdxl_training_run(comfy_host, tmp_path_factory):
     torch.set_num_threads(1)  # tiny models on a shared 2-core box (see tests/train/conftest.py)
     try:
         root = tmp_path_factory.mktemp("sdxl_run")
-        face_fixtures().build_tiny_pack(str(root / "insightface"), "tinypack_sdxl")
+        face_fixtures.build_tiny_pack(str(root / "insightface"), "tinypack_sdxl")
         raw = write_raw_folder(root / "raw")
         assert prepare(prepare_args([raw], root / "prepared", str(root / "insightface"), "tinypack_sdxl")) == 0
         args = train_args(root / "prepared", root / "run", "--model-config", "tiny_sdxl", "--max-steps", "2")
