@@ -15,8 +15,14 @@ import argparse
 import logging
 import sys
 
-from instantfamily_core.evaluation.encoders import ENCODERS, TextSimilarity, make_encoder
-from instantfamily_core.evaluation.fastcomposer import Manifest, evaluate_folder, summary_table, write_report
+from instantfamily_core.evaluation.encoders import DLIB_DETECTORS, ENCODERS, TextSimilarity, make_encoder
+from instantfamily_core.evaluation.fastcomposer import (
+    REFERENCE_MODES,
+    Manifest,
+    evaluate_folder,
+    summary_table,
+    write_report,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,11 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="for --encoder insightface: the folder holding models/<pack>/ (ComfyUI's models/insightface)",
     )
     p.add_argument("--insightface-pack", default="antelopev2", help="model pack name under <root>/models/")
-    p.add_argument("--dlib-detector", choices=("hog", "cnn"), default="hog")
+    p.add_argument("--dlib-detector", choices=DLIB_DETECTORS, default="hog")
     p.add_argument("--clip", help="local transformers CLIP folder for TextSim (skipped when absent)")
     p.add_argument(
         "--reference-mode",
-        choices=("first", "mean"),
+        choices=REFERENCE_MODES,
         default="first",
         help="first image of each identity folder (FastComposer) or the mean over all of them",
     )

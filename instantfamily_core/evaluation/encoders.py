@@ -33,6 +33,8 @@ from ..images import to_rgb_uint8
 
 log = logging.getLogger("InstantFamily")
 
+DLIB_DETECTORS = ("hog", "cnn")  # dlib's HOG (CPU) and CNN (MMOD) face detectors
+
 FACENET_WEIGHTS = "facenet_vggface2.safetensors"
 FACENET_CONVERT = (
     "convert facenet-pytorch's 20180402-114759-vggface2.pt once, on a machine you trust: python -c \"import torch, "
@@ -97,8 +99,8 @@ class DlibEncoder(FaceEncoder):
             raise RuntimeError(
                 f"dlib face encoder: missing {missing}; install face_recognition_models or put the files there"
             )
-        if detector not in ("hog", "cnn"):
-            raise ValueError(f"dlib detector must be 'hog' or 'cnn', got {detector!r}")
+        if detector not in DLIB_DETECTORS:
+            raise ValueError(f"dlib detector must be one of {DLIB_DETECTORS}, got {detector!r}")
         self._dlib = dlib
         self.detector_kind = detector
         self.detector = (
