@@ -30,7 +30,7 @@ SDXL_ASPECTS = (1.0, 1152 / 896, 1216 / 832, 1344 / 768, 1536 / 640)
 def bucket_sizes(area: int, granularity: int = 64, aspects=SDXL_ASPECTS) -> list[tuple[int, int]]:
     """(width, height) buckets: per aspect, the height in steps of ``granularity`` that keeps
     width x height <= area, the width the aspect's multiple of ``granularity`` nearest to it;
-    landscape then portrait, duplicates (tiny areas) dropped.
+    landscape then portrait; duplicates and sizes over the area (coarse granularity) dropped.
 
     bucket_sizes(1024 * 1024, 64) -> 1024x1024, 1152x896, 1216x832, 1344x768, 1536x640 and transposes.
     """
@@ -42,6 +42,8 @@ def bucket_sizes(area: int, granularity: int = 64, aspects=SDXL_ASPECTS) -> list
     for aspect in aspects:
         height = max(granularity, int(math.sqrt(area / aspect) // granularity) * granularity)
         width = max(granularity, int(round(height * aspect / granularity)) * granularity)
+        if width * height > area:  # a coarse granularity cannot make this aspect at this area
+            continue
         for size in ((width, height), (height, width)):
             if size not in sizes:
                 sizes.append(size)

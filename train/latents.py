@@ -98,7 +98,9 @@ def load_vae(pretrained: str, model_config: str = "sd15", seed: int = 0):
         return AutoencoderKL.from_single_file(
             pretrained, config=str(config_dir(model_config)), subfolder="vae", local_files_only=True
         )
-    raise ValueError(f"--pretrained {pretrained!r}: expected a diffusers folder or a .safetensors SD1.5 checkpoint")
+    raise ValueError(
+        f"--pretrained {pretrained!r}: expected a diffusers folder or a single-file .safetensors checkpoint"
+    )
 
 
 class LatentEncoder:

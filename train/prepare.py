@@ -437,7 +437,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--pretrained",
         default=None,
-        help="SD1.5 weights whose VAE caches latents (as train.train's --pretrained; '' = random, tests)",
+        help="SD1.5 or SDXL weights whose VAE caches latents (as train.train's --pretrained; '' = random, tests)",
     )
     p.add_argument("--model-config", default="sd15", help="configs for --pretrained (as train.train)")
     p.add_argument("--seed", type=int, default=0, help="seed of a random --pretrained '' (as train.train)")
@@ -479,7 +479,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "yolox_l.onnx and dw-ll_ucoco_384.onnx"
         )
     if args.latent_resolution and args.pretrained is None:
-        p.error("--latent-resolution needs --pretrained (the SD1.5 weights training will use)")
+        p.error("--latent-resolution needs --pretrained (the SD1.5 or SDXL weights training will use)")
     return args
 
 

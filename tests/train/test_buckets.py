@@ -46,6 +46,8 @@ def test_sdxl_buckets_and_tiny_ones():
     tiny = bucket_sizes(64 * 64, 8)
     assert len(tiny) == len(set(tiny)) == 9 and tiny[0] == (64, 64)
     assert all(w % 8 == 0 and h % 8 == 0 and w * h <= 64 * 64 for w, h in tiny)
+    assert bucket_sizes(64 * 64, 64) == [(64, 64)]  # too coarse for other aspects at this area
+    assert all(w * h <= 96 * 96 for w, h in bucket_sizes(96 * 96, 32))
     assert nearest_bucket(1216, 832, bucket_sizes(1024**2)) == 3
     assert bucket_sizes(1024**2)[nearest_bucket(500, 1200, bucket_sizes(1024**2))] == (640, 1536)
     with pytest.raises(ValueError, match="multiple of 8"):
