@@ -185,3 +185,19 @@ def test_bucketed_training_runs_with_one_bucket_per_batch(bucketed, tmp_path):
     args = train_args(output, tmp_path / "run", "--max-steps", "2", "--resolution", str(RES), "--batch-size", "1")
     losses = train(parse([*args, "--aspect-buckets", "on", "--bucket-granularity", str(GRANULARITY)]))
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_buckets_are_on_by_default_for_sdxl_family_unets_only():
+    from types import SimpleNamespace
+
+    from train.buckets import training_buckets
+
+    sdxl = SimpleNamespace(config=SimpleNamespace(addition_embed_type="text_time"))
+    sd15 = SimpleNamespace(config=SimpleNamespace(addition_embed_type=None))
+    opts = parse(["--resolution", "1024"])
+    assert opts.aspect_buckets == "auto"
+    assert training_buckets(opts, sdxl) == bucket_sizes(1024 * 1024, 64) and training_buckets(opts, sd15) is None
+    assert training_buckets(parse(["--aspect-buckets", "on"]), sd15) == bucket_sizes(512 * 512, 64)
+    assert training_buckets(parse(["--aspect-buckets", "off"]), sdxl) is None
+    with pytest.raises(ValueError, match="aspect_buckets"):
+        parse(["--aspect-buckets", "yes"])
