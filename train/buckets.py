@@ -3,7 +3,7 @@
 SDXL was fine-tuned on a fixed set of aspect ratios at about one megapixel (1024x1024, 1152x896,
 1216x832, 1344x768, 1536x640 and their portrait twins). ``bucket_sizes`` derives the sizes from
 those ratios, an area and a granularity (both sides multiples of it), so a tiny test world at
-64x64 gets its own small buckets. A batch holds one bucket (``BucketBatchSampler``); crops, boxes,
+64x64 gets its own small buckets. A batch holds one bucket (``train.data.BucketBatchSampler``); crops, boxes,
 masks, pose and the control image follow each sample's bucket crop in ``train.data``.
 """
 
@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -101,64 +100,3 @@ def time_ids(original: tuple[int, int], crop: tuple[int, int], target: tuple[int
     resized image; target: (width, height) of the crop. All in pixels.
     """
     return torch.tensor([original[1], original[0], crop[1], crop[0], target[1], target[0]], dtype=torch.float32)
-
-
-class BucketBatchSampler(torch.utils.data.Sampler):
-    """Endless batches of (epoch, index), each from one bucket, resumable like ``ResumableBatchSampler``.
-
-    Per epoch (seed, epoch): each bucket's samples are shuffled and cut into global batches of
-    batch_size x world (the remainder waits for another epoch's draw), the global batches are
-    shuffled, and rank r takes its batch_size slice of each. Every rank steps the same number of
-    batches per epoch and sees the same bucket at the same step. Batch b counts from the start of
-    training; ``start_batch`` resumes exactly where a run stopped.
-    """
-
-    def __init__(
-        self,
-        bucket_of: np.ndarray,
-        batch_size: int,
-        seed: int = 0,
-        rank: int = 0,
-        world: int = 1,
-        start_batch: int = 0,
-        shuffle: bool = True,
-    ):
-        self.bucket_of = np.asarray(bucket_of)
-        self.batch_size, self.seed = int(batch_size), int(seed)
-        self.rank, self.world, self.start_batch, self.shuffle = int(rank), int(world), int(start_batch), shuffle
-        self.members = [np.nonzero(self.bucket_of == b)[0] for b in range(int(self.bucket_of.max(initial=-1)) + 1)]
-        step = self.batch_size * self.world
-        self.per_epoch = sum(len(m) // step for m in self.members)
-        if self.per_epoch == 0:
-            largest = max((len(m) for m in self.members), default=0)
-            raise ValueError(
-                f"no aspect bucket holds batch_size {self.batch_size} x {self.world} processes samples "
-                f"(largest bucket: {largest}): prepare more data, lower --batch-size or turn --aspect-buckets off"
-            )
-
-    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        """This rank's batches of ``epoch`` (sample indices), in order."""
-        rng = np.random.default_rng([self.seed, epoch])
-        step = self.batch_size * self.world
-        batches = []
-        for members in self.members:
-            order = rng.permutation(members) if self.shuffle else members
-            for start in range(0, len(order) - step + 1, step):
-                batches.append(order[start : start + step])  # (batch_size * world,) one bucket
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        lo = self.rank * self.batch_size
-        return [b[lo : lo + self.batch_size] for b in batches]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        batch = self.start_batch
-        cached_epoch, batches = -1, []
-        while True:
-            epoch, position = divmod(batch, self.per_epoch)
-            if epoch != cached_epoch:
-                cached_epoch, batches = epoch, self.epoch_batches(epoch)
-            yield [(epoch, int(i)) for i in batches[position]]
-            batch += 1
-
-    def __len__(self) -> int:  # one epoch; the iterator itself never ends
-        return self.per_epoch

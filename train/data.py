@@ -33,7 +33,7 @@ from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.masks import FaceMasks
 from instantfamily_core.pose import PoseFrame, crop_pose, encode_pose_keypoint, parse_pose_keypoint
 
-from .buckets import BucketBatchSampler, assign_buckets, nearest_bucket, sample_size, time_ids
+from .buckets import assign_buckets, nearest_bucket, sample_size, time_ids
 from .latents import FACTOR, cached_target, decode_latent_member
 from .latents import MEMBER as LATENT_MEMBER
 from .sample_format import decode_faces, image_member
@@ -298,12 +298,18 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     ):
         self.num_samples, self.batch_size, self.seed = int(num_samples), int(batch_size), int(seed)
         self.rank, self.world, self.start_batch, self.shuffle = int(rank), int(world), int(start_batch), shuffle
-        self.per_epoch = (self.num_samples // self.world) // self.batch_size
+        self.per_epoch = self.batches_per_epoch()
         if self.per_epoch == 0:
-            raise ValueError(
-                f"{self.num_samples} training samples are fewer than batch_size {self.batch_size} x {self.world} "
-                "processes: prepare more data or lower --batch-size"
-            )
+            raise ValueError(self.too_few_samples())
+
+    def batches_per_epoch(self) -> int:
+        return (self.num_samples // self.world) // self.batch_size
+
+    def too_few_samples(self) -> str:
+        return (
+            f"{self.num_samples} training samples are fewer than batch_size {self.batch_size} x {self.world} "
+            "processes: prepare more data or lower --batch-size"
+        )
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         order = (
@@ -314,19 +320,71 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
         share = self.num_samples // self.world
         return order[self.rank * share : (self.rank + 1) * share]  # contiguous per-rank share
 
+    def epoch_plan(self, epoch: int):
+        """What ``batch_in`` cuts this rank's batches of ``epoch`` from (built once per epoch)."""
+        return self.epoch_order(epoch)
+
+    def batch_in(self, plan, position: int) -> np.ndarray:
+        """Sample indices of batch ``position`` of an epoch."""
+        return plan[position * self.batch_size : (position + 1) * self.batch_size]
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         batch = self.start_batch
-        cached_epoch, order = -1, None
+        cached_epoch, plan = -1, None
         while True:
             epoch, position = divmod(batch, self.per_epoch)
             if epoch != cached_epoch:
-                cached_epoch, order = epoch, self.epoch_order(epoch)
-            chunk = order[position * self.batch_size : (position + 1) * self.batch_size]
-            yield [(epoch, int(i)) for i in chunk]
+                cached_epoch, plan = epoch, self.epoch_plan(epoch)
+            yield [(epoch, int(i)) for i in self.batch_in(plan, position)]
             batch += 1
 
     def __len__(self) -> int:  # one epoch; the iterator itself never ends
         return self.per_epoch
+
+
+class BucketBatchSampler(ResumableBatchSampler):
+    """Endless batches of (epoch, index), each from one aspect bucket, resumable the same way.
+
+    Per epoch (seed, epoch): each bucket's samples are shuffled and cut into global batches of
+    batch_size x world (the remainder waits for another epoch's draw), the global batches are
+    shuffled, and rank r takes its batch_size slice of each. Every rank steps the same number of
+    batches per epoch and sees the same bucket at the same step.
+
+    bucket_of: (S,) bucket index per sample (``train.buckets.assign_buckets``; -1 = never batched).
+    """
+
+    def __init__(self, bucket_of: np.ndarray, batch_size: int, *args, **kwargs):
+        """bucket_of, then ResumableBatchSampler's arguments after num_samples."""
+        bucket_of = np.asarray(bucket_of)
+        self.members = [np.nonzero(bucket_of == b)[0] for b in range(int(bucket_of.max(initial=-1)) + 1)]
+        super().__init__(len(bucket_of), batch_size, *args, **kwargs)
+
+    def batches_per_epoch(self) -> int:
+        return sum(len(m) // (self.batch_size * self.world) for m in self.members)
+
+    def too_few_samples(self) -> str:
+        largest = max((len(m) for m in self.members), default=0)
+        return (
+            f"no aspect bucket holds batch_size {self.batch_size} x {self.world} processes samples "
+            f"(largest bucket: {largest}): prepare more data, lower --batch-size or set --aspect-buckets off"
+        )
+
+    def epoch_plan(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of ``epoch`` (sample indices), in order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        step = self.batch_size * self.world
+        batches = []
+        for members in self.members:
+            order = rng.permutation(members) if self.shuffle else members
+            for start in range(0, len(order) - step + 1, step):
+                batches.append(order[start : start + step])  # (batch_size * world,) one bucket
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        lo = self.rank * self.batch_size
+        return [b[lo : lo + self.batch_size] for b in batches]
+
+    def batch_in(self, plan, position: int) -> np.ndarray:
+        return plan[position]
 
 
 def batch_sampler(reader: ShardReader, buckets, opts, rank: int, world: int, start_batch: int):

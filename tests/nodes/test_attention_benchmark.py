@@ -2,7 +2,7 @@
 its patched SDXL step runs and the faces change the output (figures come from real-size runs)."""
 
 import argparse
-import importlib.util
+import runpy
 from pathlib import Path
 
 import torch
@@ -10,15 +10,8 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_overhead.py"
 
 
-def benchmark_module():
-    spec = importlib.util.spec_from_file_location("attention_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sdxl_benchmark_step_runs_patched_and_unpatched(comfy_host):
-    bench = benchmark_module()
+    bench = argparse.Namespace(**runpy.run_path(str(SCRIPT)))  # the script's globals; main() does not run
     name, width, _ = bench.FAMILIES["sdxl"]
     base = comfy_host.tiny_sd15_model(seed=0, context_dim=width, model_channels=32, family=name)
     assert type(base.model.model_config).__name__ == "SDXL"

@@ -12,8 +12,8 @@ from train_fixtures import PACK, SIZE, face_fixtures, person, prepare_args, trai
 from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.face_regions import control_image_for_slots, face_masks_from_pose
 from instantfamily_core.pose import parse_pose_keypoint
-from train.buckets import BucketBatchSampler, assign_buckets, bucket_sizes, nearest_bucket
-from train.data import TrainDataset, collate, sample_rng
+from train.buckets import assign_buckets, bucket_sizes, nearest_bucket
+from train.data import BucketBatchSampler, TrainDataset, collate, sample_rng
 from train.latents import MEMBER, decode_latent_member, load_vae
 from train.manifest import find_shards
 from train.options import parse
