@@ -60,6 +60,11 @@ def training_buckets(opts, unet) -> list[tuple[int, int]] | None:
     return bucket_sizes(opts.resolution**2, opts.bucket_granularity) if on else None
 
 
+def target_size(target: int | tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of a crop given as a square side or a (width, height) bucket."""
+    return (target, target) if isinstance(target, int) else (int(target[0]), int(target[1]))
+
+
 def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> int:
     """Index of the bucket whose aspect is nearest to width / height (in log ratio; ties: the first)."""
     ratio = math.log(width / height)

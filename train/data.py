@@ -33,7 +33,7 @@ from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.masks import FaceMasks
 from instantfamily_core.pose import PoseFrame, crop_pose, encode_pose_keypoint, parse_pose_keypoint
 
-from .buckets import assign_buckets, nearest_bucket, sample_size, time_ids
+from .buckets import assign_buckets, nearest_bucket, sample_size, target_size, time_ids
 from .latents import FACTOR, cached_target, decode_latent_member
 from .latents import MEMBER as LATENT_MEMBER
 from .sample_format import decode_faces, image_member
@@ -49,11 +49,6 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 def choose_faces(count: int, max_faces: int, rng: np.random.Generator) -> list[int]:
     """min(max_faces, count) distinct face indices in random order (no first-slot bias)."""
     return [int(i) for i in rng.permutation(count)[: min(max_faces, count)]]
-
-
-def target_size(target: int | tuple[int, int]) -> tuple[int, int]:
-    """(width, height) of a crop given as a square side or a (width, height) bucket."""
-    return (target, target) if isinstance(target, int) else (int(target[0]), int(target[1]))
 
 
 def crop_geometry(width: int, height: int, target: int | tuple[int, int], rng: np.random.Generator | None):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .buckets import nearest_bucket
+from .buckets import nearest_bucket, target_size
 
 logger = logging.getLogger(__name__)
 MEMBER = "latent.npz"
@@ -30,7 +30,7 @@ FACTOR = 8  # pixels per latent cell (SD1.5 and SDXL VAEs)
 def latent_geometry(width: int, height: int, target: int | tuple[int, int]) -> tuple[int, int]:
     """(w, h) of the smallest resize covering ``target`` (a square side, or a (w, h) bucket: the
     shorter-side resize for a square), both sides rounded to multiples of 8."""
-    tw, th = (target, target) if isinstance(target, int) else target
+    tw, th = target_size(target)
     scale = max(tw / width, th / height)
     return (
         max(tw, int(round(width * scale / FACTOR)) * FACTOR),
