@@ -19,7 +19,7 @@ from train.manifest import find_shards
 from train.options import parse
 from train.prepare import main
 from train.shards import ShardReader
-from train.train import train
+from train.train import Trainer, train
 
 RES, GRANULARITY = 96, 32  # tiny buckets whose latent sides the tiny UNet (2 downsamplings) takes
 # name: ((width, height), face centres px)
@@ -201,3 +201,21 @@ def test_buckets_are_on_by_default_for_sdxl_family_unets_only():
     assert training_buckets(parse(["--aspect-buckets", "off"]), sdxl) is None
     with pytest.raises(ValueError, match="aspect_buckets"):
         parse(["--aspect-buckets", "yes"])
+
+
+def test_a_bucketed_cached_latent_trains_like_its_pixels(bucketed, tmp_path):
+    output, reader, names = bucketed
+    args = train_args(output, tmp_path / "run", "--max-steps", "1", "--resolution", str(RES), "--text-dropout", "0")
+    trainer = Trainer(parse([*args, "--face-dropout", "0", "--aspect-buckets", "on", "--bucket-granularity", "32"]))
+    assert trainer.dataset.buckets == bucket_sizes(RES * RES, GRANULARITY)
+    cached, pixels = dataset(trainer.reader, random_crop=False), dataset(trainer.reader, random_crop=False)
+    pixels.cached_latents = False
+    items = [(0, names["wide"])]  # its bucket crop is the whole cached image: encoding it live gives the cache
+    with_latents, without = collate([cached[i] for i in items]), collate([pixels[i] for i in items])
+    assert "latent_mean" in with_latents and "latent_mean" not in without
+    torch.testing.assert_close(with_latents["control"], without["control"])
+    losses = []
+    for batch in (with_latents, without):
+        torch.manual_seed(7)  # the same posterior draw, noise and timesteps
+        losses.append(trainer.loss(batch).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5), losses
