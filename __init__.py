@@ -28,9 +28,7 @@ def _load_nodes() -> None:
     for name in _NODE_MODULES:
         try:
             module = importlib.import_module(f".nodes.{name}", __name__)
-        except ModuleNotFoundError as error:
-            if error.name and error.name.endswith(f"nodes.{name}"):
-                continue  # that node group is not part of this build
+        except ModuleNotFoundError as error:  # an optional dependency of that node group is missing
             failed.append(f"{name} ({error}; pip install -r requirements.txt)")
             continue
         except Exception as error:  # keep the rest of the pack usable

@@ -34,8 +34,8 @@ from instantfamily_core.config import InstantFamilyConfig  # noqa: E402
 from instantfamily_core.masks import masks_from_boxes  # noqa: E402
 from instantfamily_core.projector import Projector  # noqa: E402
 from train.attention_processor import install_sdpa_processors  # noqa: E402
-from train.models import CONFIG_ROOT, build_controlnet, config_dir, encode_text, load_base  # noqa: E402
-from train.net import FaceInputs, InstantFamilyNet  # noqa: E402
+from train.models import CONFIG_ROOT, build_controlnet, config_dir, encode_prompts, load_base  # noqa: E402
+from train.net import FaceInputs, InstantFamilyNet, added_conditioning  # noqa: E402
 from train.speed import compile_modules, configure_tf32, to_channels_last  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
@@ -109,22 +109,29 @@ class Step:
                     latents = self.latents
                 else:
                     latents = base.vae.encode(self.pixels).latent_dist.sample() * base.vae.config.scaling_factor
-                text = encode_text(base.text_encoder, base.tokenizer, self.captions, self.device)
+                text = encode_prompts(base.text_encoders, base.tokenizers, self.captions, self.device)
             noise = torch.randn_like(latents)
             t = torch.randint(0, 1000, (latents.shape[0],), device=self.device)
             noisy = base.noise_scheduler.add_noise(latents, noise, t)
             if self.with_faces:
-                prediction = self.net(noisy, t, text, self.faces, self.control)
+                prediction = self.net(noisy, t, text.context, self.faces, self.control, pooled=text.pooled)
             else:
+                added = added_conditioning(self.unet.config, noisy, text.pooled, None)  # SDXL; None for SD1.5
                 down, mid = self.controlnet(
-                    noisy, t, encoder_hidden_states=text, controlnet_cond=self.control, return_dict=False
+                    noisy,
+                    t,
+                    encoder_hidden_states=text.context,
+                    controlnet_cond=self.control,
+                    added_cond_kwargs=added,
+                    return_dict=False,
                 )
                 prediction = self.unet(
                     noisy,
                     t,
-                    encoder_hidden_states=text,
+                    encoder_hidden_states=text.context,
                     down_block_additional_residuals=down,
                     mid_block_additional_residual=mid,
+                    added_cond_kwargs=added,
                     return_dict=False,
                 )[0]
             loss = F.mse_loss(prediction.float(), noise.float())
@@ -148,7 +155,7 @@ def count_on_meta(args) -> dict:
     for cached in (False, True):
         with device:
             base = random_base(args.model_config)
-            for module in (base.unet, base.vae, base.text_encoder):
+            for module in (base.unet, base.vae, *base.text_encoders):
                 module.requires_grad_(False)
             step = Step(args, base, False, cached, device, torch.float32)
         figures["plain_cached" if cached else "plain"] = count_flops(step)
@@ -230,7 +237,7 @@ def main(argv=None) -> int:
     results = {}
     for kind, with_faces in (("plain", False), ("instantfamily", True)):
         base = random_base(args.model_config)  # fresh models per kind (processors differ)
-        for module in (base.unet, base.vae, base.text_encoder):
+        for module in (base.unet, base.vae, *base.text_encoders):
             module.requires_grad_(False).to(device, dtype if dtype != torch.float16 else torch.float32)
         for cached in (False, True):
             step = Step(args, base, with_faces, cached, device, dtype)

@@ -29,13 +29,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import DEFAULT_OVERLAP, MASK_MODES
 from .masks import FaceMasks, crop_to_latent, latent_grid, masks_on_grid
 from .region_plan import RegionPlan
 
 # (q, k, v, heads) -> out, all in the merged-head layout (B, L, heads * d).
 TextAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
-MODES = ("hard", "paper")
+KERNELS = ("auto", "dense", "region")  # masked_cross_attention's ``kernel``
 
 
 def sdpa_attention(
@@ -74,8 +75,8 @@ def masked_cross_attention(
     kernel: "auto" (region-sparse for shared regions where it is cheaper, dense otherwise), or
       force "dense" / "region" (tests, benchmarks). Both are exact.
     """
-    if mode not in MODES:
-        raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
     num_faces = 0 if plan is None else plan.num_faces
     text_len = k.shape[1] - num_faces * tokens_per_face
     if text_len <= 0:
@@ -93,8 +94,8 @@ def masked_cross_attention(
     call = _Call(heads, plan, tokens_per_face, text_len, rows, weight, text_attention)
     if mode == "paper":
         return _paper_attention(q, k, v, call)
-    if kernel not in ("auto", "dense", "region"):
-        raise ValueError(f"kernel must be 'auto', 'dense' or 'region', got {kernel!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     use_region = kernel == "region" or (kernel == "auto" and plan.region_is_cheaper(text_len, tokens_per_face))
     if plan.shared and use_region:
         return _region_sparse_attention(q, k, v, call)
@@ -261,11 +262,11 @@ class FaceAttention:
         tokens_per_face: int,
         mode: str = "hard",
         weight: float = 1.0,
-        overlap: str = "both",
+        overlap: str = DEFAULT_OVERLAP,
         kernel: str = "auto",
     ):
-        if mode not in MODES:
-            raise ValueError(f"mask mode must be one of {MODES}, got {mode!r}")
+        if mode not in MASK_MODES:
+            raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
         self.per_row = not isinstance(face_masks, FaceMasks)
         self.face_masks: list[FaceMasks | None] = (
             [face_masks] if isinstance(face_masks, FaceMasks) else list(face_masks)

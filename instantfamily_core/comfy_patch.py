@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from .attention import FaceAttention
+from .config import DEFAULT_OVERLAP
 from .masks import FaceMasks, centre_crop_box
 from .stack import EmbeddingStack
 
@@ -78,7 +79,7 @@ class FaceSettings:
     face_masks: FaceMasks
     mode: str = "hard"
     weight: float = 1.0
-    overlap: str = "both"
+    overlap: str = DEFAULT_OVERLAP
     sigma_start: float = math.inf
     sigma_end: float = 0.0
     isolate_self_attention: bool = False

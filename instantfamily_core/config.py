@@ -15,6 +15,8 @@ FORMAT_VERSION = 1
 
 MASK_MODES = ("hard", "paper")
 OVERLAP_RULES = ("both", "nearest")
+DEFAULT_OVERLAP = OVERLAP_RULES[0]  # both faces visible where regions overlap (the paper)
+MASK_MARGIN = 0.25  # face box growth about its centre: the paper's 25%
 
 # Circle colours of the identity slots in the control image (RGB, 0-255). None of them is a
 # colour OpenPose draws (its 18 saturated joint colours, or the 0.6-scaled limb colours), so a
@@ -90,8 +92,8 @@ class InstantFamilyConfig:
     d_K: int = 768
     projector_hidden: int = 1024
     mask_mode: str = "hard"
-    mask_margin: float = 0.25
-    overlap: str = "both"
+    mask_margin: float = MASK_MARGIN
+    overlap: str = DEFAULT_OVERLAP
     palette: tuple[tuple[int, int, int], ...] = DEFAULT_PALETTE
     # Circle radius = circle_radius_fraction * max(face box width, height) of the (un-enlarged) box.
     circle_radius_fraction: float = 0.25

@@ -1,4 +1,4 @@
-"""diffusers <-> ComfyUI/ldm state-dict names for SD1.5-shaped UNets and ControlNets.
+"""diffusers <-> ComfyUI/ldm state-dict names for SD1.5- and SDXL-shaped UNets and ControlNets.
 
 Works for any channel_mult, layers_per_block and transformer depth (not only the full-size
 SD1.5 config that converters keyed on known shapes recognise). The mapping is built at module
@@ -9,6 +9,8 @@ ldm layout (``openaimodel.UNetModel`` / ``cldm.ControlNet``): ``time_embed.{0,2}
 ``input_blocks.k.{0: ResBlock | Downsample(op), 1: SpatialTransformer}``, ``middle_block.{0,1,2}``,
 ``output_blocks.k.{0: ResBlock, 1: SpatialTransformer | Upsample, 2: Upsample}``, ``out.{0,2}``;
 ControlNet adds ``zero_convs.k.0``, ``middle_block_out.0`` and ``input_hint_block.{0,2,..,14}``.
+SDXL's size/pooled-text embedding (diffusers ``addition_embed_type="text_time"``,
+``add_embedding.linear_{1,2}``) is ldm's ``label_emb.0.{0,2}`` (``num_classes="sequential"``).
 """
 
 from __future__ import annotations
@@ -39,15 +41,29 @@ def _per_level(value, levels: int) -> list[int]:
     return [int(value)] * levels if isinstance(value, int) else [int(v) for v in value]
 
 
+def is_sdxl(config: Mapping) -> bool:
+    """Whether a diffusers UNet / ControlNet config is SDXL-shaped (pooled text + size embedding)."""
+    return _get(config, "addition_embed_type") == "text_time"
+
+
+def base_model_family(config: Mapping) -> str:
+    """The checkpoint ``base_model`` name ("SD1.5" or "SDXL") of a diffusers UNet / ControlNet config."""
+    return "SDXL" if is_sdxl(config) else "SD1.5"
+
+
 def _check_sd15_shaped(config: Mapping, what: str) -> None:
+    """Refuse configs whose blocks have no ComfyUI SD1.5 / SDXL equivalent."""
     down = list(_get(config, "down_block_types"))
     if any(t not in ("CrossAttnDownBlock2D", "DownBlock2D") for t in down):
         raise ValueError(f"{what}: down_block_types {down} are not SD1.5-shaped (CrossAttnDownBlock2D / DownBlock2D)")
     if _get(config, "mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
         raise ValueError(f"{what}: mid_block_type must be UNetMidBlock2DCrossAttn")
-    for name in ("class_embed_type", "addition_embed_type", "encoder_hid_dim"):
+    for name in ("class_embed_type", "encoder_hid_dim"):
         if _get(config, name) is not None:
-            raise ValueError(f"{what}: {name}={_get(config, name)!r} has no ComfyUI SD1.5 equivalent")
+            raise ValueError(f"{what}: {name}={_get(config, name)!r} has no ComfyUI SD1.5 / SDXL equivalent")
+    addition = _get(config, "addition_embed_type")
+    if addition not in (None, "text_time"):
+        raise ValueError(f"{what}: addition_embed_type={addition!r} has no ComfyUI equivalent (SDXL's is 'text_time')")
     if _get(config, "resnet_time_scale_shift", "default") != "default":
         raise ValueError(f"{what}: resnet_time_scale_shift must be 'default'")
 
@@ -68,6 +84,9 @@ def _encoder_table(config: Mapping, what: str) -> dict[str, str]:
         "time_embedding.linear_2": "time_embed.2",
         "conv_in": "input_blocks.0.0",
     }
+    if is_sdxl(config):
+        table["add_embedding.linear_1"] = "label_emb.0.0"
+        table["add_embedding.linear_2"] = "label_emb.0.2"
     k = 1
     for i, block_type in enumerate(down):
         for j in range(layers[i]):
@@ -144,7 +163,9 @@ def _convert(state: Mapping[str, torch.Tensor], table: Mapping[str, str], what: 
         except KeyError:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"{what}: {len(unknown)} keys have no mapping, e.g. {unknown[:3]}; is the model SD1.5-shaped?")
+        raise ValueError(
+            f"{what}: {len(unknown)} keys have no mapping, e.g. {unknown[:3]}; is the model SD1.5- or SDXL-shaped?"
+        )
     if len(out) != len(state):
         raise ValueError(f"{what}: the mapping is not one-to-one ({len(state)} keys -> {len(out)})")
     return out
@@ -210,7 +231,7 @@ def _heads(config: Mapping) -> tuple[int, int]:
 
 
 def ldm_unet_config(config: Mapping) -> dict:
-    """ComfyUI's ``unet_config`` (``openaimodel.UNetModel`` kwargs) for a diffusers SD1.5-shaped config.
+    """ComfyUI's ``unet_config`` (``openaimodel.UNetModel`` kwargs) for a diffusers SD1.5/SDXL-shaped config.
 
     The keys ComfyUI's ``model_detection.detect_unet_config`` produces, plus num_heads /
     num_head_channels (which ComfyUI takes from its SD15 model class).
@@ -236,12 +257,16 @@ def ldm_unet_config(config: Mapping) -> dict:
     ]
     transformer_depth_output = per_output_block[::-1]  # ComfyUI pops it from the end
     num_heads, num_head_channels = _heads(config)
+    sdxl = {}
+    if is_sdxl(config):
+        sdxl = {"num_classes": "sequential", "adm_in_channels": _sdxl_adm_channels(config)}
     return {
         "use_checkpoint": False,
         "image_size": 32,
         "use_spatial_transformer": True,
         "legacy": False,
         "adm_in_channels": None,
+        **sdxl,
         "in_channels": int(_get(config, "in_channels")),
         "out_channels": int(_get(config, "out_channels", 4)),
         "model_channels": model_channels,
@@ -255,6 +280,23 @@ def ldm_unet_config(config: Mapping) -> dict:
         "num_heads": num_heads,
         "num_head_channels": num_head_channels,
     }
+
+
+SDXL_POOLED_WIDTH = 1280  # ComfyUI's SDXL model class: pooled text (1280) + 6 size values x Timestep(256)
+SDXL_TIME_EMBED_WIDTH = 256
+
+
+def _sdxl_adm_channels(config: Mapping) -> int:
+    """ldm ``adm_in_channels`` of an SDXL config; ComfyUI's ``y`` is fixed at 1280 + 6 x 256 = 2816."""
+    time_width = int(_get(config, "addition_time_embed_dim"))
+    adm = int(_get(config, "projection_class_embeddings_input_dim"))
+    if time_width != SDXL_TIME_EMBED_WIDTH or adm != SDXL_POOLED_WIDTH + 6 * SDXL_TIME_EMBED_WIDTH:
+        raise ValueError(
+            f"SDXL UNet: addition_time_embed_dim={time_width}, projection_class_embeddings_input_dim={adm}; "
+            f"ComfyUI's SDXL feeds {SDXL_POOLED_WIDTH} pooled + 6 x {SDXL_TIME_EMBED_WIDTH} size values "
+            f"(= {SDXL_POOLED_WIDTH + 6 * SDXL_TIME_EMBED_WIDTH})"
+        )
+    return adm
 
 
 def ldm_controlnet_kwargs(config: Mapping, hint_channels: int = 3) -> dict:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import DEFAULT_OVERLAP, MASK_MARGIN, OVERLAP_RULES
+
 
 @dataclass
 class FaceMasks:
@@ -47,15 +49,6 @@ class FaceMasks:
         """(height, width) of the mask image space."""
         return int(self.masks.shape[1]), int(self.masks.shape[2])
 
-    def select(self, order: list[int]) -> FaceMasks:
-        """Reorder / subset the slots."""
-        index = torch.as_tensor(order, dtype=torch.long)
-        return FaceMasks(
-            masks=self.masks[index],
-            centres=self.centres[index],
-            boxes=None if self.boxes is None else self.boxes[index],
-        )
-
 
 def enlarge_box(box: torch.Tensor, margin: float) -> torch.Tensor:
     """Scale x1, y1, x2, y2 boxes by (1 + margin) about their centres, clipped to [0, 1].
@@ -67,7 +60,7 @@ def enlarge_box(box: torch.Tensor, margin: float) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0)
 
 
-def masks_from_boxes(boxes: torch.Tensor, image_size: tuple[int, int], margin: float = 0.25) -> FaceMasks:
+def masks_from_boxes(boxes: torch.Tensor, image_size: tuple[int, int], margin: float = MASK_MARGIN) -> FaceMasks:
     """Binary masks of the enlarged boxes.
 
     boxes: (N, 4) x1, y1, x2, y2 in *pixels* of an image of size (height, width).
@@ -156,7 +149,7 @@ def latent_grid(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def masks_on_grid(face_masks: FaceMasks, grid: tuple[int, int], overlap: str = "both") -> torch.Tensor:
+def masks_on_grid(face_masks: FaceMasks, grid: tuple[int, int], overlap: str = DEFAULT_OVERLAP) -> torch.Tensor:
     """Resize slot masks to an attention grid: (N, h*w) bool, row-major like the UNet's tokens.
 
     A cell is on when at least half of it is covered (area resampling); the cell under each
@@ -183,6 +176,6 @@ def masks_on_grid(face_masks: FaceMasks, grid: tuple[int, int], overlap: str = "
         nearest = distance.argmin(dim=0)  # (h, w)
         on = on & (nearest[None] == torch.arange(n)[:, None, None])
         on[torch.arange(n), row, col] |= present
-    elif overlap != "both" and overlap != "nearest":
-        raise ValueError(f"overlap must be 'both' or 'nearest', got {overlap!r}")
+    elif overlap not in OVERLAP_RULES:
+        raise ValueError(f"overlap must be one of {OVERLAP_RULES}, got {overlap!r}")
     return on.reshape(n, h * w)

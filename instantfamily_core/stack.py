@@ -49,12 +49,6 @@ def build_stack(projector: Projector, faces: Faces) -> EmbeddingStack:
     return EmbeddingStack(face_tokens=tokens, labels=labels)
 
 
-def append_face_tokens(context: torch.Tensor, face_tokens: torch.Tensor) -> torch.Tensor:
-    """context (B, T_text, d_K) + face tokens (N*T, d_K) -> (B, T_text + N*T, d_K)."""
-    face = face_tokens.to(device=context.device, dtype=context.dtype)
-    return torch.cat([context, face[None].expand(context.shape[0], -1, -1)], dim=1)
-
-
 def check_recognizer(config_recognizer, faces_recognizer) -> None:
     """Refuse faces analysed by a recognizer other than the one the checkpoint was trained with."""
     trained, used = config_recognizer, faces_recognizer

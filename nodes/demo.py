@@ -165,12 +165,12 @@ class InstantFamilyToyFaces:
 
     def make(self, identities, seed, recognizer_pack):
         import numpy as np
-        import torch
 
-        from ..instantfamily_core.faces.analyzer import align_crop
+        from ..instantfamily_core.faces.from_keypoints import faces_from_keypoints
         from ..instantfamily_core.faces.model_pack import find_model_pack
         from ..instantfamily_core.faces.recognizer import OnePassRecognizer
-        from ..instantfamily_core.identity import DetectedFace, Faces, Identity
+        from ..instantfamily_core.identity import Faces, Identity
+        from ..instantfamily_core.images import uint8_to_images
         from ..toyworld import world
         from .faces import insightface_roots
 
@@ -181,23 +181,14 @@ class InstantFamilyToyFaces:
         slots, portraits = [], []
         for identity in ids:
             portrait = world.render_portrait(world.identity_params(identity), 64, rng)
-            crop = align_crop(portrait.image, portrait.geometry.keypoints, recognizer.input_size)
-            global_feature, local_feature = recognizer.features(crop[None])
-            face = DetectedFace(
-                box=portrait.geometry.box.astype(np.float32),
-                keypoints=portrait.geometry.keypoints.astype(np.float32),
-                score=1.0,
-                global_feature=global_feature[0],
-                local_feature=local_feature[0],
-                image_size=portrait.image.shape[:2],
-                crop=crop,
-            )
-            slots.append(Identity(global_feature[0], local_feature[0], label=f"toy ID {identity}", sources=[face]))
+            geometry = portrait.geometry
+            (face,) = faces_from_keypoints(recognizer, portrait.image, geometry.keypoints[None], geometry.box[None])
+            slots.append(Identity(face.global_feature, face.local_feature, label=f"toy ID {identity}", sources=[face]))
             portraits.append(portrait.image)
         pose = toy_pose_keypoint(ids, rng) if len(ids) <= 6 else None
         if pose is None:
             raise ValueError("the toy layouts hold 1 to 6 people: give at most 6 identities")
-        references = torch.from_numpy(np.stack(portraits).astype(np.float32) / 255.0)  # (N, 64, 64, 3)
+        references = uint8_to_images(portraits)  # (N, 64, 64, 3)
         return (Faces(slots, recognizer.info), references, pose)
 
 

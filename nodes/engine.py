@@ -123,6 +123,8 @@ class InstantFamilyApply:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..instantfamily_core.config import DEFAULT_OVERLAP, MASK_MODES, OVERLAP_RULES
+
         return {
             "required": {
                 "model": ("MODEL",),
@@ -162,7 +164,7 @@ class InstantFamilyApply:
                     },
                 ),
                 "mask_mode": (
-                    ["as trained", "hard", "paper"],
+                    ["as trained", *MASK_MODES],
                     {
                         "default": "as trained",
                         "tooltip": "hard: a face is invisible outside its region; paper: the paper's literal "
@@ -170,9 +172,9 @@ class InstantFamilyApply:
                     },
                 ),
                 "overlap": (
-                    ["both", "nearest"],
+                    list(OVERLAP_RULES),
                     {
-                        "default": "both",
+                        "default": DEFAULT_OVERLAP,
                         "tooltip": "where two face regions overlap: both faces visible (paper) or only the nearest",
                     },
                 ),

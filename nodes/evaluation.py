@@ -94,18 +94,15 @@ class InstantFamilyIdentityReport:
     CATEGORY = f"{CATEGORY}/evaluation"
 
     def report(self, images, faces, encoder="dlib", clamp=True, analyzer=None, face_masks=None):
-        import numpy as np
-        import torch
-
-        from ..instantfamily_core.evaluation.encoders import as_rgb_uint8
         from ..instantfamily_core.evaluation.report import identity_report
+        from ..instantfamily_core.images import images_to_uint8, uint8_to_images
 
         enc = get_encoder(encoder, analyzer)
-        frames = [as_rgb_uint8(images[b].cpu().numpy()) for b in range(images.shape[0])]
+        frames = images_to_uint8(images)
         text, heatmaps, drawn, _ = identity_report(enc, faces, frames, clamp=bool(clamp), face_masks=face_masks)
         log.info("%s", text)
-        heatmap = torch.from_numpy(np.stack(heatmaps)).float() / 255.0  # (B, H, W, 3)
-        verdicts = torch.from_numpy(np.stack(drawn)).float() / 255.0  # (B, H, W, 3)
+        heatmap = uint8_to_images(heatmaps)  # (B, H, W, 3)
+        verdicts = uint8_to_images(drawn)  # (B, H, W, 3)
         return {"ui": {"text": [text]}, "result": (text, heatmap, verdicts)}
 
 

@@ -15,22 +15,6 @@ OVERLAP_TOOLTIP = "where two regions overlap: both faces visible, or only the ne
 SLOTS_TOOLTIP = "the ID slots (from Face Mask); without it every person with a head gets one, left to right"
 
 
-def image_to_uint8(image, index: int = 0):
-    """One image of a ComfyUI IMAGE batch (B, H, W, 3) float 0..1 as (H, W, 3) uint8 numpy."""
-    if image.dim() == 3:
-        image = image[None]
-    if image.dim() != 4 or image.shape[-1] < 3:
-        raise ValueError(f"expected an IMAGE (B, H, W, 3), got shape {tuple(image.shape)}")
-    return (image[index, ..., :3].clamp(0, 1) * 255).round().byte().cpu().numpy()
-
-
-def uint8_to_image(array):
-    """(H, W, 3) uint8 numpy as a ComfyUI IMAGE batch of one (1, H, W, 3) float 0..1."""
-    import torch
-
-    return (torch.from_numpy(array.copy()).float() / 255.0)[None]
-
-
 def first_frame(pose_keypoint):
     """Frame 0 of a POSE_KEYPOINT value, parsed (a batch of frames is a video: its first frame is used)."""
     from ..instantfamily_core.pose import parse_pose_keypoint
@@ -71,11 +55,16 @@ class InstantFamilyFaceMask:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..instantfamily_core.config import DEFAULT_OVERLAP, MASK_MARGIN, OVERLAP_RULES
+
         return {
             "required": {
-                "margin": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": MARGIN_TOOLTIP}),
+                "margin": (
+                    "FLOAT",
+                    {"default": MASK_MARGIN, "min": 0.0, "max": 2.0, "step": 0.01, "tooltip": MARGIN_TOOLTIP},
+                ),
                 "order": ("STRING", {"default": "", "multiline": False, "tooltip": ORDER_TOOLTIP}),
-                "overlap": (["both", "nearest"], {"default": "both", "tooltip": OVERLAP_TOOLTIP}),
+                "overlap": (list(OVERLAP_RULES), {"default": DEFAULT_OVERLAP, "tooltip": OVERLAP_TOOLTIP}),
             },
             "optional": {
                 "faces": ("INSTANTFAMILY_FACES", {"tooltip": "the stack's IDs: one region per ID"}),
@@ -106,6 +95,7 @@ class InstantFamilyFaceMask:
     ):
         from ..instantfamily_core import face_regions
         from ..instantfamily_core.control_image import draw_skeletons
+        from ..instantfamily_core.images import image_to_uint8, uint8_to_images
 
         given = [
             name
@@ -126,7 +116,7 @@ class InstantFamilyFaceMask:
         elif template is not None:
             if analyzer is None:
                 raise ValueError("Face Mask: a 'template' image needs an 'analyzer': connect a Load Face Analyzer node")
-            background = image_to_uint8(template)
+            background = image_to_uint8(template, name="template")
             detected = detect_template_faces(analyzer, background)
             face_masks = face_regions.face_masks_from_detections(
                 detected, background.shape[:2], n_ids, order, margin, overlap
@@ -136,7 +126,7 @@ class InstantFamilyFaceMask:
         config = config_of(instantfamily)
         note = untrained_note(config, len(face_masks))
         preview = face_regions.preview_face_masks(face_masks, config, background, note=note)
-        return (face_masks, uint8_to_image(preview))
+        return (face_masks, uint8_to_images(preview))
 
 
 class InstantFamilyPoseCircleImage:
@@ -165,9 +155,8 @@ class InstantFamilyPoseCircleImage:
     CATEGORY = "InstantFamily/control"
 
     def draw(self, pose_keypoint=None, pose_image=None, face_masks=None, instantfamily=None):
-        import torch
-
         from ..instantfamily_core.face_regions import control_image_for_slots, face_masks_from_pose
+        from ..instantfamily_core.images import images_to_uint8, uint8_to_images
 
         config = config_of(instantfamily)
         if face_masks is not None:
@@ -180,17 +169,16 @@ class InstantFamilyPoseCircleImage:
                 face_masks, _ = face_masks_from_pose(frame)
             warn_aspect(face_masks.image_size, frame.size)
             drawn = control_image_for_slots(face_masks, config, frame.size, bodies=frame.bodies())
-            return (uint8_to_image(drawn),)
+            return (uint8_to_images(drawn),)
         if face_masks is None:
             raise ValueError(
                 "Pose Circle Image: with a 'pose_image', connect 'face_masks' to know where the circles go"
             )
-        images = []
-        for index in range(pose_image.shape[0] if pose_image.dim() == 4 else 1):
-            base = image_to_uint8(pose_image, index)
+        drawn_on_bases = []
+        for base in images_to_uint8(pose_image, "pose_image"):
             warn_aspect(face_masks.image_size, base.shape[:2])
-            images.append(uint8_to_image(control_image_for_slots(face_masks, config, base.shape[:2], base=base)))
-        return (torch.cat(images),)
+            drawn_on_bases.append(control_image_for_slots(face_masks, config, base.shape[:2], base=base))
+        return (uint8_to_images(drawn_on_bases),)
 
 
 def warn_aspect(mask_size, image_size) -> None:

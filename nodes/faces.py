@@ -35,19 +35,6 @@ def insightface_roots() -> list[str]:
         return [os.path.join(folder_paths.models_dir, "insightface")]
 
 
-def to_numpy_images(images) -> list:
-    """ComfyUI IMAGE (B, H, W, C) float 0..1 -> list of (H, W, C) float32 arrays."""
-    return [image.detach().cpu().float().numpy() for image in images]
-
-
-def to_image_batch(arrays):
-    """List of (H, W, 3) uint8 arrays of one size -> ComfyUI IMAGE (B, H, W, 3) float 0..1."""
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.stack(arrays).astype(np.float32) / 255.0)
-
-
 class InstantFamilyLoadFaceAnalyzer:
     """insightface face detector + the recognizer's global and local features in one pass."""
 
@@ -121,15 +108,15 @@ class InstantFamilyLoadFaces:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..instantfamily_core.faces.grouping import COMBINE, MODES, ORDERS
+        from ..instantfamily_core.faces.grouping import COMBINE_RULES, FACE_ORDERS, FACE_SELECTION_MODES
 
         return {
             "required": {
                 "analyzer": ("INSTANTFAMILY_ANALYZER",),
                 "images": ("IMAGE",),
-                "mode": (list(MODES), {"default": MODES[0], "tooltip": MODE_TOOLTIP}),
-                "order": (list(ORDERS), {"default": ORDERS[0], "tooltip": "order of the faces of one image"}),
-                "combine": (list(COMBINE), {"default": COMBINE[0], "tooltip": COMBINE_TOOLTIP}),
+                "mode": (list(FACE_SELECTION_MODES), {"default": FACE_SELECTION_MODES[0], "tooltip": MODE_TOOLTIP}),
+                "order": (list(FACE_ORDERS), {"default": FACE_ORDERS[0], "tooltip": "order of the faces of one image"}),
+                "combine": (list(COMBINE_RULES), {"default": COMBINE_RULES[0], "tooltip": COMBINE_TOOLTIP}),
                 "face_indices": ("STRING", {"default": "", "multiline": False, "tooltip": INDICES_TOOLTIP}),
             },
             "optional": {
@@ -150,11 +137,12 @@ class InstantFamilyLoadFaces:
 
         from ..instantfamily_core.faces.grouping import append_faces
         from ..instantfamily_core.faces.pipeline import load_faces
+        from ..instantfamily_core.images import images_to_uint8, uint8_to_images
 
-        photos = to_numpy_images(images)
+        photos = images_to_uint8(images)
         for n in range(2, 2 + EXTRA_IMAGE_INPUTS):  # photos of any size, no batching (and resizing) needed
             if more_images.get(f"images_{n}") is not None:
-                photos += to_numpy_images(more_images[f"images_{n}"])
+                photos += images_to_uint8(more_images[f"images_{n}"], f"images_{n}")
         progress = comfy.utils.ProgressBar(len(photos))
         loaded = load_faces(
             analyzer,
@@ -167,7 +155,7 @@ class InstantFamilyLoadFaces:
         )
         result = append_faces(faces, loaded.faces)
         log.info("InstantFamily Load Faces: %d identity slot(s) from %d image(s)", len(result), len(photos))
-        return (result, to_image_batch(loaded.previews), to_image_batch(list(loaded.crops)))
+        return (result, uint8_to_images(loaded.previews), uint8_to_images(list(loaded.crops)))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -181,7 +181,9 @@ def save_images(batch, path: Path) -> list[Path]:
     """ComfyUI IMAGE (B, H, W, 3) -> PNG file(s)."""
     from PIL import Image
 
-    arrays = (batch.clamp(0, 1) * 255).round().byte().cpu().numpy()
+    from instantfamily_core.images import images_to_uint8
+
+    arrays = images_to_uint8(batch)
     paths = (
         [path] if len(arrays) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(len(arrays))]
     )
@@ -190,18 +192,15 @@ def save_images(batch, path: Path) -> list[Path]:
     return paths
 
 
-def as_uint8(batch, index: int = 0):
-    """One image of a ComfyUI IMAGE batch as (H, W, 3) uint8."""
-    return (batch[index].clamp(0, 1) * 255).round().byte().cpu().numpy()
-
-
 def demo_sheet(outputs, identities: str):
     """The one picture (``scripts/demo_sheet.py``) and the judge's verdicts per panel."""
     for folder in (REPO, REPO / "scripts"):  # the trainer's toy world (judge) and the sheet module
         if str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
     import demo_sheet as sheet_module
+    import numpy as np
 
+    from instantfamily_core.images import image_to_uint8, images_to_uint8
     from toyworld.evaluation import gallery
     from toyworld.judge import Judge
 
@@ -211,17 +210,17 @@ def demo_sheet(outputs, identities: str):
     references = gallery(judge, ids, seed=0)  # (K, d) fresh portraits: not the ones the stack was built from
     boxes = outputs["mask"][0].boxes.numpy()  # (N, 4) normalised head boxes, slot n = place n (left to right)
     scenes = {
-        "generated": as_uint8(outputs["decode"][0]),
-        "same seed, first two IDs swapped": as_uint8(outputs["decode_swapped"][0]),
-        "same seed, no faces": as_uint8(outputs["decode_plain"][0]),
+        "generated": image_to_uint8(outputs["decode"][0]),
+        "same seed, first two IDs swapped": image_to_uint8(outputs["decode_swapped"][0]),
+        "same seed, no faces": image_to_uint8(outputs["decode_plain"][0]),
     }
     expected = {"generated": ids, "same seed, first two IDs swapped": swapped, "same seed, no faces": None}
     verdicts = {
         title: sheet_module.judge_scene(judge, image[::8, ::8], boxes, ids, references, expected[title])
         for title, image in scenes.items()
     }
-    panels = {"control image": as_uint8(outputs["control"][0]), **scenes}
-    portraits = (outputs["faces"][1].clamp(0, 1) * 255).round().byte().numpy()
+    panels = {"control image": image_to_uint8(outputs["control"][0]), **scenes}
+    portraits = np.stack(images_to_uint8(outputs["faces"][1]))  # (N, 64, 64, 3)
     note = (
         f"judge: cosine similarity of each head to fresh portraits of {', '.join(map(str, ids))}; "
         "green = the identity its slot holds is the best match there"

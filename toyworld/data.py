@@ -4,7 +4,7 @@ The shards are what ``python -m train.prepare`` writes for real photos (``train/
 image, caption, faces.npz, pose.json), except that faces come from the scene's ground truth
 (boxes and five keypoints, score 1) instead of a detector, and pose.json carries the 18 body points
 plus 68 face points per person (the DWPose layout; ``world.head_landmarks``). Their features are computed through
-the pack's real code path: ArcFace alignment (``faces.analyzer.align_crop``) and the one-pass
+the pack's real code path: ArcFace alignment and features (``faces.from_keypoints``) and the one-pass
 recognizer session (``faces.recognizer.OnePassRecognizer``) on the exported toy encoder.
 Images are stored upscaled x8 (nearest) so the trainer's "pixels" are exactly 8x the latent.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,37 +95,24 @@ class ToyFaceFeatures:
     def info(self):
         return self.recognizer.info
 
-    def crops(self, image: np.ndarray, keypoints) -> np.ndarray:
-        from instantfamily_core.faces.analyzer import align_crop
-
-        size = self.recognizer.input_size
-        return np.stack([align_crop(image, np.asarray(k, np.float32), size) for k in keypoints])  # (N, S, S, 3)
-
     def features(self, image: np.ndarray, keypoints) -> tuple[np.ndarray, np.ndarray]:
         """(global (N, 512), local (N, 512, 7, 7)) of the faces with these keypoints."""
-        if len(keypoints) == 0:
-            return np.zeros((0,) + self.info.global_shape, np.float32), np.zeros(
-                (0,) + self.info.local_shape, np.float32
-            )
-        return self.recognizer.features(self.crops(image, keypoints))
+        from instantfamily_core.faces.from_keypoints import aligned_features
+
+        _, global_features, local_features = aligned_features(self.recognizer, image, keypoints)
+        return global_features, local_features
 
 
 def detected_faces(features: ToyFaceFeatures, image: np.ndarray, people: list[dict], scale: float = 1.0):
     """``DetectedFace`` per person (ground-truth box and keypoints, score 1), box/keypoints x scale."""
-    from instantfamily_core.identity import DetectedFace
+    from instantfamily_core.faces.from_keypoints import faces_from_keypoints
 
     keypoints = [np.asarray(p["keypoints"], np.float32) for p in people]
-    global_features, local_features = features.features(image, keypoints)
-    return [
-        DetectedFace(
-            box=np.asarray(p["face_box"], np.float32) * scale,
-            keypoints=keypoints[i] * scale,
-            score=1.0,
-            global_feature=global_features[i],
-            local_feature=local_features[i],
-            image_size=(image.shape[0] * int(scale), image.shape[1] * int(scale)),
-        )
-        for i, p in enumerate(people)
+    boxes = [np.asarray(p["face_box"], np.float32) for p in people]
+    faces = faces_from_keypoints(features.recognizer, image, keypoints, boxes)
+    size = (image.shape[0] * int(scale), image.shape[1] * int(scale))
+    return [  # in pixels of the image upscaled by ``scale``; features and crop from the scene itself
+        replace(face, box=face.box * scale, keypoints=face.keypoints * scale, image_size=size) for face in faces
     ]
 
 

@@ -2,7 +2,7 @@
 
     python -m train.export --checkpoint runs/a/checkpoints/latest --output models/instantfamily/a.safetensors
 
-The ControlNet is stored in ComfyUI's ``comfy.cldm.cldm.ControlNet`` naming (``input_blocks.*``,
+``base_model`` ("SD1.5" / "SDXL") is the family of the UNet the run trained on. The ControlNet is stored in ComfyUI's ``comfy.cldm.cldm.ControlNet`` naming (``input_blocks.*``,
 ``zero_convs.*``, ``input_hint_block.*``, ...) and its constructor kwargs go into the config's
 ``controlnet`` entry; trained UNet attn2 K/V become deltas named like ComfyUI's ``add_patches`` keys
 (``diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight``). The projector keeps
@@ -23,6 +23,7 @@ from instantfamily_core.checkpoint import save_checkpoint
 from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.ldm_convert import (
     UNET_PREFIX,
+    base_model_family,
     controlnet_from_ldm,
     controlnet_to_ldm,
     ldm_controlnet_kwargs,
@@ -57,6 +58,7 @@ def convert_for_comfy(
     parts = split_weights(weights)
     config = InstantFamilyConfig.from_dict(state["instantfamily"])
     config.training_steps = int(state["step"])
+    config.base_model = base_model_family(state["unet_config"])  # the UNet trained on decides, never a flag
     config.controlnet = ldm_controlnet_kwargs(state["controlnet_config"])
     projector = {k: v.float() for k, v in parts["projector"].items()}
     controlnet = {k: v.to(dtype) for k, v in controlnet_to_ldm(parts["controlnet"], state["controlnet_config"]).items()}

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from instantfamily_core.attention import FaceAttention
 from instantfamily_core.config import InstantFamilyConfig
+from instantfamily_core.ldm_convert import is_sdxl
 from instantfamily_core.masks import FaceMasks
 from instantfamily_core.projector import Projector
 
@@ -51,6 +52,35 @@ class FaceInputs:
     @property
     def counts(self) -> list[int]:
         return [int(g.shape[0]) for g in self.global_features]
+
+
+def default_time_ids(latents: torch.Tensor, vae_factor: int = 8) -> torch.Tensor:
+    """SDXL's size conditioning (B, 6) when a batch has none: original = target = the image size
+    (vae_factor x the latent size), no crop; the order of SDXL's add_time_ids and ComfyUI's
+    ``encode_adm``: (original_h, original_w, crop_top, crop_left, target_h, target_w) in pixels."""
+    h, w = (vae_factor * s for s in latents.shape[-2:])
+    row = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32, device=latents.device)
+    return row.expand(latents.shape[0], 6)
+
+
+def added_conditioning(
+    unet_config, latents: torch.Tensor, pooled: torch.Tensor | None, time_ids: torch.Tensor | None
+) -> dict | None:
+    """diffusers' ``added_cond_kwargs`` for an SDXL UNet / ControlNet (pooled text + size); None for SD1.5."""
+    if not is_sdxl(unet_config):
+        if pooled is not None or time_ids is not None:
+            raise ValueError("pooled / time_ids given to an SD1.5 UNet: they are SDXL conditioning")
+        return None
+    if pooled is None:
+        raise ValueError("an SDXL UNet needs the pooled text embedding (B, 1280): train.models.encode_prompts")
+    time_ids = default_time_ids(latents) if time_ids is None else time_ids
+    if time_ids.shape != (latents.shape[0], 6):
+        raise ValueError(
+            f"time_ids {tuple(time_ids.shape)}: expected (B={latents.shape[0]}, 6) = (original_h, "
+            "original_w, crop_top, crop_left, target_h, target_w)"
+        )
+    # sizes stay float32 (bf16 would round 1023 px to 1024); diffusers embeds them as ComfyUI does, in float32
+    return {"text_embeds": pooled.to(latents.dtype), "time_ids": time_ids.to(latents.device, torch.float32)}
 
 
 class InstantFamilyNet(nn.Module):
@@ -103,20 +133,26 @@ class InstantFamilyNet(nn.Module):
         faces: FaceInputs,
         control_image: torch.Tensor,
         conditioning_scale: float = 1.0,
+        pooled: torch.Tensor | None = None,
+        time_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Noise prediction (B, 4, h, w).
 
         noisy_latents (B, 4, h, w); timesteps (B,) in the DDPM range [0, 1000); text_embeddings
-        (B, 77, d_K); control_image (B, 3, 8h, 8w) in [0, 1] (the Pose + Circle image).
+        (B, 77, d_K); control_image (B, 3, 8h, 8w) in [0, 1] (the Pose + Circle image). SDXL only:
+        pooled (B, 1280) text embedding and time_ids (B, 6) (``default_time_ids`` when None); both
+        reach the UNet and the ControlNet, as ComfyUI's ``y`` reaches both.
         """
         context, attention = self.face_context(text_embeddings, faces)
         self.face_batch.set(attention, tuple(noisy_latents.shape[-2:]))
+        added = added_conditioning(self.unet.config, noisy_latents, pooled, time_ids)
         down, mid = self.controlnet(
             noisy_latents,
             timesteps,
             encoder_hidden_states=context,
             controlnet_cond=control_image,
             conditioning_scale=conditioning_scale,
+            added_cond_kwargs=added,
             return_dict=False,
         )
         return self.unet(
@@ -125,6 +161,7 @@ class InstantFamilyNet(nn.Module):
             encoder_hidden_states=context,
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
+            added_cond_kwargs=added,
             return_dict=False,
         )[0]
 

@@ -28,7 +28,7 @@ from .data import TrainDataset, batch_sampler, collate, sample_rng
 from .ema import EMA
 from .latents import sample_latents
 from .manifest import find_shards
-from .models import build_controlnet, encode_text, load_base
+from .models import build_controlnet, encode_prompts, load_base
 from .net import FaceInputs, InstantFamilyNet
 from .options import TrainOptions, parse, to_json
 from .run_log import LogWindow, RunLog, bucket_edges, bucket_sums
@@ -56,7 +56,9 @@ def feature_shapes(reader: ShardReader, recognizer: RecognizerInfo | None) -> Re
     return RecognizerInfo()
 
 
-def instantfamily_config(opts: TrainOptions, recognizer: RecognizerInfo, d_K: int) -> InstantFamilyConfig:
+def instantfamily_config(
+    opts: TrainOptions, recognizer: RecognizerInfo, d_K: int, base_model: str = "SD1.5"
+) -> InstantFamilyConfig:
     d_lf, L, _ = recognizer.local_shape
     config = InstantFamilyConfig(
         d_gf=recognizer.global_shape[0],
@@ -70,6 +72,7 @@ def instantfamily_config(opts: TrainOptions, recognizer: RecognizerInfo, d_K: in
         circle_radius_fraction=opts.circle_radius_fraction,
         max_ids_trained=opts.max_faces,
         recognizer=recognizer,
+        base_model=base_model,
     )
     config.validate()
     return config
@@ -121,8 +124,9 @@ class Trainer:
             base.tokenizer,
             base.noise_scheduler,
         )
+        self.text_encoders, self.tokenizers = base.text_encoders, base.tokenizers  # SDXL: two of each
         self.config = instantfamily_config(
-            opts, feature_shapes(self.reader, recognizer), base.unet.config.cross_attention_dim
+            opts, feature_shapes(self.reader, recognizer), base.unet.config.cross_attention_dim, base.family
         )
         controlnet = build_controlnet(base.unet, opts.controlnet)
         net = InstantFamilyNet(base.unet, controlnet, Projector(self.config), self.config)
@@ -189,7 +193,7 @@ class Trainer:
         self.weight_dtype = dtype
         kv = unet_kv_parameters(net.unet) if opts.train_unet_kv else {}
         kv_base = {name: p.detach().float().clone() for name, p in kv.items()}  # before any rounding
-        for module in (net.unet, self.vae, self.text_encoder):
+        for module in (net.unet, self.vae, *self.text_encoders):
             module.requires_grad_(False).eval().to(acc.device, dtype)
         net.controlnet.train().requires_grad_(True)
         net.projector.train().requires_grad_(True)
@@ -266,7 +270,7 @@ class Trainer:
             else:
                 pixels = batch["pixel_values"].to(acc.device, dtype)
                 latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
-            text = encode_text(self.text_encoder, self.tokenizer, batch["captions"], acc.device)
+            text = encode_prompts(self.text_encoders, self.tokenizers, batch["captions"], acc.device)
         # Drawn in the standard layout: the same noise whatever memory format the VAE (or a cache) gave latents.
         noise = torch.randn_like(latents, memory_format=torch.contiguous_format)
         steps = self.noise_scheduler.config.num_train_timesteps
@@ -277,7 +281,16 @@ class Trainer:
         else:
             target = noise
         faces = FaceInputs(batch["global_features"], batch["local_features"], batch["masks"])
-        prediction = self.net(noisy, timesteps, text, faces, batch["control"].to(acc.device, dtype))
+        time_ids = batch.get("time_ids")  # SDXL size / crop conditioning; None: from the latent size, no crop
+        prediction = self.net(
+            noisy,
+            timesteps,
+            text.context,
+            faces,
+            batch["control"].to(acc.device, dtype),
+            pooled=text.pooled,
+            time_ids=None if time_ids is None or text.pooled is None else time_ids.to(acc.device),
+        )
         return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)), timesteps
 
     def run(self) -> list[float]:
@@ -409,8 +422,8 @@ class Trainer:
                 image = sample(
                     net,
                     self.vae,
-                    self.text_encoder,
-                    self.tokenizer,
+                    self.text_encoders,
+                    self.tokenizers,
                     self.noise_scheduler.config,
                     example,
                     steps=opts.validation_steps,

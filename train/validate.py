@@ -17,7 +17,7 @@ from PIL import Image
 from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.evaluation.metrics import IdentityScores, score_identities
 
-from .models import encode_text
+from .models import encode_prompts
 from .net import FaceInputs, InstantFamilyNet
 
 
@@ -25,8 +25,8 @@ from .net import FaceInputs, InstantFamilyNet
 def sample(
     net: InstantFamilyNet,
     vae,
-    text_encoder,
-    tokenizer,
+    text_encoders,
+    tokenizers,
     scheduler_config,
     example: dict,
     *,
@@ -47,7 +47,8 @@ def sample(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     latents = torch.randn(1, vae.config.latent_channels, height // factor, width // factor, generator=generator)
     latents = (latents * scheduler.init_noise_sigma).to(device, dtype)
-    text = encode_text(text_encoder, tokenizer, ["", example["caption"]], device).to(dtype)  # (2, 77, d)
+    text = encode_prompts(text_encoders, tokenizers, ["", example["caption"]], device)  # context (2, 77, d)
+    pooled = None if text.pooled is None else text.pooled.to(dtype)  # SDXL (2, 1280)
     cond = FaceInputs([example["global_features"]], [example["local_features"]], [example["masks"]])
     uncond = FaceInputs.empty(1, net.config)
     faces = FaceInputs(
@@ -58,7 +59,8 @@ def sample(
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
         timesteps = torch.full((2,), int(t), device=device)
-        noise = net(model_in, timesteps, text, faces, torch.cat([control, control])).float()
+        noise = net(model_in, timesteps, text.context.to(dtype), faces, torch.cat([control, control]), pooled=pooled)
+        noise = noise.float()
         noise = noise[0:1] + guidance_scale * (noise[1:2] - noise[0:1])
         latents = scheduler.step(noise.to(dtype), t, latents).prev_sample
     image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample  # (1, 3, H, W) in [-1, 1]

@@ -30,6 +30,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from ..config import MASK_MARGIN
 from .bench_data import LAYOUTS, BenchSample, BenchSet, find_image, read_fastcomposer, read_multiid
 from .comfy_client import ComfyClient, mask_frames_bytes, png_bytes
 from .encoders import ENCODERS, FaceEncoder, make_encoder
@@ -41,7 +42,6 @@ from .report import draw_verdicts, score_image
 
 log = logging.getLogger("InstantFamily")
 
-MARGIN = 0.25  # the paper's box enlargement, as Face Mask's default
 OURS = ("slot_accuracy", "swaps", "missing_rate", "extra", "count_accuracy", "identity", "multi_sim", "id_conf")
 THEIRS = ("sim_ref", "sim_gt", "copy_paste", "non_matched")
 
@@ -51,7 +51,7 @@ def _face_masks(boxes_px: np.ndarray, size: tuple[int, int]):
 
     from ..masks import masks_from_boxes
 
-    return masks_from_boxes(torch.as_tensor(boxes_px, dtype=torch.float32), size, MARGIN)
+    return masks_from_boxes(torch.as_tensor(boxes_px, dtype=torch.float32), size, MASK_MARGIN)
 
 
 def place(encoder: FaceEncoder, sample: BenchSample, size: tuple[int, int]):
@@ -64,7 +64,7 @@ def place(encoder: FaceEncoder, sample: BenchSample, size: tuple[int, int]):
     refs = np.stack([encoder.reference_embedding(load_image(p), what=f"reference {p}") for p in sample.references])
     height, width = size
     if sample.ground_truth is None:  # FastComposer: side by side, with skeletons
-        bodies, masks = side_by_side_layout(sample.num_ids, width, height, MARGIN)  # masks (N, H, W) 0/255
+        bodies, masks = side_by_side_layout(sample.num_ids, width, height, MASK_MARGIN)  # masks (N, H, W) 0/255
         return refs, None, masks_from_images(masks.astype(np.float32) / 255.0), bodies
     photo = load_image(sample.ground_truth)
     found = encoder.encode(photo)

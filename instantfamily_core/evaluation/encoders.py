@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..faces.dlib_backend import DLIB_FILES, DLIB_INSTALL, dlib_models_dir, import_dlib
+from ..images import to_rgb_uint8
 
 log = logging.getLogger("InstantFamily")
 
@@ -43,23 +44,6 @@ FACENET_CONVERT = (
 class EncodedFace(NamedTuple):
     box: np.ndarray  # (4,) x1, y1, x2, y2 in pixels
     embedding: np.ndarray  # (d,) float32, not necessarily normalised
-
-
-def as_rgb_uint8(image) -> np.ndarray:
-    """(H, W) / (H, W, 1|3|4) array, uint8 / uint16 / float in [0, 1] -> contiguous (H, W, 3) uint8."""
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected an image of shape (H, W, 3), got {a.shape}")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    a = a[..., :3]
-    if a.dtype == np.uint16:
-        a = (a // 257).astype(np.uint8)
-    elif a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(a)
 
 
 def _left_to_right(faces: list[EncodedFace]) -> list[EncodedFace]:
@@ -137,7 +121,7 @@ class DlibEncoder(FaceEncoder):
         return np.asarray(self.recognizer.compute_face_descriptor(img, shape, self.jitters), np.float32)
 
     def encode(self, image) -> list[EncodedFace]:
-        img = as_rgb_uint8(image)
+        img = to_rgb_uint8(image)
         faces = []
         for r in self._detect(img):
             box = np.array([r.left(), r.top(), r.right(), r.bottom()], np.float32)
@@ -146,7 +130,7 @@ class DlibEncoder(FaceEncoder):
 
     def embed_crop(self, crop) -> np.ndarray:
         """A face crop (e.g. an aligned 112 x 112 one): the detected face if found, else the whole crop."""
-        img = as_rgb_uint8(crop)
+        img = to_rgb_uint8(crop)
         rects = self._detect(img)
         if rects:
             rect = max(rects, key=lambda r: r.area())
@@ -207,7 +191,7 @@ class FacenetEncoder(FaceEncoder):
             return self.model(faces.to(self.device)).cpu().numpy().astype(np.float32)  # (M, 512)
 
     def encode(self, image) -> list[EncodedFace]:
-        img = as_rgb_uint8(image)
+        img = to_rgb_uint8(image)
         with self._torch.no_grad():
             boxes, _ = self.mtcnn.detect(img)
             if boxes is None or len(boxes) == 0:
@@ -222,7 +206,7 @@ class FacenetEncoder(FaceEncoder):
     def embed_crop(self, crop) -> np.ndarray:
         from PIL import Image
 
-        img = np.asarray(Image.fromarray(as_rgb_uint8(crop)).resize((160, 160), Image.Resampling.BILINEAR), np.float32)
+        img = np.asarray(Image.fromarray(to_rgb_uint8(crop)).resize((160, 160), Image.Resampling.BILINEAR), np.float32)
         x = self._torch.from_numpy((img - 127.5) / 128.0).permute(2, 0, 1)[None]  # (1, 3, 160, 160)
         return self._embed_batch(x)[0]
 
@@ -239,7 +223,7 @@ class InsightfaceEncoder(FaceEncoder):
         self.analyzer = analyzer
 
     def encode(self, image) -> list[EncodedFace]:
-        faces = self.analyzer.analyze(as_rgb_uint8(image))
+        faces = self.analyzer.analyze(to_rgb_uint8(image))
         return _left_to_right(
             [EncodedFace(np.asarray(f.box, np.float32), np.asarray(f.global_feature, np.float32)) for f in faces]
         )
@@ -249,7 +233,7 @@ class InsightfaceEncoder(FaceEncoder):
         from PIL import Image
 
         recognizer = self.analyzer.recognizer
-        img = as_rgb_uint8(crop)
+        img = to_rgb_uint8(crop)
         size = int(recognizer.input_size)
         if img.shape[:2] != (size, size):
             img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
@@ -305,7 +289,7 @@ class TextSimilarity:
             raise ValueError(f"TextSim: {len(images)} images but {len(prompts)} prompts")
         from PIL import Image
 
-        pil = [Image.fromarray(as_rgb_uint8(i)) for i in images]
+        pil = [Image.fromarray(to_rgb_uint8(i)) for i in images]
         max_len = int(self.model.config.text_config.max_position_embeddings)  # 77 for CLIP
         inputs = self.processor(
             text=list(prompts), images=pil, return_tensors="pt", padding=True, truncation=True, max_length=max_len

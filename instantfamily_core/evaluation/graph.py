@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import DEFAULT_OVERLAP, MASK_MARGIN
+from ..faces.grouping import COMBINE_RULES, FACE_ORDERS, FACE_SELECTION_MODES
 from .comfy_client import SUBFOLDER
 
 # A standing person in COCO-18 order, in head heights relative to the nose (x right, y down).
@@ -107,7 +109,7 @@ def settings_from_args(args) -> GenerationSettings:
         raise SystemExit(str(e)) from None
 
 
-def side_by_side_layout(n: int, width: int = 512, height: int = 512, margin: float = 0.25):
+def side_by_side_layout(n: int, width: int = 512, height: int = 512, margin: float = MASK_MARGIN):
     """N standing people: (bodies (N, 18, 3) normalised, face masks (N, H, W) uint8 0/255)."""
     head = min(0.55 / n, 0.12)  # head height as a fraction of the image width
     bodies, masks = [], []
@@ -161,9 +163,9 @@ def build_prompt(settings, refs: list[str], masks: str, pose: str | None, text: 
         inputs = {
             "analyzer": ["analyzer", 0],
             "images": [f"ref{k}", 0],
-            "mode": "largest face per image",
-            "order": "left to right",
-            "combine": "separate",
+            "mode": FACE_SELECTION_MODES[0],
+            "order": FACE_ORDERS[0],
+            "combine": COMBINE_RULES[0],
             "face_indices": "",
         }
         if faces is not None:
@@ -174,9 +176,9 @@ def build_prompt(settings, refs: list[str], masks: str, pose: str | None, text: 
     g["regions"] = {
         "class_type": "InstantFamilyFaceMask",
         "inputs": {
-            "margin": 0.25,
+            "margin": MASK_MARGIN,
             "order": "",
-            "overlap": "both",
+            "overlap": DEFAULT_OVERLAP,
             "faces": faces,
             "masks": ["masks", 1],
             "instantfamily": ["if", 0],
@@ -223,7 +225,7 @@ def build_prompt(settings, refs: list[str], masks: str, pose: str | None, text: 
             "start_at": 0.0,
             "end_at": 1.0,
             "mask_mode": "as trained",
-            "overlap": "both",
+            "overlap": DEFAULT_OVERLAP,
         },
     }
     g["latent"] = {

@@ -79,11 +79,6 @@ def single_sim(reference, generated) -> float:
     return float(cosine_matrix(reference, generated)[0, 0])
 
 
-def multi_sim_pair(sim_a: float, sim_b: float, sim_ab: float) -> float:
-    """Paper eq. (11) from its three similarities: SingleSim(A,A'), SingleSim(B,B'), SingleSim(A',B')."""
-    return (float(sim_a) + float(sim_b)) / 2.0 + (1.0 - float(sim_ab))
-
-
 def match_faces(similarity) -> np.ndarray:
     """Assign generated faces (columns) to references (rows) one-to-one, maximising total similarity.
 

@@ -12,7 +12,6 @@ _EXPORTS = {
     "align_crop": "align",
     "FaceAnalyzer": "analyzer",
     "retry_sizes": "analyzer",
-    "to_rgb_uint8": "images",
     "load_face_analyzer": "loader",
     "ModelPack": "model_pack",
     "find_model_pack": "model_pack",

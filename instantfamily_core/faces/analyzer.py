@@ -13,8 +13,9 @@ import logging
 import numpy as np
 
 from ..identity import DetectedFace
-from .align import align_crop
-from .images import Placement, for_detection, pad_border, to_rgb_uint8
+from ..images import to_rgb_uint8
+from .from_keypoints import faces_from_keypoints
+from .images import Placement, for_detection, pad_border
 from .recognizer import OnePassRecognizer
 
 logger = logging.getLogger(__name__)
@@ -97,25 +98,7 @@ class FaceAnalyzer:
         self, image, boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, image_index: int = 0
     ) -> list[DetectedFace]:
         """Both features of already detected faces (``detect``'s outputs, possibly filtered)."""
-        rgb = to_rgb_uint8(image, f"image {image_index}")
-        if not len(boxes):
-            return []
-        size = self.recognizer.input_size
-        crops = np.stack([align_crop(rgb, kps, size) for kps in keypoints])  # (N, S, S, 3)
-        global_features, local_features = self.recognizer.features(crops)
-        return [
-            DetectedFace(
-                box=boxes[i],
-                keypoints=keypoints[i],
-                score=float(scores[i]),
-                global_feature=global_features[i],
-                local_feature=local_features[i],
-                image_index=image_index,
-                image_size=rgb.shape[:2],
-                crop=crops[i],
-            )
-            for i in range(len(boxes))
-        ]
+        return faces_from_keypoints(self.recognizer, image, keypoints, boxes, scores, image_index=image_index)
 
 
 def _to_source(boxes: np.ndarray, keypoints: np.ndarray, placement: Placement, shape: tuple[int, int]):

@@ -3,15 +3,14 @@
 ``DlibFaceBackend`` has insightface's detector interface (``detect(bgr, input_size, max_num) ->
 (boxes (N, 5), keypoints (N, 5, 2))``, keypoints in insightface's order: image-left eye, image-right
 eye, nose tip, image-left and image-right mouth corner), so ``FaceAnalyzer`` can use it in place of
-SCRFD where no insightface weights are available (tests, evaluation). ``embed`` gives dlib's
-128-d face descriptor, a second, independent recognizer for evaluation.
+SCRFD where no insightface weights are available (tests, evaluation). dlib's 128-d face descriptor,
+a second, independent recognizer for evaluation, is ``evaluation.encoders.DlibEncoder``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
 
 import cv2
 import numpy as np
@@ -64,7 +63,6 @@ class DlibFaceBackend:
         self.threshold = float(threshold)
         self.detector = dlib.get_frontal_face_detector()
         self.landmarks = dlib.shape_predictor(os.path.join(self.model_dir, DLIB_FILES["landmarks_68"]))
-        self._encoder: Any = None  # dlib's recognizer, loaded on the first embed()
 
     def detect(self, img, input_size=None, max_num: int = 0, metric: str = "default"):
         """BGR uint8 image -> (boxes (N, 5) [x1, y1, x2, y2, score], keypoints (N, 5, 2)), best first.
@@ -95,13 +93,3 @@ class DlibFaceBackend:
             areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             order = np.argsort(-areas, kind="stable")[:max_num]
         return boxes[order], points[order]
-
-    def embed(self, image_rgb: np.ndarray, box) -> np.ndarray:
-        """dlib's 128-d descriptor of the face in ``box`` (x1, y1, x2, y2) of an RGB uint8 image."""
-        if self._encoder is None:
-            recognizer = os.path.join(self.model_dir, DLIB_FILES["recognizer"])
-            self._encoder = self._dlib.face_recognition_model_v1(recognizer)
-        rgb = np.ascontiguousarray(image_rgb)
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box[:4])
-        shape = self.landmarks(rgb, self._dlib.rectangle(x1, y1, x2, y2))
-        return np.array(self._encoder.compute_face_descriptor(rgb, shape), np.float32)

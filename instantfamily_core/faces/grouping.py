@@ -19,9 +19,10 @@ import numpy as np
 from ..config import RecognizerInfo
 from ..identity import DetectedFace, Faces, Identity
 
-MODES = ("largest face per image", "every face")
-ORDERS = ("left to right", "largest first")
-COMBINE = ("separate", "average", "normalized average")
+# The Load Faces node's widget values (stored in saved workflows: never rename).
+FACE_SELECTION_MODES = ("largest face per image", "every face")  # which faces of each photo become IDs
+FACE_ORDERS = ("left to right", "largest first")  # the order of one photo's faces
+COMBINE_RULES = ("separate", "average", "normalized average")  # one ID per face, or all faces as one ID
 
 
 def parse_indices(text: str) -> list[int]:
@@ -42,22 +43,25 @@ def parse_indices(text: str) -> list[int]:
     return indices
 
 
-def order_faces(faces: list[DetectedFace], order: str = "left to right") -> list[DetectedFace]:
+def order_faces(faces: list[DetectedFace], order: str = FACE_ORDERS[0]) -> list[DetectedFace]:
     """Faces of one image, left to right by box centre x (then y), or by area, largest first."""
-    if order not in ORDERS:
-        raise ValueError(f"face order must be one of {list(ORDERS)}, got {order!r}")
-    if order == "largest first":
+    if order not in FACE_ORDERS:
+        raise ValueError(f"face order must be one of {list(FACE_ORDERS)}, got {order!r}")
+    if order == FACE_ORDERS[1]:
         return sorted(faces, key=lambda f: -f.area)
     return sorted(faces, key=lambda f: (float(f.box[0] + f.box[2]), float(f.box[1] + f.box[3])))
 
 
 def choose_faces(
-    per_image: list[list[DetectedFace]], mode: str = MODES[0], order: str = "left to right", indices: str = ""
+    per_image: list[list[DetectedFace]],
+    mode: str = FACE_SELECTION_MODES[0],
+    order: str = FACE_ORDERS[0],
+    indices: str = "",
 ) -> list[DetectedFace]:
     """The faces that become identities, in slot order (before combining)."""
-    if mode not in MODES:
-        raise ValueError(f"face mode must be one of {list(MODES)}, got {mode!r}")
-    if mode == MODES[0]:
+    if mode not in FACE_SELECTION_MODES:
+        raise ValueError(f"face mode must be one of {list(FACE_SELECTION_MODES)}, got {mode!r}")
+    if mode == FACE_SELECTION_MODES[0]:
         chosen = [max(faces, key=lambda f: f.area) for faces in per_image if faces]
     else:
         chosen = [face for faces in per_image for face in order_faces(faces, order)]
@@ -84,8 +88,8 @@ def _normalised_mean(arrays: np.ndarray) -> np.ndarray:
 
 def combine_faces(faces: list[DetectedFace], how: str) -> Identity:
     """One identity from several faces of the same person."""
-    if how not in COMBINE[1:]:
-        raise ValueError(f"combine must be one of {list(COMBINE[1:])} here, got {how!r}")
+    if how not in COMBINE_RULES[1:]:
+        raise ValueError(f"combine must be one of {list(COMBINE_RULES[1:])} here, got {how!r}")
     globals_ = np.stack([f.global_feature for f in faces])  # (K, D)
     locals_ = np.stack([f.local_feature for f in faces])  # (K, C, L, L)
     if how == "average":
@@ -104,18 +108,18 @@ def combine_faces(faces: list[DetectedFace], how: str) -> Identity:
 def build_faces(
     per_image: list[list[DetectedFace]],
     recognizer: RecognizerInfo,
-    mode: str = MODES[0],
-    order: str = "left to right",
+    mode: str = FACE_SELECTION_MODES[0],
+    order: str = FACE_ORDERS[0],
     indices: str = "",
-    combine: str = "separate",
+    combine: str = COMBINE_RULES[0],
 ) -> Faces:
     """Identity slots from the faces of each image. Raises ValueError when nothing is chosen."""
-    if combine not in COMBINE:
-        raise ValueError(f"combine must be one of {list(COMBINE)}, got {combine!r}")
+    if combine not in COMBINE_RULES:
+        raise ValueError(f"combine must be one of {list(COMBINE_RULES)}, got {combine!r}")
     chosen = choose_faces(per_image, mode, order, indices)
     if not chosen:
         raise ValueError("no face was chosen: check the images and the face indices")
-    if combine == "separate":
+    if combine == COMBINE_RULES[0]:
         identities = [
             Identity(f.global_feature, f.local_feature, label=f"image {f.image_index} face {i}", sources=[f])
             for i, f in enumerate(chosen)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..identity import DetectedFace, Faces
+from ..images import to_rgb_uint8
 from .analyzer import FaceAnalyzer, retry_sizes
-from .grouping import MODES, build_faces
-from .images import to_rgb_uint8
+from .grouping import COMBINE_RULES, FACE_ORDERS, FACE_SELECTION_MODES, build_faces
 from .preview import draw_preview
 
 
@@ -51,10 +51,10 @@ def detect_all(
 def load_faces(
     analyzer: FaceAnalyzer,
     images: Sequence,
-    mode: str = MODES[0],
-    order: str = "left to right",
+    mode: str = FACE_SELECTION_MODES[0],
+    order: str = FACE_ORDERS[0],
     indices: str = "",
-    combine: str = "separate",
+    combine: str = COMBINE_RULES[0],
     progress: Callable[[int, int], None] | None = None,
 ) -> LoadedFaces:
     if len(images) == 0:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..config import InstantFamilyConfig
 from ..identity import DetectedFace
+from ..preview_text import draw_slot_label
 
 UNCHOSEN = (128, 128, 128)
 
@@ -41,11 +42,5 @@ def draw_preview(
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
         text = str(slot) if labels is None or id(face) not in labels else labels[id(face)]
         scale = max(0.4, (x2 - x1) / 120.0) if text == str(slot) else max(0.35, min(0.8, max(canvas.shape[:2]) / 900))
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness + 1)
-        top = max(0, y1 - th - base - 2)
-        x1 = min(x1, max(0, canvas.shape[1] - tw - 4))  # keep a long label inside the image
-        cv2.rectangle(canvas, (x1, top), (x1 + tw + 4, top + th + base + 2), (0, 0, 0), -1)
-        cv2.putText(
-            canvas, text, (x1 + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness + 1, cv2.LINE_AA
-        )
+        draw_slot_label(canvas, text, (x1, y1), colour, scale, thickness + 1)
     return canvas

@@ -12,7 +12,7 @@ from instantfamily_core.checkpoint import CheckpointError, load_checkpoint, save
 from instantfamily_core.config import InstantFamilyConfig, RecognizerInfo
 from instantfamily_core.identity import Faces, Identity
 from instantfamily_core.projector import Projector
-from instantfamily_core.stack import append_face_tokens, build_stack, check_recognizer
+from instantfamily_core.stack import build_stack, check_recognizer
 
 SMALL = dict(d_gf=16, d_lf=8, L=3, d_K=12, projector_hidden=20)
 
@@ -122,11 +122,9 @@ def test_stack_preserves_order_for_any_number_of_faces(tmp_path):
     full = build_stack(projector, Faces(identities[:4]))
     swapped = build_stack(projector, Faces([identities[1], identities[0]]))
     assert torch.allclose(swapped.face_tokens[0], full.face_tokens[1], atol=1e-6)
-    context = torch.randn(2, 5, 12)
-    extended = append_face_tokens(context, full.flat_tokens())
-    assert extended.shape == (2, 5 + 4 * config.tokens_per_face, 12)
-    assert torch.equal(extended[:, :5], context)
-    assert torch.equal(extended[1, 5 + config.tokens_per_face : 5 + 2 * config.tokens_per_face], full.face_tokens[1])
+    flat = full.flat_tokens()  # (N*T, d_K): slot n at rows n*T .. (n+1)*T, as the attention lays keys out
+    assert flat.shape == (4 * config.tokens_per_face, config.d_K)
+    assert torch.equal(flat[config.tokens_per_face : 2 * config.tokens_per_face], full.face_tokens[1])
 
 
 def test_recognizer_mismatch_is_refused():

@@ -12,7 +12,6 @@ from instantfamily_core.evaluation.encoders import (
     DlibEncoder,
     FacenetEncoder,
     TextSimilarity,
-    as_rgb_uint8,
     make_encoder,
 )
 from instantfamily_core.evaluation.metrics import score_identities, single_sim
@@ -97,16 +96,44 @@ def test_embed_crop_of_a_tight_face_crop_matches_the_photo(dlib_encoder, photos)
         dlib_encoder.reference_embedding(np.full((200, 200, 3), 128, np.uint8))
 
 
-def test_image_conversions():
-    rgb = np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8)
-    assert as_rgb_uint8(rgb) is not None and np.array_equal(as_rgb_uint8(rgb), rgb)
-    assert as_rgb_uint8(rgb[..., 0]).shape == (8, 9, 3)
-    rgba = np.concatenate([rgb, np.zeros((8, 9, 1), np.uint8)], -1)
-    assert np.array_equal(as_rgb_uint8(rgba), rgb)
-    assert np.array_equal(as_rgb_uint8(rgb.astype(np.float32) / 255.0), rgb)
-    assert np.array_equal(as_rgb_uint8(rgb.astype(np.uint16) * 257), rgb)
-    with pytest.raises(ValueError, match="shape"):
-        as_rgb_uint8(np.zeros((2, 3, 4, 5)))
+def _recording(detect, seen: list):
+    """``detect`` that first records the image it is given."""
+
+    def record(image, *args, **kwargs):
+        seen.append(np.array(image))
+        return detect(image, *args, **kwargs)
+
+    return record
+
+
+def test_the_evaluator_and_the_analyzer_see_the_same_pixels(dlib_encoder, tiny_analyzer, monkeypatch):
+    """One normaliser (instantfamily_core.images.to_rgb_uint8): same rounding, same alpha rule for every reader."""
+    from instantfamily_core.faces import FaceAnalyzer
+    from instantfamily_core.images import ALPHA_BACKGROUND
+
+    rng = np.random.default_rng(0)
+    halves = (rng.integers(0, 255, (80, 96, 3)) + 0.5) / 255.0  # on the rounding boundary
+    floats = halves.astype(np.float32)
+    rgba = np.concatenate([rng.integers(0, 256, (80, 96, 3)), rng.integers(0, 256, (80, 96, 1))], -1).astype(np.uint8)
+    rgba[0, 0, 3] = 0  # one fully transparent pixel
+    analyzer_seen, dlib_seen = [], []
+    detector = tiny_analyzer.detector
+    monkeypatch.setattr(detector, "detect", _recording(detector.detect, analyzer_seen))
+    analyzer = FaceAnalyzer(detector, tiny_analyzer.recognizer, det_size=640)
+    monkeypatch.setattr(dlib_encoder, "_detect", _recording(dlib_encoder._detect, dlib_seen))
+    for image in (floats, rgba):
+        analyzer_seen.clear()
+        analyzer.detect(image, retry=False)
+        by_analyzer = analyzer_seen[0][:, :, ::-1]  # the detector gets BGR
+        analyzer_seen.clear()
+        make_encoder("insightface", analyzer=analyzer).encode(image)
+        by_insightface_encoder = analyzer_seen[0][:, :, ::-1]
+        dlib_seen.clear()
+        dlib_encoder.encode(image)
+        assert by_analyzer.dtype == np.uint8 and by_analyzer.shape == (80, 96, 3)
+        assert np.array_equal(by_insightface_encoder, by_analyzer)
+        assert np.array_equal(dlib_seen[0], by_analyzer)
+    assert by_analyzer[0, 0].tolist() == [ALPHA_BACKGROUND] * 3  # RGBA is composited, not dropped
 
 
 def test_missing_weights_and_unknown_encoder_messages(tmp_path):

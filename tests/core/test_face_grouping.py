@@ -109,3 +109,11 @@ def test_load_faces_preview_and_crops(tiny_analyzer):
     assert tuple(preview[390, 16]) == palette[1]
     assert tuple(preview[390, 240]) == (128, 128, 128)
     assert (image == disc_image(centres=((544, 320), (96, 320), (320, 320)))).all()  # input untouched
+
+
+def test_load_faces_widget_values_stay_what_saved_workflows_hold():
+    from instantfamily_core.faces.grouping import COMBINE_RULES, FACE_ORDERS, FACE_SELECTION_MODES
+
+    assert FACE_SELECTION_MODES == ("largest face per image", "every face")
+    assert FACE_ORDERS == ("left to right", "largest first")
+    assert COMBINE_RULES == ("separate", "average", "normalized average")

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from instantfamily_core.faces.images import Placement, for_detection, pad_border, to_rgb_uint8
+from instantfamily_core.faces.images import Placement, for_detection, pad_border
+from instantfamily_core.images import image_to_uint8, images_to_uint8, to_rgb_uint8, uint8_to_images
 
 
 def test_layouts_and_dtypes_become_rgb_uint8():
@@ -27,6 +28,36 @@ def test_rgba_is_composited_over_grey():
     rgba[0, 1] = (255, 0, 0, 0)  # fully transparent
     out = to_rgb_uint8(rgba)
     assert out[0, 0].tolist() == [255, 0, 0] and out[0, 1].tolist() == [128, 128, 128]
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    opaque = np.concatenate([rgb, np.full((8, 9, 1), 255, np.uint8)], -1)
+    assert np.array_equal(to_rgb_uint8(opaque), rgb)
+
+
+def test_rgb_uint8_passes_through_and_floats_round_half_to_even():
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    assert np.array_equal(to_rgb_uint8(rgb), rgb)
+    assert to_rgb_uint8(rgb[..., 0]).shape == (8, 9, 3)
+    assert np.array_equal(to_rgb_uint8(rgb.astype(np.float32) / 255.0), rgb)
+    assert np.array_equal(to_rgb_uint8(rgb.astype(np.uint16) * 257), rgb)
+    halves = np.array([[[0.5, 1.5, 2.5]]]) / 255.0  # float64: exactly k + 0.5 after scaling
+    assert to_rgb_uint8(halves).tolist() == [[[0, 2, 2]]]
+
+
+def test_comfy_image_batches_round_trip():
+    import torch
+
+    rgb = np.random.default_rng(1).integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
+    batch = uint8_to_images(list(rgb))
+    assert batch.shape == (2, 5, 6, 3) and batch.dtype == torch.float32 and float(batch.max()) <= 1.0
+    assert uint8_to_images(rgb[0]).shape == (1, 5, 6, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(images_to_uint8(batch), rgb))
+    assert np.array_equal(image_to_uint8(batch, 1), rgb[1]) and np.array_equal(image_to_uint8(batch[0]), rgb[0])
+    with pytest.raises(ValueError, match="pose_image: asked for image 2 of a batch of 2"):
+        image_to_uint8(batch, 2, name="pose_image")
+    with pytest.raises(ValueError, match="template: expected an IMAGE"):
+        image_to_uint8(batch[0, 0, 0], name="template")
+    with pytest.raises(ValueError, match="uint8"):
+        uint8_to_images(batch.numpy())
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,14 @@ from instantfamily_core.evaluation.metrics import (
     cosine_matrix,
     match_faces,
     multi_sim,
-    multi_sim_pair,
     score_identities,
     single_sim,
 )
+
+
+def multi_sim_pair(sim_a: float, sim_b: float, sim_ab: float) -> float:
+    """Paper eq. (11), written plainly: SingleSim(A,A'), SingleSim(B,B'), SingleSim(A',B')."""
+    return (sim_a + sim_b) / 2.0 + (1.0 - sim_ab)
 
 
 def orthonormal(n, d=16, seed=0):

@@ -13,13 +13,15 @@ from train.net import FaceInputs, InstantFamilyNet
 D_K, RES = 32, 64
 
 
-def tiny_net(seed=0):
+def tiny_net(seed=0, model_config="tiny"):
+    """The tiny trainer net of a shipped config (``tiny``: SD1.5-shaped, ``tiny_sdxl``: SDXL-shaped)."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_dir("tiny") / "unet")))
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_dir(model_config) / "unet")))
     controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3)
     for p in controlnet.parameters():  # zero convs start at 0: give the ControlNet a real effect
         p.data.normal_(0, 0.05)
-    config = InstantFamilyConfig(d_gf=16, d_lf=8, L=3, d_K=D_K, projector_hidden=16)
+    family = "SDXL" if unet.config.addition_embed_type == "text_time" else "SD1.5"
+    config = InstantFamilyConfig(d_gf=16, d_lf=8, L=3, d_K=D_K, projector_hidden=16, base_model=family)
     return InstantFamilyNet(unet, controlnet, Projector(config), config).eval()
 
 
@@ -42,3 +44,8 @@ def inputs(batch=2, seed=2):
         torch.randn(batch, 77, D_K, generator=g),
         torch.rand(batch, 3, RES, RES, generator=g),
     )
+
+
+def pooled_text(batch=2, seed=3):
+    """A random SDXL pooled text embedding (B, 1280)."""
+    return torch.randn(batch, 1280, generator=torch.Generator().manual_seed(seed))

@@ -57,9 +57,9 @@ def sd15_pair():
         return unet, ControlNetModel.from_unet(unet, conditioning_channels=3)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", [*sorted(CONFIGS), "tiny_sdxl"])
 def test_round_trip_and_agreement_with_diffusers_converters(name):
-    unet, controlnet = tiny_pair(name)
+    unet, controlnet = sdxl_pair(name) if name == "tiny_sdxl" else tiny_pair(name)
     state = unet.state_dict()
     ldm = unet_to_ldm(state, unet.config, prefix="model.diffusion_model.")
     assert len(ldm) == len(state)
@@ -73,7 +73,12 @@ def test_round_trip_and_agreement_with_diffusers_converters(name):
     cldm = controlnet_to_ldm(cstate, controlnet.config)
     assert set(controlnet_from_ldm(cldm, controlnet.config)) == set(cstate)
     theirs = convert_controlnet_checkpoint({"control_model." + k: v for k, v in cldm.items()}, dict(controlnet.config))
-    assert set(theirs) == set(cstate) and all(torch.equal(theirs[k], cstate[k]) for k in cstate)
+    # diffusers' ControlNet converter skips SDXL's size embedding (ldm label_emb); everything else agrees
+    size_embedding = {f"add_embedding.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias")}
+    assert set(cstate) - set(theirs) == (size_embedding if name == "tiny_sdxl" else set())
+    assert all(torch.equal(theirs[k], cstate[k]) for k in theirs)
+    if name == "tiny_sdxl":
+        assert "model.diffusion_model.label_emb.0.0.weight" in ldm and "label_emb.0.2.bias" in cldm
 
 
 def test_sd15_names_are_comfyui_names():
@@ -131,3 +136,44 @@ def test_unmapped_or_incompatible_models_are_refused():
         controlnet_to_ldm(controlnet.state_dict(), config)
     with pytest.raises(ValueError, match="norm_num_groups"):
         ldm_unet_config(dict(unet.config, norm_num_groups=8))
+
+
+def sdxl_pair(name="tiny_sdxl"):
+    """An SDXL-shaped UNet + ControlNet from a shipped config (the full-size one on the meta device)."""
+    torch.manual_seed(0)
+    with torch.device("meta" if name == "sdxl" else "cpu"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_dir(name) / "unet")))
+        return unet, ControlNetModel.from_unet(unet, conditioning_channels=3)
+
+
+def test_sdxl_names_and_comfy_config():
+    unet, controlnet = sdxl_pair("sdxl")
+    ldm = unet_to_ldm(unet.state_dict(), unet.config, prefix=UNET_PREFIX)
+    assert ldm["diffusion_model.label_emb.0.0.weight"].shape == (1280, 2816)
+    for key in (
+        "diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight",
+        "diffusion_model.input_blocks.8.1.transformer_blocks.9.attn2.to_v.weight",
+        "diffusion_model.middle_block.1.transformer_blocks.9.attn2.to_k.weight",
+        "diffusion_model.output_blocks.2.1.transformer_blocks.9.attn2.to_k.weight",
+        "diffusion_model.output_blocks.8.0.skip_connection.weight",
+        "diffusion_model.output_blocks.5.2.conv.weight",
+    ):
+        assert key in ldm, key
+    attn2 = {k: v for k, v in unet.state_dict().items() if ".attn2.to_k." in k or ".attn2.to_v." in k}
+    assert len(unet_to_ldm(attn2, unet.config)) == 140  # SDXL: 70 attn2 layers x (K, V)
+    config = ldm_unet_config(unet.config)
+    assert config["transformer_depth"] == [0, 0, 2, 2, 10, 10] and config["transformer_depth_middle"] == 10
+    assert config["transformer_depth_output"] == [0, 0, 0, 2, 2, 2, 10, 10, 10]
+    assert (config["context_dim"], config["adm_in_channels"], config["num_classes"]) == (2048, 2816, "sequential")
+    assert (config["num_heads"], config["num_head_channels"], config["use_linear_in_transformer"]) == (-1, 64, True)
+    kwargs = ldm_controlnet_kwargs(controlnet.config)
+    assert (kwargs["adm_in_channels"], kwargs["num_classes"]) == (2816, "sequential")
+    assert controlnet_to_ldm(controlnet.state_dict(), controlnet.config)["zero_convs.8.0.weight"].shape[0] == 1280
+
+
+def test_sdxl_size_embedding_other_than_comfyui_s_is_refused():
+    unet, _ = sdxl_pair()
+    with pytest.raises(ValueError, match="2816"):
+        ldm_unet_config(dict(unet.config, projection_class_embeddings_input_dim=1536))
+    with pytest.raises(ValueError, match="addition_embed_type"):
+        ldm_unet_config(dict(unet.config, addition_embed_type="text"))
