@@ -219,3 +219,20 @@ def test_a_bucketed_cached_latent_trains_like_its_pixels(bucketed, tmp_path):
         torch.manual_seed(7)  # the same posterior draw, noise and timesteps
         losses.append(trainer.loss(batch).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5), losses
+
+
+def test_the_sdxl_trainer_takes_buckets_by_default_and_their_time_ids(bucketed, tmp_path):
+    output, reader, names = bucketed
+    args = train_args(output, tmp_path / "run", "--model-config", "tiny_sdxl", "--max-steps", "2")
+    args += ["--resolution", str(RES), "--batch-size", "1", "--bucket-granularity", str(GRANULARITY)]
+    trainer = Trainer(parse(args))  # aspect_buckets "auto": on, the tiny SDXL UNet takes add_time_ids
+    assert trainer.dataset.buckets == bucket_sizes(RES * RES, GRANULARITY)
+    batch = collate([trainer.dataset[(0, names["tall"])]])
+    assert batch["pixel_values"].shape[2:] == (96, 64) and batch["time_ids"][0, 4:].tolist() == [96, 64]
+    torch.manual_seed(0)
+    with_crop = trainer.loss(batch).item()
+    torch.manual_seed(0)
+    batch["time_ids"] = batch["time_ids"] + torch.tensor([0, 0, 32, 0, 0, 0])  # another crop_top: SDXL sees it
+    assert trainer.loss(batch).item() != with_crop
+    losses = train(parse(args))
+    assert len(losses) == 2 and all(np.isfinite(losses))
