@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_fixtures import PACK, SIZE, face_fixtures, person, prepare_args, train_args
+from train_fixtures import PACK, SIZE, cached_and_live_losses, face_fixtures, person, prepare_args, train_args
 
 from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.face_regions import control_image_for_slots, face_masks_from_pose
@@ -210,14 +210,8 @@ def test_a_bucketed_cached_latent_trains_like_its_pixels(bucketed, tmp_path):
     assert trainer.dataset.buckets == bucket_sizes(RES * RES, GRANULARITY)
     cached, pixels = dataset(trainer.reader, random_crop=False), dataset(trainer.reader, random_crop=False)
     pixels.cached_latents = False
-    items = [(0, names["wide"])]  # its bucket crop is the whole cached image: encoding it live gives the cache
-    with_latents, without = collate([cached[i] for i in items]), collate([pixels[i] for i in items])
-    assert "latent_mean" in with_latents and "latent_mean" not in without
-    torch.testing.assert_close(with_latents["control"], without["control"])
-    losses = []
-    for batch in (with_latents, without):
-        torch.manual_seed(7)  # the same posterior draw, noise and timesteps
-        losses.append(trainer.loss(batch).item())
+    # the wide photo's bucket crop is its whole cached image: encoding it live must give the cache
+    losses = cached_and_live_losses(trainer, cached, pixels, [(0, names["wide"])])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5), losses
 
 
