@@ -1,4 +1,4 @@
-"""Cost of InstantFamily's masked cross-attention on a full-size SD1.5 UNet (random init).
+"""Cost of InstantFamily's masked cross-attention on a full-size SD1.5 UNet, or an SDXL-shaped one (random init).
 
 On a real ComfyUI host, at batch 2 (cond + uncond rows, as under CFG). Timing: every
 configuration shares one UNet (patched clones share weights) and the configurations are timed
@@ -11,6 +11,11 @@ own subprocess (peak RSS of that process):
 
 ``--controlnet`` adds ControlNet + UNet with 4 IDs vs plain ControlNet + UNet.
 ``--kernel dense`` times the single boolean-masked SDPA instead of the region-sparse kernel.
+``--family sdxl``: a real ``comfy.supported_models.SDXL`` UNet with SDXL's widths (320 channels,
+2048-wide context, pooled + size ADM input) and levels, but 1 and 2 transformer blocks at its two
+attention levels instead of 2 and 10 (a full SDXL UNet does not fit a CPU run's time):
+
+    python benchmarks/attention_overhead.py --family sdxl --size 512 --ids 2 4 16
 Host: INSTANTFAMILY_COMFY_HOST=2024|2025 or COMFYUI_PATH, as for the tests.
 """
 
@@ -29,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SD15 = dict(context_dim=768, model_channels=320)
+FAMILIES = {"sd15": ("SD1.5", 768, None), "sdxl": ("SDXL", 2048, 2816)}  # name, context width, ADM width
 
 
 def face_boxes(n: int, size: int) -> list[list[float]]:
@@ -57,13 +63,15 @@ def _patched_step(host, base, n, args, control_state=None):
     stack_mod = host.pack_import("instantfamily_core.stack")
     engine = host.pack_import("nodes.engine")
     latent = args.size // 8
+    _, width, adm = FAMILIES[args.family]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, latent, latent, generator=gen)
     sigma = torch.full((2,), 5.0)
-    context = torch.randn(2, 77, 768, generator=gen)
+    context = torch.randn(2, 77, width, generator=gen)
+    extra = {} if adm is None else {"y": torch.randn(2, adm, generator=gen)}  # SDXL: pooled text + size ids
     model, patch = base, None
     if n > 0:
-        stack = stack_mod.EmbeddingStack(torch.randn(n, 50, 768, generator=gen))
+        stack = stack_mod.EmbeddingStack(torch.randn(n, 50, width, generator=gen))
         masks = masks_mod.masks_from_boxes(torch.tensor(face_boxes(n, args.size)), (args.size, args.size))
         patch = patch_mod.FacePatch(patch_mod.FaceSettings(stack, masks, mode=args.mode), engine.host_attention)
         patch.face_attention.kernel = args.kernel
@@ -91,16 +99,16 @@ def _patched_step(host, base, n, args, control_state=None):
         with torch.no_grad():
             residuals = None
             if control is not None:
-                residuals = control.get_control(x, sigma, {"c_crossattn": context}, 2, *control_args)
+                residuals = control.get_control(x, sigma, {"c_crossattn": context, **extra}, 2, *control_args)
             return model.model.apply_model(
-                x, sigma, c_crossattn=context, control=residuals, transformer_options=dict(options)
+                x, sigma, c_crossattn=context, control=residuals, transformer_options=dict(options), **extra
             )
 
     return step
 
 
-def start_host(threads: int):
-    """A real ComfyUI host (the test harness's driver) and a full-size SD1.5-shaped UNet, random init."""
+def start_host(threads: int, family: str = "sd15", model_channels: int = 320):
+    """A real ComfyUI host (the test harness's driver) and a full-width UNet of ``family``, random init."""
     sys.path.insert(0, str(REPO))  # a script's sys.path starts at benchmarks/
     import torch
 
@@ -108,11 +116,12 @@ def start_host(threads: int):
 
     host = comfy_host.start_host(Path(tempfile.mkdtemp(prefix="if-bench-")))
     torch.set_num_threads(threads)
-    return host, host.tiny_sd15_model(seed=0, **SD15)
+    name, width, _ = FAMILIES[family]
+    return host, host.tiny_sd15_model(seed=0, context_dim=width, model_channels=model_channels, family=name)
 
 
 def _start(args):
-    return start_host(args.threads)
+    return start_host(args.threads, args.family, args.model_channels)
 
 
 def controlnet_state(host, base):
@@ -181,6 +190,8 @@ def main() -> None:
     parser.add_argument("--mode", default="hard", choices=["hard", "paper"])
     parser.add_argument("--kernel", default="auto", choices=["auto", "dense", "region"])
     parser.add_argument("--controlnet", action="store_true", help="also time ControlNet + UNet, 4 IDs vs none")
+    parser.add_argument("--family", default="sd15", choices=sorted(FAMILIES), help="UNet layout (see above)")
+    parser.add_argument("--model-channels", type=int, default=320, help="UNet width (320 = SD1.5's and SDXL's)")
     parser.add_argument(
         "--memory-ids",
         type=int,
@@ -196,8 +207,10 @@ def main() -> None:
         print("RESULT " + json.dumps(peak_memory(args)))
         return
 
+    shape = "SD1.5-shaped" if args.family == "sd15" else "SDXL-shaped (transformer depth 1/2, not 2/10)"
     print(
-        f"SD1.5-shaped UNet, random init, CPU x{args.threads}, {args.size} px, batch 2 (cond+uncond), "
+        f"{shape} UNet ({args.model_channels} ch), random init, CPU x{args.threads}, {args.size} px, "
+        "batch 2 (cond+uncond), "
         f"mode={args.mode}, kernel={args.kernel}, median of {args.repeats} interleaved rounds"
     )
     times = time_interleaved(args)
@@ -234,6 +247,10 @@ def main() -> None:
             args.mode,
             "--kernel",
             args.kernel,
+            "--family",
+            args.family,
+            "--model-channels",
+            str(args.model_channels),
             "--one",
             json.dumps(config),
         ]

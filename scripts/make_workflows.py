@@ -26,6 +26,8 @@ from scripts.workflow_builder import Graph, dumps, render_thumbnail  # noqa: E40
 OUT = REPO / "example_workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"
 CHECKPOINT = "instantfamily_sd15.safetensors"
+SDXL = "sd_xl_base_1.0.safetensors"
+SDXL_CHECKPOINT = "instantfamily_sdxl.safetensors"
 NEGATIVE = "lowres, blurry, deformed face, disfigured, extra people, duplicate face, watermark, text"
 C = [0, 380, 760, 1140, 1520, 1900]  # column x positions
 WHO, WHERE, GENERATE = "#3f789e", "#8A8", "#a1309b"
@@ -110,10 +112,14 @@ def where_section(g, y, faces, analyzer, instantfamily, people: str, optional_po
     return mask, circle
 
 
-def generate_section(g, faces, instantfamily, mask, circle, prompt, size, seed, prefix, batch=1, y=0):
-    """SD1.5 + InstantFamily (UNet patch and Pose+Circle ControlNet) -> KSampler -> images. Returns VAEDecode."""
+def generate_section(
+    g, faces, instantfamily, mask, circle, prompt, size, seed, prefix, batch=1, y=0, base=(SD15, "SD1.5")
+):
+    """Base model + InstantFamily (UNet patch and Pose+Circle ControlNet) -> KSampler -> images. Returns VAEDecode.
+
+    base: (checkpoint file, family name) of the base model loader."""
     width, height = size
-    ckpt = g.add("CheckpointLoaderSimple", (C[3], y), [SD15], title="Load Checkpoint (SD1.5)")
+    ckpt = g.add("CheckpointLoaderSimple", (C[3], y), [base[0]], title=f"Load Checkpoint ({base[1]})")
     positive = g.add("CLIPTextEncode", (C[3], y + 170), [prompt], title="Positive prompt", height=150)
     negative = g.add("CLIPTextEncode", (C[3], y + 360), [NEGATIVE], title="Negative prompt", height=130)
     stack = g.add("InstantFamilyBuildEmbeddingStack", (C[3], y + 540))
@@ -147,10 +153,10 @@ def generate_section(g, faces, instantfamily, mask, circle, prompt, size, seed, 
     return decode
 
 
-def common_top(g, note_text, y=0):
+def common_top(g, note_text, y=0, checkpoint=CHECKPOINT):
     """Analyzer + InstantFamily model loader + the workflow's note, in column 2."""
     analyzer = analyzer_node(g, (C[1], y))
-    instantfamily = g.add("InstantFamilyModelLoader", (C[2], y), [CHECKPOINT])
+    instantfamily = g.add("InstantFamilyModelLoader", (C[2], y), [checkpoint])
     g.note((C[2], y + 110), note_text, height=250)
     return analyzer, instantfamily
 
@@ -298,6 +304,40 @@ def several_photos_per_person(node_classes):
     return g
 
 
+def sdxl_three_people(node_classes):
+    g = Graph(node_classes)
+    analyzer, instantfamily = common_top(
+        g,
+        (
+            "SDXL: three people in a pose you choose, at 1216x832 (one of SDXL's ~1 megapixel buckets).\n\n"
+            "Base model: an SDXL checkpoint in models/checkpoints (e.g. sd_xl_base_1.0.safetensors, or an SDXL "
+            "fine-tune); InstantFamily: a checkpoint trained for SDXL (base_model SDXL) in models/instantfamily. "
+            "Apply refuses an SD1.5 checkpoint on an SDXL model, naming both.\n1 Who: one ID photo per person "
+            "(A, B, C = IDs 0, 1, 2).\n2 Where: a template photo of three people (left to right = ID 0, 1, 2) and "
+            "the OpenPose skeleton of the same arrangement.\nOther SDXL sizes: 1024x1024, 1152x896, 1344x768, "
+            "1536x640 and their portrait twins."
+        ),
+        checkpoint=SDXL_CHECKPOINT,
+    )
+    photos = [
+        load_image(g, (C[0], 360 * k), f"person_{p}.png", f"ID photo: person {p.upper()}") for k, p in enumerate("abc")
+    ]
+    chain = []  # each Load Faces appends its person to the previous one's faces
+    for k, photo in enumerate(photos):
+        previous = chain[-1] if chain else None
+        title = f"Load Faces (+ person {'ABC'[k]})" if chain else "Load Faces (person A)"
+        chain.append(load_faces(g, (C[1], 170 + 250 * k), analyzer, photo["IMAGE"], previous=previous, title=title))
+    faces = chain[-1]
+    crops = preview(g, (C[2], 380), faces["crops"], "Faces found (ID order)")
+    g.group("1 · Who: one photo per person", [*photos, analyzer, *chain, crops], WHO)
+    mask, circle = where_section(g, 1100, faces, analyzer, instantfamily, "3people")
+    prompt = "a photo of three friends hiking on a mountain trail, golden hour, smiling, detailed faces"
+    generate_section(
+        g, faces, instantfamily, mask, circle, prompt, (1216, 832), 77, "sdxl_three_people", base=(SDXL, "SDXL")
+    )
+    return g
+
+
 def evaluation_identity_report(node_classes):
     g = Graph(node_classes)
     analyzer, instantfamily = common_top(
@@ -342,6 +382,7 @@ WORKFLOWS = {
     "four_people_group_photo": (four_people_group_photo, "Four people from a group photo", "every face -> 4 IDs"),
     "seven_people": (seven_people, "Seven people (paper Fig. 8)", "beyond the trained four"),
     "several_photos_per_person": (several_photos_per_person, "Several photos per person", "averaged IDs"),
+    "sdxl_three_people": (sdxl_three_people, "SDXL: three people, 1216x832", "ID photos -> template -> SDXL"),
     "evaluation_identity_report": (
         evaluation_identity_report,
         "Generate + Identity Report",

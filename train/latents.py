@@ -1,9 +1,11 @@
 """VAE latents computed once by ``train.prepare`` and read by the trainer instead of encoding pixels.
 
-A sample's ``latent.npz`` (no pickles) holds the VAE's posterior of the image resized so that its
-shorter side is the training resolution and both sides are multiples of 8 (``latent_geometry``):
-``mean`` and ``std`` (4, h/8, w/8), ``size`` (w, h) of that resized image and ``resolution``.
-Training crops a square of ``resolution / 8`` latent cells from it and draws the latent as
+A sample's ``latent.npz`` (no pickles) holds the VAE's posterior of the image resized so that it
+just covers the training crop (a square of the training resolution, or with aspect buckets the
+sample's bucket) and both sides are multiples of 8 (``latent_geometry``): ``mean`` and ``std``
+(4, h/8, w/8), ``size`` (w, h) of that resized image, ``resolution`` and ``target`` (w, h) of the
+crop (caches written before buckets have no ``target``: a square of ``resolution``).
+Training crops ``target / 8`` latent cells from it and draws the latent as
 ``mean + std * noise``, as ``vae.encode(...).latent_dist.sample()`` does; the pixel crop, boxes,
 masks and pose use the same geometry, in whole latent cells.
 """
@@ -18,29 +20,38 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .buckets import nearest_bucket, target_size
+
 logger = logging.getLogger(__name__)
 MEMBER = "latent.npz"
-FACTOR = 8  # pixels per latent cell (SD1.5 VAE)
+FACTOR = 8  # pixels per latent cell (SD1.5 and SDXL VAEs)
 
 
-def latent_geometry(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """(w, h) of the shorter-side resize to ``resolution``, both sides rounded to multiples of 8."""
-    scale = resolution / min(width, height)
+def latent_geometry(width: int, height: int, target: int | tuple[int, int]) -> tuple[int, int]:
+    """(w, h) of the smallest resize covering ``target`` (a square side, or a (w, h) bucket: the
+    shorter-side resize for a square), both sides rounded to multiples of 8."""
+    tw, th = target_size(target)
+    scale = max(tw / width, th / height)
+    return (
+        max(tw, int(round(width * scale / FACTOR)) * FACTOR),
+        max(th, int(round(height * scale / FACTOR)) * FACTOR),
+    )
 
-    def side(length: int) -> int:
-        return max(resolution, int(round(length * scale / FACTOR)) * FACTOR)
 
-    return side(width), side(height)
-
-
-def resize_for_latents(image: Image.Image, resolution: int) -> Image.Image:
+def resize_for_latents(image: Image.Image, target: int | tuple[int, int]) -> Image.Image:
     """The image the VAE sees (and the trainer crops its pixels from): bicubic, as training resizes."""
-    return image.resize(latent_geometry(image.width, image.height, resolution), Image.Resampling.BICUBIC)
+    return image.resize(latent_geometry(image.width, image.height, target), Image.Resampling.BICUBIC)
 
 
 def encode_latent_member(
-    mean: np.ndarray, std: np.ndarray, size: tuple[int, int], resolution: int, dtype=np.float16
+    mean: np.ndarray,
+    std: np.ndarray,
+    size: tuple[int, int],
+    resolution: int,
+    dtype=np.float16,
+    target: tuple[int, int] | None = None,
 ) -> bytes:
+    """target: (w, h) of the training crop; default a square of ``resolution``."""
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -48,8 +59,16 @@ def encode_latent_member(
         std=std.astype(dtype),
         size=np.array(size, np.int64),
         resolution=np.array(resolution, np.int64),
+        target=np.array(target or (resolution, resolution), np.int64),
     )
     return buffer.getvalue()
+
+
+def cached_target(cached: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(w, h) of the crop a decoded latent.npz was cached for."""
+    if "target" in cached:
+        return int(cached["target"][0]), int(cached["target"][1])
+    return int(cached["resolution"]), int(cached["resolution"])
 
 
 def decode_latent_member(data: bytes) -> dict[str, np.ndarray]:
@@ -79,23 +98,46 @@ def load_vae(pretrained: str, model_config: str = "sd15", seed: int = 0):
         return AutoencoderKL.from_single_file(
             pretrained, config=str(config_dir(model_config)), subfolder="vae", local_files_only=True
         )
-    raise ValueError(f"--pretrained {pretrained!r}: expected a diffusers folder or a .safetensors SD1.5 checkpoint")
+    raise ValueError(
+        f"--pretrained {pretrained!r}: expected a diffusers folder or a single-file .safetensors checkpoint"
+    )
 
 
 class LatentEncoder:
-    """Encodes prepared images at the training resolution, batching images of one size."""
+    """Encodes prepared images at the training resolution (or each at its aspect bucket), batching
+    images of one size.
 
-    def __init__(self, vae, resolution: int, device: str = "cpu", dtype: str = "float32", store: str = "float16"):
+    dtype: the VAE's compute dtype. The SDXL VAE overflows in float16 (inf/NaN latents): use float32
+    or bfloat16 there (``train.prepare --vae-precision``).
+    """
+
+    def __init__(
+        self,
+        vae,
+        resolution: int,
+        device: str = "cpu",
+        dtype: str = "float32",
+        store: str = "float16",
+        buckets: list[tuple[int, int]] | None = None,
+    ):
         if resolution % FACTOR:
             raise ValueError(f"--latent-resolution {resolution}: must be a multiple of {FACTOR}")
         self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
         self.vae = vae.to(device, self.dtype).eval().requires_grad_(False)
         self.resolution, self.device, self.store = int(resolution), device, np.dtype(store)
+        self.buckets = [tuple(b) for b in buckets] if buckets else None
+
+    def target(self, image: Image.Image) -> tuple[int, int]:
+        """(w, h) of the training crop of ``image``: its aspect bucket, or the square resolution."""
+        if self.buckets is None:
+            return self.resolution, self.resolution
+        return self.buckets[nearest_bucket(image.width, image.height, self.buckets)]
 
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> list[bytes]:
         """latent.npz bytes per image (same order)."""
-        resized = [resize_for_latents(image, self.resolution) for image in images]
+        targets = [self.target(image) for image in images]
+        resized = [resize_for_latents(image, target) for image, target in zip(images, targets)]
         out: list[bytes | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(resized):
@@ -107,5 +149,9 @@ class LatentEncoder:
             posterior = self.vae.encode(batch).latent_dist
             mean, std = posterior.mean.float().cpu().numpy(), posterior.std.float().cpu().numpy()
             for j, index in enumerate(indices):
-                out[index] = encode_latent_member(mean[j], std[j], size, self.resolution, self.store)
+                if not (np.isfinite(mean[j]).all() and np.isfinite(std[j]).all()):
+                    raise FloatingPointError(
+                        f"the VAE gave non-finite latents in {self.dtype}: encode in float32 or bfloat16"
+                    )
+                out[index] = encode_latent_member(mean[j], std[j], size, self.resolution, self.store, targets[index])
         return out

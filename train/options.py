@@ -86,6 +86,10 @@ class TrainOptions:
     # models/insightface); the pack is the one the data was prepared with unless validation_pack names another
     validation_insightface_root: str = ""
     validation_pack: str = ""
+    # aspect-ratio buckets (train/buckets.py) of about resolution^2 pixels, sides multiples of bucket_granularity:
+    # "auto" = on for SDXL-family UNets (they take size/crop conditioning), off for SD1.5 (square crops)
+    aspect_buckets: str = "auto"  # auto | on | off
+    bucket_granularity: int = 64
 
     def validate(self) -> None:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -99,6 +103,10 @@ class TrainOptions:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.loss_buckets < 1:
             raise ValueError(f"loss_buckets must be at least 1, got {self.loss_buckets}")
+        if self.aspect_buckets not in ("auto", "on", "off"):
+            raise ValueError(f"aspect_buckets must be auto, on or off, got {self.aspect_buckets!r}")
+        if self.bucket_granularity < 8 or self.bucket_granularity % 8:
+            raise ValueError(f"bucket_granularity must be a positive multiple of 8, got {self.bucket_granularity}")
         overlap = sorted(set(self.validation_data) & set(self.data))
         if overlap:
             raise ValueError(f"validation_data {overlap} is also training data: hold out other people's photos")

@@ -437,17 +437,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--pretrained",
         default=None,
-        help="SD1.5 weights whose VAE caches latents (as train.train's --pretrained; '' = random, tests)",
+        help="SD1.5 or SDXL weights whose VAE caches latents (as train.train's --pretrained; '' = random, tests)",
     )
     p.add_argument("--model-config", default="sd15", help="configs for --pretrained (as train.train)")
     p.add_argument("--seed", type=int, default=0, help="seed of a random --pretrained '' (as train.train)")
     p.add_argument("--latent-resolution", type=int, default=0, help="cache VAE latents for this training resolution")
     p.add_argument("--latent-dtype", choices=("float16", "float32"), default="float16", help="stored latent dtype")
     p.add_argument(
+        "--aspect-buckets",
+        action="store_true",
+        help="cache each image's latents at its aspect bucket of about --latent-resolution squared pixels "
+        "(train with --aspect-buckets on and the same --resolution and --bucket-granularity)",
+    )
+    p.add_argument("--bucket-granularity", type=int, default=64, help="bucket sides are multiples of this")
+    p.add_argument(
+        "--vae-precision",
+        choices=("", "float32", "bfloat16", "float16"),
+        default="",
+        help="dtype of the VAE that caches latents ('' = --precision); the SDXL VAE overflows in float16: "
+        "use float32 or bfloat16 for SDXL",
+    )
+    p.add_argument(
         "--precision",
         choices=("float32", "float16", "bfloat16"),
         default="float32",
-        help="dtype of the VAE and captioner",
+        help="dtype of the captioner, and of the VAE unless --vae-precision names one",
     )
     p.add_argument("--references", default="", help="MultiID-2M reference folder (<name>/*.jpg + .json)")
     p.add_argument("--reference-rotation", type=int, default=1, help="1: vary the reference photo per sample")
@@ -465,7 +479,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "yolox_l.onnx and dw-ll_ucoco_384.onnx"
         )
     if args.latent_resolution and args.pretrained is None:
-        p.error("--latent-resolution needs --pretrained (the SD1.5 weights training will use)")
+        p.error("--latent-resolution needs --pretrained (the SD1.5 or SDXL weights training will use)")
     return args
 
 
@@ -491,14 +505,17 @@ def build_preparer(args: argparse.Namespace, device: str):
         captioner = Captioner(args.captioner, device, args.precision, args.caption_prompt, args.caption_max_tokens)
     latents = None
     if args.latent_resolution:
+        from .buckets import bucket_sizes
         from .latents import LatentEncoder, load_vae
 
+        buckets = bucket_sizes(args.latent_resolution**2, args.bucket_granularity) if args.aspect_buckets else None
         latents = LatentEncoder(
             load_vae(args.pretrained, args.model_config, args.seed),
             args.latent_resolution,
             device,
-            args.precision,
+            args.vae_precision or args.precision,
             args.latent_dtype,
+            buckets,
         )
     pose = PoseSource(estimator, args.allow_missing_pose, boxes_from_faces=args.pose_boxes == "faces")
     return Preparer(args, analyzer, pose, captions, captioner, latents)

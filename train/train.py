@@ -23,7 +23,8 @@ from instantfamily_core.config import InstantFamilyConfig, RecognizerInfo
 from instantfamily_core.projector import Projector
 
 from . import state as ckpt
-from .data import ResumableBatchSampler, TrainDataset, collate, sample_rng
+from .buckets import training_buckets
+from .data import TrainDataset, batch_sampler, collate, sample_rng
 from .ema import EMA
 from .latents import sample_latents
 from .manifest import find_shards
@@ -154,9 +155,10 @@ class Trainer:
             opts.face_dropout,
             opts.random_crop,
             opts.seed,
+            buckets=training_buckets(opts, base.unet),
         )
-        self.sampler = ResumableBatchSampler(
-            len(self.reader), opts.batch_size, opts.seed, acc.process_index, acc.num_processes, start_batch=self.batches
+        self.sampler = batch_sampler(
+            self.reader, self.dataset.buckets, opts, acc.process_index, acc.num_processes, self.batches
         )
         # Its own generator: starting an iterator must not draw from the global RNG (exact resume).
         self.loader = torch.utils.data.DataLoader(

@@ -26,6 +26,7 @@ EXPECTED = {
     "several_photos_per_person",
     "evaluation_identity_report",
     "two_people_dwpose",
+    "sdxl_three_people",
 }
 
 
@@ -206,6 +207,7 @@ IDS = {
     "seven_people": 7,
     "several_photos_per_person": 2,
     "evaluation_identity_report": 2,
+    "sdxl_three_people": 3,
 }
 
 

@@ -53,6 +53,7 @@ ROW = [(96, 320), (256, 320), (416, 320), (576, 320)]
 CENTRES = {
     1: [(320, 320)],
     2: [(160, 320), (480, 320)],
+    3: [(160, 320), (320, 320), (480, 320)],
     4: ROW,
     7: [(96, 192), (256, 192), (416, 192), (576, 192), (160, 480), (320, 480), (480, 480)],
 }
@@ -86,6 +87,7 @@ def _person(pattern, photo=0):
 TEST_IMAGES = {
     "person_a.png": _person(0),
     "person_b.png": _person(1),
+    "person_c.png": _person(2),
     "person_5.png": _person(4),
     "person_6.png": _person(5),
     "person_7.png": _person(6),
@@ -93,8 +95,8 @@ TEST_IMAGES = {
     **{f"person_b_{k + 1}.png": _person(1, k) for k in range(2)},
     "group_photo.png": list(zip(range(4), ROW)),
     "family_photo.png": list(zip(range(4), ROW)),
-    **{f"pose_template_{n}people.png": [(10 + k, c) for k, c in enumerate(CENTRES[n])] for n in (2, 4, 7)},
-    **{f"pose_openpose_{n}people.png": "pose" for n in (2, 4, 7)},
+    **{f"pose_template_{n}people.png": [(10 + k, c) for k, c in enumerate(CENTRES[n])] for n in (2, 3, 4, 7)},
+    **{f"pose_openpose_{n}people.png": "pose" for n in (2, 3, 4, 7)},
 }
 # People in each workflow's pose (what the DWPreprocessor stand-in draws).
 PEOPLE = {"two_people_dwpose": 2}

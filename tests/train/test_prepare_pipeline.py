@@ -11,6 +11,7 @@ from train_fixtures import (
     LATENT_RESOLUTION,
     PACK,
     SIZE,
+    cached_and_live_losses,
     face_fixtures,
     full_prepare_args,
     prepare_args,
@@ -19,7 +20,7 @@ from train_fixtures import (
 )
 
 from train.captions import Captioner, read_captions_file
-from train.data import TrainDataset, collate, sample_rng
+from train.data import TrainDataset, sample_rng
 from train.latents import MEMBER, decode_latent_member, latent_geometry
 from train.manifest import find_shards
 from train.options import parse
@@ -89,14 +90,7 @@ def test_cached_latents_give_the_loss_of_pixels(photos_prepared, tmp_path):
     )
     sources = [json.loads(trainer.reader.read(i)[1]["meta.json"])["source"] for i in range(len(trainer.reader))]
     square = [i for i, source in enumerate(sources) if "w_wide" not in source]
-    items = [(0, i) for i in square[:2]]
-    with_latents, without = collate([cached[i] for i in items]), collate([pixels[i] for i in items])
-    assert "latent_mean" in with_latents and "latent_mean" not in without
-    torch.testing.assert_close(with_latents["control"], without["control"])
-    losses = []
-    for batch in (with_latents, without):
-        torch.manual_seed(7)  # the same posterior draw, noise and timesteps
-        losses.append(trainer.loss(batch).item())
+    losses = cached_and_live_losses(trainer, cached, pixels, [(0, i) for i in square[:2]])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5), losses  # float32 latents (fixture); float16 halves storage
 
 

@@ -30,6 +30,8 @@ def test_sdxl_trains_and_the_size_conditioning_reaches_the_net(sdxl_run):
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert trainer.config.base_model == "SDXL" and len(trainer.text_encoders) == 2
     batch = next(iter(trainer.loader))
+    assert batch["time_ids"][:, 4:].tolist() == [[64, 64]] * len(batch["captions"])  # each sample's own crop
+    batch = {name: value for name, value in batch.items() if name != "time_ids"}
 
     def loss(time_ids=None):
         torch.manual_seed(0)  # the same noise and timesteps each time

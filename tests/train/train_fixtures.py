@@ -282,3 +282,20 @@ def write_img2dataset(folder: Path, names=("a_two", "b_three", "e_four", "f_two"
     write_tar(folder / "00000.tar", samples)
     pq.write_table(pa.Table.from_pylist(rows), folder / "00000.parquet")
     return folder
+
+
+def cached_and_live_losses(trainer, cached, live, items) -> list[float]:
+    """The trainer's loss of the same items from datasets with cached latents and with live-encoded
+    pixels (the same posterior draw, noise and timesteps); checks that only the latents differ."""
+    import torch
+
+    from train.data import collate
+
+    with_latents, without = collate([cached[i] for i in items]), collate([live[i] for i in items])
+    assert "latent_mean" in with_latents and "latent_mean" not in without
+    torch.testing.assert_close(with_latents["control"], without["control"])
+    losses = []
+    for batch in (with_latents, without):
+        torch.manual_seed(7)
+        losses.append(trainer.loss(batch).item())
+    return losses
