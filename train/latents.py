@@ -78,6 +78,14 @@ def decode_latent_member(data: bytes) -> dict[str, np.ndarray]:
     return out
 
 
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def vae_dtype(family: str, compute_dtype: torch.dtype) -> torch.dtype:
+    """The VAE's dtype for a compute dtype: SDXL's VAE overflows in float16 (NaN latents), so it stays float32."""
+    return torch.float32 if family == "SDXL" and compute_dtype == torch.float16 else compute_dtype
+
+
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     """Scaled latents drawn like ``latent_dist.sample()`` (one standard normal draw of mean's shape)."""
     noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
@@ -116,13 +124,13 @@ class LatentEncoder:
         vae,
         resolution: int,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: str | torch.dtype = "float32",
         store: str = "float16",
         buckets: list[tuple[int, int]] | None = None,
     ):
         if resolution % FACTOR:
             raise ValueError(f"--latent-resolution {resolution}: must be a multiple of {FACTOR}")
-        self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+        self.dtype = PRECISIONS[dtype] if isinstance(dtype, str) else dtype
         self.vae = vae.to(device, self.dtype).eval().requires_grad_(False)
         self.resolution, self.device, self.store = int(resolution), device, np.dtype(store)
         self.buckets = [tuple(b) for b in buckets] if buckets else None

@@ -454,8 +454,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--vae-precision",
         choices=("", "float32", "bfloat16", "float16"),
         default="",
-        help="dtype of the VAE that caches latents ('' = --precision); the SDXL VAE overflows in float16: "
-        "use float32 or bfloat16 for SDXL",
+        help="dtype of the VAE that caches latents ('' = --precision, but float32 for SDXL where --precision is "
+        "float16: the SDXL VAE overflows in float16)",
     )
     p.add_argument(
         "--precision",
@@ -506,14 +506,16 @@ def build_preparer(args: argparse.Namespace, device: str):
     latents = None
     if args.latent_resolution:
         from .buckets import bucket_sizes
-        from .latents import LatentEncoder, load_vae
+        from .latents import PRECISIONS, LatentEncoder, load_vae, vae_dtype
+        from .models import config_dir, family_of_config
 
         buckets = bucket_sizes(args.latent_resolution**2, args.bucket_granularity) if args.aspect_buckets else None
         latents = LatentEncoder(
             load_vae(args.pretrained, args.model_config, args.seed),
             args.latent_resolution,
             device,
-            args.vae_precision or args.precision,
+            args.vae_precision
+            or vae_dtype(family_of_config(config_dir(args.model_config)), PRECISIONS[args.precision]),
             args.latent_dtype,
             buckets,
         )

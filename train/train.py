@@ -26,7 +26,7 @@ from . import state as ckpt
 from .buckets import training_buckets
 from .data import TrainDataset, batch_sampler, collate, sample_rng
 from .ema import EMA
-from .latents import sample_latents
+from .latents import sample_latents, vae_dtype
 from .manifest import find_shards
 from .models import build_controlnet, encode_prompts, load_base
 from .net import FaceInputs, InstantFamilyNet
@@ -193,7 +193,9 @@ class Trainer:
         self.weight_dtype = dtype
         kv = unet_kv_parameters(net.unet) if opts.train_unet_kv else {}
         kv_base = {name: p.detach().float().clone() for name, p in kv.items()}  # before any rounding
-        for module in (net.unet, self.vae, *self.text_encoders):
+        self.vae_dtype = vae_dtype(self.config.base_model, dtype)
+        self.vae.requires_grad_(False).eval().to(acc.device, self.vae_dtype)
+        for module in (net.unet, *self.text_encoders):
             module.requires_grad_(False).eval().to(acc.device, dtype)
         net.controlnet.train().requires_grad_(True)
         net.projector.train().requires_grad_(True)
@@ -268,8 +270,8 @@ class Trainer:
                     self.vae.config.scaling_factor,
                 )
             else:
-                pixels = batch["pixel_values"].to(acc.device, dtype)
-                latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+                pixels = batch["pixel_values"].to(acc.device, self.vae_dtype)
+                latents = (self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor).to(dtype)
             text = encode_prompts(self.text_encoders, self.tokenizers, batch["captions"], acc.device)
         # Drawn in the standard layout: the same noise whatever memory format the VAE (or a cache) gave latents.
         noise = torch.randn_like(latents, memory_format=torch.contiguous_format)

@@ -89,3 +89,13 @@ def test_sdxl_bf16_gradient_checkpointing_step(prepared, tmp_path):
     args = train_args(prepared, tmp_path / "bf16", "--model-config", "tiny_sdxl", "--max-steps", "1")
     losses = train(parse([*args, "--mixed-precision", "bf16", "--gradient-checkpointing", "true"]))
     assert len(losses) == 1 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_the_sdxl_vae_never_runs_in_float16(sdxl_run):
+    from train.latents import vae_dtype
+
+    assert vae_dtype("SDXL", torch.float16) == torch.float32  # it overflows there: NaN latents
+    assert vae_dtype("SDXL", torch.bfloat16) == torch.bfloat16
+    assert vae_dtype("SD1.5", torch.float16) == torch.float16
+    trainer = sdxl_run[0]
+    assert trainer.vae.dtype == trainer.vae_dtype == torch.float32
