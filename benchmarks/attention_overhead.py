@@ -33,6 +33,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if not __package__:  # run as a file: the packages it imports live at the repo root
+    sys.path.insert(0, str(REPO))
+
+from instantfamily_core.attention import KERNELS  # noqa: E402  (light: torch only)
+from instantfamily_core.config import MASK_MODES  # noqa: E402
+
 SD15 = dict(context_dim=768, model_channels=320)
 FAMILIES = {"sd15": ("SD1.5", 768, None), "sdxl": ("SDXL", 2048, 2816)}  # name, context width, ADM width
 
@@ -109,7 +115,6 @@ def _patched_step(host, base, n, args, control_state=None):
 
 def start_host(threads: int, family: str = "sd15", model_channels: int = 320):
     """A real ComfyUI host (the test harness's driver) and a full-width UNet of ``family``, random init."""
-    sys.path.insert(0, str(REPO))  # a script's sys.path starts at benchmarks/
     import torch
 
     from instantfamily_dev import comfy_host
@@ -187,8 +192,8 @@ def main() -> None:
     parser.add_argument("--ids", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--mode", default="hard", choices=["hard", "paper"])
-    parser.add_argument("--kernel", default="auto", choices=["auto", "dense", "region"])
+    parser.add_argument("--mode", default=MASK_MODES[0], choices=MASK_MODES)
+    parser.add_argument("--kernel", default=KERNELS[0], choices=KERNELS)
     parser.add_argument("--controlnet", action="store_true", help="also time ControlNet + UNet, 4 IDs vs none")
     parser.add_argument("--family", default="sd15", choices=sorted(FAMILIES), help="UNet layout (see above)")
     parser.add_argument("--model-channels", type=int, default=320, help="UNet width (320 = SD1.5's and SDXL's)")

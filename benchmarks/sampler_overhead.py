@@ -22,9 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
-from attention_overhead import controlnet_state, face_boxes, start_host  # benchmarks/ is sys.path[0]
+if not __package__:  # run as a file: the packages it imports live at the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.attention_overhead import controlnet_state, face_boxes, start_host  # noqa: E402
 
 
 def build_graphs(host, base, args):
