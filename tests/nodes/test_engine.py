@@ -16,6 +16,11 @@ IMAGE_SIZE = (64, 96)  # the template the masks are drawn on (same aspect as the
 # The attention grids of LATENT per family (SDXL has no attention at the full-size level).
 GRIDS = {"SD1.5": {(8, 12), (4, 6), (2, 3), (1, 2)}, "SDXL": {(4, 6), (2, 3)}}
 POOLED = {"SD1.5": None, "SDXL": 1280}
+# A latent each family's users really sample (768x512 px; 1216x832 px) and the attention grids it gives.
+REAL_SIZES = {
+    "SD1.5": ((1, 4, 64, 96), {(64, 96), (32, 48), (16, 24), (8, 12)}),
+    "SDXL": ((1, 4, 104, 152), {(52, 76), (26, 38)}),
+}
 
 
 @pytest.fixture(scope="module", params=["SD1.5", "SDXL"])
@@ -201,6 +206,23 @@ def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, i
         apply(comfy_host, base, instantfamily, stack, make_masks(pack, 3), mask_mode="hard")
     )
     sample(comfy_host, patched, conds)
+    assert only_own_regions_change(pack, patched, recorded, stack, 3) == GRIDS[family]
+
+
+def test_locality_at_the_familys_own_non_square_size(comfy_host, pack, instantfamily, base, conds, family):
+    """Each family at a size its users run (SD1.5 768x512; SDXL 1216x832, one of its ~1 MP buckets):
+    every face stays in its region at every attention grid of that size."""
+    latent, grids = REAL_SIZES[family]
+    stack = build_stack(comfy_host, instantfamily, make_faces(pack, 3, seed=0))
+    masks = make_masks(pack, 3, image_size=latent[2:])
+    patched, recorded = record_calls(apply(comfy_host, base, instantfamily, stack, masks, mask_mode="hard"))
+    sample(comfy_host, patched, conds, latent=latent)
+    assert only_own_regions_change(pack, patched, recorded, stack, 3) == grids
+
+
+def only_own_regions_change(pack, patched, recorded, stack, n_faces) -> set:
+    """For every recorded attn2 call, swap face n's keys/values: only cond positions inside face n's
+    region may change, and all of them do. Returns the attention grids seen."""
     patch = patched.model_options["transformer_options"]["instantfamily"]
     grids = set()
     tokens = stack.tokens_per_face
@@ -214,7 +236,7 @@ def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, i
         grid = pack.masks.latent_grid(q.shape[1], latent)
         grids.add(grid)
         visibility = patch.face_attention.plan(grid, latent).visibility[0]  # (N, Q)
-        for n in range(3):
+        for n in range(n_faces):
             face = slice(n * tokens, (n + 1) * tokens)
             k2, v2 = face_k.clone(), face_v.clone()
             k2[:, face], v2[:, face] = torch.randn_like(k2[:, face]), torch.randn_like(v2[:, face])
@@ -224,7 +246,7 @@ def test_hard_mode_changes_only_face_n_region_at_every_layer(comfy_host, pack, i
             assert not (changed & ~allowed).any(), f"face {n} leaked outside its region at grid {grid}"
             if rows.any():
                 assert changed[rows][:, visibility[n]].all()
-    assert grids == GRIDS[family]
+    return grids
 
 
 def test_paper_mode_leak_is_measured(comfy_host, pack, instantfamily, base, conds):

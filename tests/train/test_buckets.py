@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_fixtures import PACK, SIZE, cached_and_live_losses, face_fixtures, person, prepare_args, train_args
+from train_fixtures import PACK, SIZE, cached_and_live_losses, person, prepare_args, train_args
 
 from instantfamily_core.config import InstantFamilyConfig
 from instantfamily_core.face_regions import control_image_for_slots, face_masks_from_pose
 from instantfamily_core.pose import parse_pose_keypoint
+from instantfamily_dev import face_fixtures
 from train.buckets import assign_buckets, bucket_sizes, nearest_bucket
 from train.data import BucketBatchSampler, TrainDataset, collate, sample_rng
 from train.latents import MEMBER, decode_latent_member, load_vae
@@ -98,7 +99,7 @@ def bucketed(tmp_path_factory, pack_root):
     torch.set_num_threads(1)
     photos = tmp_path_factory.mktemp("aspect_photos")
     for name, (size, centres) in PHOTOS.items():
-        Image.fromarray(face_fixtures().disc_image(size[::-1], centres=centres)).save(photos / f"{name}.png")
+        Image.fromarray(face_fixtures.disc_image(size[::-1], centres=centres)).save(photos / f"{name}.png")
         (photos / f"{name}.pose.json").write_text(pose_for(size, centres))
     output = tmp_path_factory.mktemp("aspect_prepared")
     extra = ("--pretrained", "", "--model-config", "tiny", "--latent-resolution", str(RES), "--latent-dtype")
