@@ -169,6 +169,7 @@ def case_example(case: Case, config, features, full_masks: bool = False) -> dict
     """The trainer's example dict (control image, caption, features, masks) for one case, its regions and
     control image made from its POSE_KEYPOINT as the Face Mask and Pose + Circle Image nodes make them."""
     from instantfamily_core import face_regions
+    from instantfamily_core.images import uint8_to_images
     from instantfamily_core.masks import FaceMasks
     from instantfamily_core.pose import parse_pose_keypoint
 
@@ -182,7 +183,7 @@ def case_example(case: Case, config, features, full_masks: bool = False) -> dict
         masks = FaceMasks(torch.ones_like(masks.masks), masks.centres, masks.boxes)
     global_feature, local_feature = reference_features(features, case)
     return {
-        "control": torch.from_numpy(control.astype(np.float32) / 255.0).permute(2, 0, 1),
+        "control": uint8_to_images(control)[0].permute(2, 0, 1),  # (3, H, W) in [0, 1]
         "caption": case.caption,
         "global_features": global_feature,
         "local_features": local_feature,

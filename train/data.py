@@ -30,6 +30,7 @@ from PIL import Image
 
 from instantfamily_core import face_regions
 from instantfamily_core.config import InstantFamilyConfig
+from instantfamily_core.images import uint8_to_images
 from instantfamily_core.masks import FaceMasks
 from instantfamily_core.pose import PoseFrame, crop_pose, encode_pose_keypoint, parse_pose_keypoint
 
@@ -220,7 +221,7 @@ class TrainDataset(torch.utils.data.Dataset):
         chosen, slot_masks, order, source = slot_regions(frame, boxes, self.max_faces, config.mask_margin, rng)
         colours = config.slot_colours(len(chosen), rng)
         control = face_regions.control_image_for_slots(slot_masks, config, (th, tw), frame.bodies(), colours=colours)
-        control = torch.from_numpy(control.astype(np.float32) / 255.0).permute(2, 0, 1)  # (3, th, tw)
+        control = uint8_to_images(control)[0].permute(2, 0, 1)  # (th, tw, 3) -> (3, th, tw)
 
         caption = members.get("txt", b"").decode("utf-8", "replace").strip()
         if rng.random() < self.text_dropout:

@@ -8,18 +8,21 @@ _WIDTH = ("INT", {"default": 32, "min": 8, "max": 4096, "step": 8})
 
 
 class IFTestTinyModel:
-    """A randomly initialised SD1.5-shaped MODEL with a tiny text width."""
+    """A randomly initialised SD1.5-shaped (or SDXL-shaped) MODEL with a tiny text width."""
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": _SEED, "context_dim": _WIDTH}}
+        return {
+            "required": {"seed": _SEED, "context_dim": _WIDTH},
+            "optional": {"family": (["SD1.5", "SDXL"], {"default": "SD1.5"})},
+        }
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
     CATEGORY = _CATEGORY
 
-    def build(self, seed, context_dim):
-        return (tiny_model.tiny_sd15_model(context_dim=context_dim, seed=seed),)
+    def build(self, seed, context_dim, family="SD1.5"):
+        return (tiny_model.tiny_sd15_model(context_dim=context_dim, seed=seed, family=family),)
 
 
 class IFTestConditioning:
@@ -33,15 +36,17 @@ class IFTestConditioning:
                 "context_dim": _WIDTH,
                 "tokens": ("INT", {"default": 77, "min": 1, "max": 1024}),
                 "batch": ("INT", {"default": 1, "min": 1, "max": 64}),
-            }
+            },
+            "optional": {"pooled": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": "SDXL: 1280; 0: none"})},
         }
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "build"
     CATEGORY = _CATEGORY
 
-    def build(self, seed, context_dim, tokens, batch):
-        return (tiny_model.random_conditioning(context_dim=context_dim, seed=seed, batch=batch, tokens=tokens),)
+    def build(self, seed, context_dim, tokens, batch, pooled=0):
+        conditioning = tiny_model.random_conditioning(context_dim, seed, batch, tokens, pooled=pooled or None)
+        return (conditioning,)
 
 
 class IFTestLatentProbe:

@@ -157,7 +157,7 @@ def test_converter_follows_the_ui_conventions(comfy_host):
                 "type": "IFTestConditioning",
                 "inputs": [],
                 "outputs": [],
-                "widgets_values": [3, "fixed", 32, 7, 1],
+                "widgets_values": [3, "fixed", 32, 7, 1, 0],
             },
             {"id": 6, "type": "EmptyLatentImage", "inputs": [], "outputs": [], "widgets_values": [64, 48, 1]},
             {"id": 7, "type": "Note", "inputs": [], "outputs": [], "widgets_values": ["text"]},
@@ -171,11 +171,25 @@ def test_converter_follows_the_ui_conventions(comfy_host):
     assert set(prompt) == {"2", "4", "5", "6"}  # no PrimitiveNode, Reroute or Note
     assert prompt["2"]["inputs"] == {"width": 96, "height": 512, "batch_size": 1}
     assert prompt["4"]["inputs"] == {"samples": ["6", 0]}  # through the Reroute
-    assert prompt["5"]["inputs"] == {"seed": 3, "context_dim": 32, "tokens": 7, "batch": 1}
+    assert prompt["5"]["inputs"] == {"seed": 3, "context_dim": 32, "tokens": 7, "batch": 1, "pooled": 0}
     assert comfy_host.validate(prompt) == (True, [])
     workflow["nodes"][5]["widgets_values"] = [64, 48]
     with pytest.raises(api.WorkflowError, match="2 widget values for 3 widgets"):
         api.ui_to_api(workflow, defs)
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_each_workflow_runs_on_a_tiny_model_of_its_own_family(world, name):
+    """The SDXL workflow runs on the tiny SDXL model with an SDXL-trained test checkpoint (Apply refuses a
+    mismatch), the others on the tiny SD1.5 one: a run is evidence for the family the workflow is for."""
+    workflow = wf.load_workflow(name)
+    family = "SDXL" if any(n["type"] == "CheckpointLoaderSimple" and "xl" in n["widgets_values"][0].lower()
+                           for n in workflow["nodes"]) else "SD1.5"  # fmt: skip
+    swapped = wf.use_test_models(api.ui_to_api(workflow, definitions(world, workflow)), name)
+    models = [n["inputs"] for n in swapped.values() if n["class_type"] == "IFTestTinyModel"]
+    loaders = [n["inputs"] for n in swapped.values() if n["class_type"] == "InstantFamilyModelLoader"]
+    assert models and all(m["family"] == family for m in models)
+    assert loaders and all(m["instantfamily_file"] == wf.TEST_CHECKPOINTS[family] for m in loaders)
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)

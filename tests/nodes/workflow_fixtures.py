@@ -2,9 +2,10 @@
 
 - Photos: textured bright discs that the tiny exported face detector finds (instantfamily_dev/face_fixtures.py);
   one table names an image for every file a workflow's LoadImage asks for.
-- Models: the tiny insightface pack (``TEST_PACK``) and an InstantFamily checkpoint (``TEST_CHECKPOINT``)
-  whose projector fits the tiny recognizer (512 global, 512x7x7 local) and whose ControlNet mirrors the
-  fixture pack's tiny SD1.5-shaped UNet (context width ``CONTEXT``).
+- Models: the tiny insightface pack (``TEST_PACK``) and an InstantFamily checkpoint per family
+  (``TEST_CHECKPOINTS``) whose projector fits the tiny recognizer (512 global, 512x7x7 local) and whose
+  ControlNet mirrors the fixture pack's tiny SD1.5- or SDXL-shaped UNet (context width ``CONTEXT``);
+  a workflow runs on the tiny model of its own family (``FAMILY``).
 - ``use_test_models``: an API prompt with its weights-dependent nodes swapped for the fixture pack's
   stand-ins: CheckpointLoaderSimple -> IFTestTinyModel, CLIPTextEncode -> IFTestConditioning,
   VAEDecode -> IFTestDecode, DWPreprocessor -> IFTestPoseKeypoint; the face pack and checkpoint
@@ -30,6 +31,9 @@ WORKFLOW_DIR = REPO_ROOT / "example_workflows"
 CONTEXT = 32  # the fixture pack's tiny model's cross-attention width
 TEST_PACK = "tinypack_workflows"
 TEST_CHECKPOINT = "instantfamily_workflows_test.safetensors"
+TEST_CHECKPOINTS = {"SD1.5": TEST_CHECKPOINT, "SDXL": "instantfamily_workflows_test_sdxl.safetensors"}
+FAMILY = {"sdxl_three_people": "SDXL"}  # the base-model family of each workflow; SD1.5 when not named
+POOLED = {"SD1.5": 0, "SDXL": 1280}  # the pooled text width each family's conditioning carries
 
 # Node types a workflow may use although neither the host nor this pack has them: only in the named
 # workflows, documented there as optional. Their inputs as recorded from the other pack (for the widget checks),
@@ -117,12 +121,12 @@ def images_used(prompt: dict) -> set[str]:
 
 
 # -- models -----------------------------------------------------------------------------------
-def tiny_controlnet_state(comfy_host) -> dict:
-    """A random ControlNet state dict mirroring the fixture pack's tiny UNet (IFTestTinyModel)."""
+def tiny_controlnet_state(comfy_host, family: str = "SD1.5") -> dict:
+    """A random ControlNet state dict mirroring the fixture pack's tiny UNet of ``family`` (IFTestTinyModel)."""
     import comfy.cldm.cldm
     import comfy.ops
 
-    base = comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1)
+    base = comfy_host.tiny_sd15_model(context_dim=CONTEXT, seed=1, family=family)
     config = dict(base.model.model_config.unet_config, hint_channels=3, operations=comfy.ops.disable_weight_init)
     config.pop("out_channels")
     control = comfy_host.fixtures.tiny_model.fill_weights(comfy.cldm.cldm.ControlNet(**config), seed=4)
@@ -141,16 +145,19 @@ def build_test_models(comfy_host, models_dir: Path) -> None:
     recognizer = config_mod.RecognizerInfo(
         TEST_PACK, "rec_tiny.onnx", model_pack.file_sha256(os.path.join(pack_dir, "rec_tiny.onnx"))
     )
-    config = config_mod.InstantFamilyConfig(d_K=CONTEXT, projector_hidden=24, recognizer=recognizer)
-    torch.manual_seed(0)
-    projector = projector_mod.Projector(config)
     (models_dir / "instantfamily").mkdir(parents=True, exist_ok=True)
-    checkpoint_mod.save_checkpoint(
-        models_dir / "instantfamily" / TEST_CHECKPOINT,
-        config,
-        projector.state_dict(),
-        tiny_controlnet_state(comfy_host),
-    )
+    for family, name in TEST_CHECKPOINTS.items():
+        config = config_mod.InstantFamilyConfig(
+            d_K=CONTEXT, projector_hidden=24, recognizer=recognizer, base_model=family
+        )
+        torch.manual_seed(0)
+        projector = projector_mod.Projector(config)
+        checkpoint_mod.save_checkpoint(
+            models_dir / "instantfamily" / name,
+            config,
+            projector.state_dict(),
+            tiny_controlnet_state(comfy_host, family),
+        )
 
 
 # -- the swap -----------------------------------------------------------------------------------
@@ -181,6 +188,7 @@ def use_test_models(
 ) -> dict:
     """A copy of an API prompt that runs on the test models (see the module docstring)."""
     out = copy.deepcopy(prompt)
+    family = FAMILY.get(workflow or "", "SD1.5")
     checkpoints = {nid for nid, n in out.items() if n["class_type"] == "CheckpointLoaderSimple"}
     for nid, node in out.items():
         kind, inputs = node["class_type"], node["inputs"]
@@ -188,11 +196,20 @@ def use_test_models(
             name: v[1] for name, v in inputs.items() if isinstance(v, list) and len(v) == 2 and v[0] in checkpoints
         }
         if kind == "CheckpointLoaderSimple":
-            out[nid] = {"class_type": "IFTestTinyModel", "inputs": {"seed": 1, "context_dim": CONTEXT}}
+            out[nid] = {
+                "class_type": "IFTestTinyModel",
+                "inputs": {"seed": 1, "context_dim": CONTEXT, "family": family},
+            }
         elif kind == "CLIPTextEncode" and linked_to_checkpoint == {"clip": 1}:
             out[nid] = {
                 "class_type": "IFTestConditioning",
-                "inputs": {"seed": _text_seed(inputs["text"]), "context_dim": CONTEXT, "tokens": 77, "batch": 1},
+                "inputs": {
+                    "seed": _text_seed(inputs["text"]),
+                    "context_dim": CONTEXT,
+                    "tokens": 77,
+                    "batch": 1,
+                    "pooled": POOLED[family],
+                },
             }
         elif kind == "VAEDecode" and linked_to_checkpoint == {"vae": 2}:
             out[nid] = {"class_type": "IFTestDecode", "inputs": {"samples": inputs["samples"]}}
@@ -206,7 +223,7 @@ def use_test_models(
         elif kind == "InstantFamilyLoadFaceAnalyzer":
             inputs["pack"] = TEST_PACK
         elif kind == "InstantFamilyModelLoader":
-            inputs["instantfamily_file"] = TEST_CHECKPOINT
+            inputs["instantfamily_file"] = TEST_CHECKPOINTS[family]
         elif kind == "EmptyLatentImage":
             inputs.update(width=size, height=size, batch_size=min(int(inputs["batch_size"]), max_batch))
         elif kind == "KSampler":
